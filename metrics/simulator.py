@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from metrics.points import MetricBatch
+
+# Loss reaches within exp(-DECAY_SPAN) of its final value by the last step.
+DECAY_SPAN = 5.0
+LOSS_FLOOR = 0.05
+LOSS_NOISE_STD = 0.1
+# The noise std shrinks linearly to (1 - this) of its start value by the end.
+LOSS_NOISE_SHRINK = 0.8
+ACCURACY_NOISE = 0.01
+DIVERGENCE_GROWTH = 1.5
+DIVERGENCE_BLOWUP_STEPS = 12
+
+# Independent random streams, one per kind of noise, so that adding a stream
+# never shifts the values another stream produces.
+STREAM_LOSS_RADIUS = 1
+STREAM_LOSS_ANGLE = 2
+STREAM_ACCURACY = 3
+
+SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+SPLITMIX_MUL1 = 0xBF58476D1CE4E5B9
+SPLITMIX_MUL2 = 0x94D049BB133111EB
+UINT64_MASK = (1 << 64) - 1
+
+_U64 = np.uint64
+
+
+def decay_rate_spanning(total_steps: int) -> float:
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    return DECAY_SPAN / total_steps
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    # uint64 arithmetic is meant to wrap modulo 2**64.
+    with np.errstate(over="ignore"):
+        z = x + _U64(SPLITMIX_GAMMA)
+        z = (z ^ (z >> _U64(30))) * _U64(SPLITMIX_MUL1)
+        z = (z ^ (z >> _U64(27))) * _U64(SPLITMIX_MUL2)
+        return z ^ (z >> _U64(31))
+
+
+def _bits_to_unit(bits: np.ndarray) -> np.ndarray:
+    # 52 bits + 0.5 is exact in a float64 and lands strictly inside (0, 1),
+    # so log(u) in Box-Muller is always finite.
+    return ((bits >> _U64(12)).astype(np.float64) + 0.5) * 2.0**-52
+
+
+class TrainingSimulator:
+    """Synthetic training curves; every value is a pure function of (seed, step, parameters)."""
+
+    def __init__(
+        self,
+        initial_loss: float = 2.5,
+        final_loss: float = 0.3,
+        decay_rate: float = 0.15,
+        *,
+        seed: int | None = None,
+        base_learning_rate: float = 1e-3,
+        warmup_steps: int = 0,
+        diverge_at_step: int | None = None,
+    ) -> None:
+        if initial_loss <= 0:
+            raise ValueError(f"initial_loss must be > 0, got {initial_loss}")
+        if decay_rate < 0:
+            raise ValueError(f"decay_rate must be >= 0, got {decay_rate}")
+        if base_learning_rate < 0:
+            raise ValueError(f"base_learning_rate must be >= 0, got {base_learning_rate}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if diverge_at_step is not None and diverge_at_step < 0:
+            raise ValueError(f"diverge_at_step must be >= 0, got {diverge_at_step}")
+        self.initial_loss = float(initial_loss)
+        self.final_loss = float(final_loss)
+        self.decay_rate = float(decay_rate)
+        self.seed = secrets.randbits(64) if seed is None else int(seed)
+        self.base_learning_rate = float(base_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.diverge_at_step = None if diverge_at_step is None else int(diverge_at_step)
+        seed_hash = _splitmix64(np.array([self.seed & UINT64_MASK], dtype=np.uint64))
+        self._stream_keys = {
+            stream: _splitmix64(seed_hash ^ _U64(stream))
+            for stream in (STREAM_LOSS_RADIUS, STREAM_LOSS_ANGLE, STREAM_ACCURACY)
+        }
+
+    def _uniforms(self, stream: int, steps: np.ndarray) -> np.ndarray:
+        # Counter-based: the draw for a step depends on nothing but the key and
+        # the step, so batch boundaries cannot influence it.
+        with np.errstate(over="ignore"):
+            counters = self._stream_keys[stream] + steps.astype(np.uint64) * _U64(SPLITMIX_GAMMA)
+        return _bits_to_unit(_splitmix64(counters))
+
+    def _healthy_losses(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
+        progress = steps / total_steps
+        expected = self.final_loss + (self.initial_loss - self.final_loss) * np.exp(
+            -self.decay_rate * steps
+        )
+        radius = np.sqrt(-2.0 * np.log(self._uniforms(STREAM_LOSS_RADIUS, steps)))
+        angle = 2.0 * np.pi * self._uniforms(STREAM_LOSS_ANGLE, steps)
+        std = LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
+        return np.maximum(expected + std * radius * np.cos(angle), LOSS_FLOOR)
+
+    def _losses(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
+        losses = self._healthy_losses(steps, total_steps)
+        if self.diverge_at_step is None:
+            return losses
+        since = steps - self.diverge_at_step
+        blowing = (since >= 0) & (since < DIVERGENCE_BLOWUP_STEPS)
+        if blowing.any():
+            # Growing from the loss at the divergence step rather than from
+            # each step's own noisy value keeps the spike strictly increasing.
+            anchor = self._healthy_losses(
+                np.array([self.diverge_at_step], dtype=np.int64), total_steps
+            )[0]
+            losses[blowing] = anchor * DIVERGENCE_GROWTH ** (since[blowing] + 1).astype(np.float64)
+        losses[since >= DIVERGENCE_BLOWUP_STEPS] = np.nan
+        return losses
+
+    def _accuracies(self, losses: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        jitter = (2.0 * self._uniforms(STREAM_ACCURACY, steps) - 1.0) * ACCURACY_NOISE
+        with np.errstate(invalid="ignore"):
+            accuracies = np.clip(1.0 - losses / self.initial_loss + jitter, 0.0, 1.0)
+        accuracies[~np.isfinite(losses)] = 0.0
+        return accuracies
+
+    def generate_loss_point(self, step: int, total_steps: int) -> float:
+        _check_point(step, total_steps)
+        return float(self._losses(np.array([step], dtype=np.int64), total_steps)[0])
+
+    def generate_accuracy(self, loss: float, step: int = 0) -> float:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        losses = np.array([loss], dtype=np.float64)
+        return float(self._accuracies(losses, np.array([step], dtype=np.int64))[0])
+
+    def learning_rate(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, got {total_steps}")
+        s = np.asarray(steps, dtype=np.float64)
+        base = self.base_learning_rate
+        warmup = self.warmup_steps
+        decay_steps = max(total_steps - warmup, 1)
+        phase = np.clip((s - warmup) / decay_steps, 0.0, 1.0)
+        cosine = base * 0.5 * (1.0 + np.cos(np.pi * phase))
+        if warmup == 0:
+            return cosine
+        return np.where(s < warmup, base * (s + 1.0) / warmup, cosine)
+
+    def generate_metrics_batch(
+        self, start_step: int, count: int, total_steps: int, steps_per_epoch: int
+    ) -> MetricBatch:
+        check_batch_args(start_step, count, total_steps, steps_per_epoch)
+        steps = np.arange(start_step, start_step + count, dtype=np.int64)
+        losses = self._losses(steps, total_steps)
+        return MetricBatch(
+            steps=steps,
+            epochs=steps // steps_per_epoch + 1,
+            losses=losses,
+            accuracies=self._accuracies(losses, steps),
+            learning_rates=self.learning_rate(steps, total_steps),
+        )
+
+
+def _check_point(step: int, total_steps: int) -> None:
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+
+
+def check_batch_args(start_step: int, count: int, total_steps: int, steps_per_epoch: int) -> None:
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    if start_step + count > total_steps:
+        raise ValueError(
+            f"steps {start_step}..{start_step + count - 1} run past the job's last step "
+            f"{total_steps - 1} (total_steps={total_steps})"
+        )

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import TrainingJobFactory, UserFactory
+from tests.services import (
+    CHROMIUM_PATH,
+    TEST_REDIS_URL,
+    chromium_available,
+    missing_service,
+    postgres_in_use,
+    redis_available,
+)
+
+
+@pytest.fixture(autouse=True)
+def _require_marked_services(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("postgres") and not postgres_in_use():
+        missing_service(
+            "postgres", "needs PostgreSQL: run with DATABASE_URL=postgres://... (see README)"
+        )
+    if request.node.get_closest_marker("redis") and not redis_available():
+        missing_service("redis", f"needs a Redis server at {TEST_REDIS_URL}")
+    if request.node.get_closest_marker("browser") and not chromium_available():
+        missing_service("chromium", f"needs Chromium at {CHROMIUM_PATH} and playwright")
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def other_user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def staff_user(db):
+    return UserFactory(is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def job(user):
+    return TrainingJobFactory(owner=user)
