@@ -69,6 +69,9 @@ class TrainingJob(models.Model):
     last_learning_rate = models.FloatField(null=True, blank=True)
     steps_per_second = models.FloatField(null=True, blank=True)
     last_reported_at = models.DateTimeField(null=True, blank=True)
+    # The scheduled tick (time slot) that last advanced this simulated job: a replayed or
+    # concurrent run of the same tick skips the job, so each tick advances it at most once.
+    last_tick = models.BigIntegerField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 
 from jobs.models import TrainingJob
@@ -24,3 +24,36 @@ def job_for_user(user: AbstractBaseUser | AnonymousUser, job_id: int) -> Trainin
         return jobs_visible_to(user).get(pk=job_id)
     except TrainingJob.DoesNotExist:
         raise Http404(f"No job {job_id}.") from None
+
+
+def jobs_for_dashboard(
+    user: AbstractBaseUser | AnonymousUser,
+    *,
+    status: str | None = None,
+    search: str | None = None,
+) -> QuerySet[TrainingJob]:
+    """The dashboard's list: running jobs first, then newest; never touches the metrics table."""
+    jobs = jobs_visible_to(user).select_related("owner")
+    if status:
+        jobs = jobs.filter(status=status)
+    if search and (term := search.strip()):
+        jobs = jobs.filter(
+            Q(name__icontains=term) | Q(model_name__icontains=term) | Q(dataset__icontains=term)
+        )
+    running_first = Case(
+        When(status=TrainingJob.Status.RUNNING, then=Value(0)),
+        default=Value(1),
+        output_field=IntegerField(),
+    )
+    return jobs.annotate(running_first=running_first).order_by(
+        "running_first", "-created_at", "-id"
+    )
+
+
+def job_status_counts(user: AbstractBaseUser | AnonymousUser) -> dict[str, int]:
+    """How many of the user's visible jobs are in each status (every status, zeros included)."""
+    counts = dict.fromkeys(TrainingJob.Status.values, 0)
+    rows = jobs_visible_to(user).order_by().values_list("status").annotate(count=Count("id"))
+    for status, count in rows:
+        counts[status] = count
+    return counts

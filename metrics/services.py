@@ -10,14 +10,19 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.backends.utils import CursorWrapper
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from jobs.models import TrainingJob
 from jobs.services import BatchSummary, jobs_record_progress
+from metrics import pgcopy
 from metrics.models import TrainingMetric
 from metrics.points import MetricBatch
 from metrics.simulator import TrainingSimulator
+from metrics.summary import summary_add
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ def metric_batches_write(
     Points at steps a job already has are ignored and counted as duplicates, so a retried
     batch changes nothing. Points from the first non-finite loss on are not stored: that
     step fails the job. The jobs must be locked by the caller (`jobs_lock`) inside
-    `transaction.atomic()`. Two statements in all, however many jobs and points.
+    `transaction.atomic()`. A fixed number of statements, however many jobs and points.
     """
     now = now or timezone.now()
     stored: list[tuple[TrainingJob, MetricBatch, int | None]] = []
@@ -57,8 +62,10 @@ def metric_batches_write(
         stored.append((job, finite, diverged_step))
 
     with transaction.atomic():
-        created_by_job = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
+        created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
+        summary_add(created)
         jobs_record_progress([_summary(*item) for item in stored], now=now)
+    created_by_job = Counter({job_id: len(points) for job_id, points in created})
     return [
         WriteResult(created=created_by_job[job.pk], duplicates=len(batch) - created_by_job[job.pk])
         for job, batch, _ in stored
@@ -87,55 +94,197 @@ def _optional(value: float) -> float | None:
 
 
 _COLUMNS = "job_id, epoch, step, loss, accuracy, learning_rate, created_at"
+# PostgreSQL stages the points by binary COPY; NaN marks "not reported" and becomes NULL.
+_STAGED_POINTS = (
+    ("job_id", "bigint"),
+    ("epoch", "bigint"),
+    ("step", "bigint"),
+    ("loss", "double precision"),
+    ("accuracy", "double precision"),
+    ("learning_rate", "double precision"),
+)
+_POINTS_STAGING_TABLE = "trainmon_points_in"
+_BATCH_COLUMNS = ("epochs", "steps", "losses", "accuracies", "learning_rates")
 
 
-def _insert_points(batches: Sequence[tuple[int, MetricBatch]], now: datetime) -> Counter[int]:
-    """INSERT ... ON CONFLICT DO NOTHING; returns rows created per job id."""
+def _insert_points(
+    batches: Sequence[tuple[int, MetricBatch]], now: datetime
+) -> list[tuple[int, MetricBatch]]:
+    """Store the points, ignoring steps their job already has; returns the points created.
+
+    The common case, nothing stored yet, is one plain INSERT: no per-row conflict handling
+    and no rows sent back. If a step exists, that INSERT rolls back to its savepoint and
+    runs again with ON CONFLICT DO NOTHING RETURNING, which says which points were created.
+    """
     batches = [(job_id, batch) for job_id, batch in batches if len(batch)]
     if not batches:
-        return Counter()
+        return []
     table = TrainingMetric._meta.db_table
+    db_now = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        select, params = _points_source(cursor, batches, db_now)
+        insert = f"INSERT INTO {table} ({_COLUMNS}) {select}"
+        try:
+            with transaction.atomic():
+                cursor.execute(insert, params)
+        except IntegrityError:
+            cursor.execute(
+                f"{insert} ON CONFLICT (job_id, step) DO NOTHING RETURNING job_id, step", params
+            )
+            return _only_created(batches, set(cursor.fetchall()))
+    return batches
+
+
+def _points_source(
+    cursor: CursorWrapper, batches: Sequence[tuple[int, MetricBatch]], db_now: object
+) -> tuple[str, list]:
+    """A SELECT of all the points in INSERT column order, and its parameters."""
     job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in batches])
     columns = [
         job_ids,
-        *(
-            np.concatenate([getattr(b, name) for _, b in batches])
-            for name in ("epochs", "steps", "losses", "accuracies", "learning_rates")
-        ),
+        *(np.concatenate([getattr(b, n) for _, b in batches]) for n in _BATCH_COLUMNS),
     ]
-    db_now = connection.ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Arrays travel as six parameters; NaN marks "not reported" and becomes NULL.
-            cursor.execute(
-                f"WITH inserted AS ("
-                f" INSERT INTO {table} ({_COLUMNS})"
-                f" SELECT j, e, s, l, NULLIF(a, 'NaN'), NULLIF(r, 'NaN'), %s"
-                f" FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[],"
-                f" %s::float8[], %s::float8[], %s::float8[]) AS p(j, e, s, l, a, r)"
-                f" ON CONFLICT (job_id, step) DO NOTHING RETURNING job_id)"
-                f" SELECT job_id, count(*) FROM inserted GROUP BY job_id",
-                [db_now, *(column.tolist() for column in columns)],
-            )
-            return Counter(dict(cursor.fetchall()))
-        job_ids, epochs, steps, losses, accuracies, learning_rates = (c.tolist() for c in columns)
-        rows = [
-            [job, epoch, step, loss, _json_float(accuracy), _json_float(rate)]
-            for job, epoch, step, loss, accuracy, rate in zip(
-                job_ids, epochs, steps, losses, accuracies, learning_rates, strict=True
-            )
-        ]
-        cursor.execute(
-            f"INSERT INTO {table} ({_COLUMNS}) SELECT"
-            f" json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-            f" json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
-            f" json_extract(value, '$[4]'), json_extract(value, '$[5]'), %s"
-            f" FROM json_each(%s) WHERE true"
-            f" ON CONFLICT (job_id, step) DO NOTHING RETURNING job_id",
-            [db_now, json.dumps(rows)],
+    if connection.vendor == "postgresql":
+        # Binary COPY into a temporary table: no per-value Python objects or SQL literals.
+        pgcopy.stage_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
+        return (
+            f"SELECT job_id, epoch, step, loss, NULLIF(accuracy, 'NaN'),"
+            f" NULLIF(learning_rate, 'NaN'), %s FROM {_POINTS_STAGING_TABLE}",
+            [db_now],
         )
-        return Counter(job_id for (job_id,) in cursor.fetchall())
+    rows = [
+        [job, epoch, step, loss, _json_float(accuracy), _json_float(rate)]
+        for job, epoch, step, loss, accuracy, rate in zip(
+            *(column.tolist() for column in columns), strict=True
+        )
+    ]
+    # "WHERE true" tells SQLite's parser that a following ON CONFLICT belongs to the INSERT.
+    return (
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+        " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+        " json_extract(value, '$[4]'), json_extract(value, '$[5]'), %s"
+        " FROM json_each(%s) WHERE true",
+        [db_now, json.dumps(rows)],
+    )
+
+
+def _only_created(
+    batches: Sequence[tuple[int, MetricBatch]], created: set[tuple[int, int]]
+) -> list[tuple[int, MetricBatch]]:
+    # A step given twice in one write is stored once, from its first occurrence.
+    result = []
+    for job_id, batch in batches:
+        keep = np.zeros(len(batch), dtype=bool)
+        for index, step in enumerate(batch.steps.tolist()):
+            if (job_id, step) in created:
+                keep[index] = True
+                created.discard((job_id, step))
+        result.append(
+            (job_id, MetricBatch(**{name: getattr(batch, name)[keep] for name in _BATCH_COLUMNS}))
+        )
+    return result
 
 
 def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+# --- the simulation tick ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TickResult:
+    jobs_advanced: int = 0
+    points_written: int = 0
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    job_ids: tuple[int, ...] = ()  # the jobs this tick advanced, in id order
+
+
+def tick_slot(moment: datetime) -> int:
+    """The scheduled tick `moment` falls in: one slot per TRAINMON_TICK_SECONDS since the epoch.
+
+    Beat sends ticks at least a period apart, so the slots of their send times never repeat.
+    """
+    return math.floor(moment.timestamp() / settings.TRAINMON_TICK_SECONDS)
+
+
+def simulation_due_job_ids(*, tick: int | None = None, limit: int | None = None) -> list[int]:
+    """Ids of the running simulated jobs that `tick` has yet to advance, in id order."""
+    ids = _due_for_tick(tick).order_by("pk").values_list("pk", flat=True)
+    return list(ids if limit is None else ids[:limit])
+
+
+def simulation_advance(
+    *,
+    job_ids: Sequence[int] | None = None,
+    now: datetime | None = None,
+    tick: int | None = None,
+) -> TickResult:
+    """Advance every running simulated job (or only those in `job_ids`) by one tick.
+
+    Each job gets its next `steps_per_tick` points (fewer at the end) in one transaction, with
+    a fixed number of queries however many jobs run: one SELECT claims the jobs, one INSERT
+    stores every point, one UPDATE records every job's progress (completion and divergence
+    come from there), and, for a scheduled tick, one UPDATE stamps the jobs with it.
+
+    `tick` names a scheduled tick (see `tick_slot`): a job it, or a later tick, already
+    advanced is skipped, so a replayed or duplicated tick writes nothing. Without one the
+    call is an ad-hoc tick (the `simulate` command) and always advances.
+
+    On PostgreSQL jobs locked by a concurrent tick are skipped, not waited for: that tick is
+    advancing them. Pausing or cancelling a job is a status change, seen by the next tick.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        claim = _due_for_tick(tick).select_for_update(
+            skip_locked=connection.features.has_select_for_update_skip_locked
+        )
+        if job_ids is not None:
+            claim = claim.filter(pk__in=list(job_ids))
+        jobs = list(claim.order_by("pk"))
+        if not jobs:
+            return TickResult()
+        results = metric_batches_write([(job, _next_points(job)) for job in jobs], now=now)
+        if tick is not None:
+            _stamp_tick([job.pk for job in jobs], tick)
+    return TickResult(
+        jobs_advanced=len(jobs),
+        points_written=sum(result.created for result in results),
+        jobs_completed=sum(job.status == TrainingJob.Status.COMPLETED for job in jobs),
+        jobs_failed=sum(job.status == TrainingJob.Status.FAILED for job in jobs),
+        job_ids=tuple(job.pk for job in jobs),
+    )
+
+
+def _due_for_tick(tick: int | None) -> QuerySet[TrainingJob]:
+    jobs = TrainingJob.objects.filter(
+        status=TrainingJob.Status.RUNNING, source=TrainingJob.Source.SIMULATED
+    )
+    if tick is not None:
+        jobs = jobs.filter(Q(last_tick__isnull=True) | Q(last_tick__lt=tick))
+    return jobs
+
+
+def _next_points(job: TrainingJob) -> MetricBatch:
+    # A running job already at its last step gets an empty batch, which completes it.
+    count = max(0, min(job.steps_per_tick, job.total_steps - job.current_step))
+    return simulator_for(job).generate_metrics_batch(
+        job.current_step, count, job.total_steps, job.steps_per_epoch
+    )
+
+
+def _stamp_tick(job_ids: list[int], tick: int) -> None:
+    # The ids travel as one array / JSON parameter, so the statement is the same for any count.
+    table = TrainingJob._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {table} SET last_tick = %s WHERE id = ANY(%s::bigint[])", [tick, job_ids]
+            )
+        else:
+            in_ids = "SELECT value FROM json_each(%s)"
+            cursor.execute(
+                f"UPDATE {table} SET last_tick = %s WHERE id IN ({in_ids})",
+                [tick, json.dumps(job_ids)],
+            )

@@ -1,3 +1,15 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from metrics import views
+
 app_name = "metrics"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("jobs/<int:job_id>/series/", views.series, name="series"),
+    path("jobs/<int:job_id>/poll/", views.poll, name="poll"),
+    path("jobs/<int:job_id>/metrics.csv", views.export_csv, name="export_csv"),
+    path("jobs/<int:job_id>/metrics.json", views.export_json, name="export_json"),
+    path("compare/", views.compare, name="compare"),
+]

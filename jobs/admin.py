@@ -1,0 +1,343 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db import transaction
+from django.db.models import Count, F, FloatField, QuerySet
+from django.db.models.functions import Cast
+from django.http import HttpRequest
+from django.template.defaultfilters import pluralize
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from jobs.models import TrainingJob
+from jobs.services import JobTransitionError, job_create, job_delete, job_transition
+
+# The change page shows this many of the newest points: one indexed query, never the history.
+LATEST_POINTS = 20
+COMPACT_TIME = "%Y-%m-%d %H:%M"
+# An action on hundreds of jobs names the first few refusals and counts the rest.
+REFUSALS_SHOWN = 5
+
+# What an admin may edit on an existing job. Status moves only through the actions, progress
+# only through the write path, and the simulator's parameters would rewrite a curve in flight.
+EDITABLE_ON_CHANGE = (
+    "name",
+    "owner",
+    "description",
+    "model_name",
+    "dataset",
+    "hyperparameters",
+    "steps_per_tick",
+)
+SIMULATION_FIELDS = (
+    "total_epochs",
+    "steps_per_epoch",
+    "steps_per_tick",
+    "initial_loss",
+    "final_loss",
+    "decay_rate",
+    "seed",
+    "base_learning_rate",
+    "warmup_steps",
+    "diverge_at_step",
+)
+
+POSITIVE_FIELDS = ("total_epochs", "steps_per_epoch", "steps_per_tick")
+
+
+class _DryRun(Exception):
+    pass
+
+
+class TrainingJobAddForm(forms.ModelForm):
+    """The service's parameters; `job_create` both validates them and creates the job."""
+
+    start = forms.BooleanField(
+        required=False, initial=True, help_text="Run at once; otherwise the job waits, queued."
+    )
+
+    class Meta:
+        model = TrainingJob
+        fields = (
+            "name",
+            "owner",
+            "description",
+            "model_name",
+            "dataset",
+            "hyperparameters",
+            "source",
+            *SIMULATION_FIELDS,
+        )
+        help_texts = {
+            "decay_rate": "Per-step loss decay. Blank: 5 / total steps (spans the job).",
+            "seed": "Blank: random.",
+            "warmup_steps": "Blank: 5% of the steps, at most 500.",
+            "diverge_at_step": "Make the loss blow up from this step on, so the job fails.",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("decay_rate", "seed", "warmup_steps"):
+            self.fields[name].required = False
+
+    def service_arguments(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in (*self.Meta.fields, "start")}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned_data = super().clean()
+        if not self.errors:
+            # The service is the validator: run it and roll back, so the admin refuses exactly
+            # what the web form, the API and createjob refuse. save_model creates for real.
+            try:
+                with transaction.atomic():
+                    job_create(**self.service_arguments())
+                    raise _DryRun
+            except _DryRun:
+                pass
+            except ValidationError as error:
+                for field, field_errors in error.message_dict.items():
+                    target = field if field in self.fields else NON_FIELD_ERRORS
+                    self.add_error(target, field_errors)
+        return cleaned_data
+
+
+@admin.register(TrainingJob)
+class TrainingJobAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "status",
+        "owner",
+        "progress",
+        "last_loss_display",
+        "created",
+        "updated",
+        "live_link",
+    )
+    list_filter = (
+        "status",
+        "source",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    )
+    list_select_related = ("owner",)
+    search_fields = ("name",)
+    autocomplete_fields = ("owner",)
+    actions = ("start_jobs", "pause_jobs", "resume_jobs", "cancel_jobs")
+    add_form = TrainingJobAddForm
+    add_fieldsets = (
+        (None, {"fields": ("name", "owner", "start")}),
+        ("Labels", {"fields": ("description", "model_name", "dataset", "hyperparameters")}),
+        ("Simulation", {"fields": ("source", *SIMULATION_FIELDS)}),
+    )
+    fieldsets = (
+        (None, {"fields": ("name", "owner", "status", "failure_reason")}),
+        ("Labels", {"fields": ("description", "model_name", "dataset", "hyperparameters")}),
+        (
+            "Progress",
+            {
+                "fields": (
+                    "progress",
+                    "current_step",
+                    "last_loss",
+                    "best_loss",
+                    "best_loss_step",
+                    "last_accuracy",
+                    "last_learning_rate",
+                    "steps_per_second",
+                    "last_reported_at",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "updated_at",
+                )
+            },
+        ),
+        ("Latest points", {"fields": ("latest_points",)}),
+        ("Simulation", {"fields": ("source", *SIMULATION_FIELDS), "classes": ("collapse",)}),
+    )
+
+    def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
+        # The model's CheckConstraints say "> 0"; the form says so next to the field.
+        if db_field.name in POSITIVE_FIELDS:
+            kwargs["min_value"] = 1
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    def get_form(self, request: HttpRequest, obj: TrainingJob | None = None, **kwargs: Any):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: TrainingJob | None = None):
+        return self.add_fieldsets if obj is None else self.fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TrainingJob | None = None):
+        if obj is None:
+            return ()
+        fields = (field for fieldset in self.fieldsets for field in fieldset[1]["fields"])
+        return tuple(field for field in fields if field not in EDITABLE_ON_CHANGE)
+
+    def view_on_site(self, obj: TrainingJob) -> str:
+        return obj.get_absolute_url()
+
+    def save_model(
+        self, request: HttpRequest, obj: TrainingJob, form: forms.ModelForm, change: bool
+    ) -> None:
+        if not change:
+            job = job_create(**form.service_arguments())
+            obj.pk = job.pk
+            obj.refresh_from_db()
+            return
+        # Only the edited columns: a full save would write back progress and status read
+        # before a concurrent tick or action changed them.
+        if changed := [name for name in form.changed_data if name in EDITABLE_ON_CHANGE]:
+            obj.updated_at = timezone.now()
+            obj.save(update_fields=[*changed, "updated_at"])
+
+    def delete_model(self, request: HttpRequest, obj: TrainingJob) -> None:
+        job_delete(job=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        for job in queryset:
+            job_delete(job=job)
+
+    def get_deleted_objects(self, objs, request: HttpRequest):
+        # Django's default lists every related point, a line each: a long run has millions.
+        jobs = list(objs)
+        metric_model = TrainingJob._meta.get_field("metrics").related_model
+        metric_opts = metric_model._meta
+        points = dict(
+            metric_model._default_manager.filter(job__in=jobs)
+            .order_by()
+            .values_list("job")
+            .annotate(Count("pk"))
+        )
+        deleted = [
+            [f"Training job: {job}", [f"{points.get(job.pk, 0):,} metric points"]] for job in jobs
+        ]
+        counts = {TrainingJob._meta.verbose_name_plural: len(jobs)}
+        perms_needed = set()
+        if total := sum(points.values()):
+            counts[metric_opts.verbose_name_plural] = total
+            codename = get_permission_codename("delete", metric_opts)
+            if not request.user.has_perm(f"{metric_opts.app_label}.{codename}"):
+                perms_needed.add(metric_opts.verbose_name_plural)
+        return deleted, counts, perms_needed, []
+
+    # --- columns and read-only panels ---------------------------------------------------------
+
+    @admin.display(
+        description="Progress",
+        ordering=Cast("current_step", FloatField()) / (F("total_epochs") * F("steps_per_epoch")),
+    )
+    def progress(self, job: TrainingJob) -> SafeString:
+        percent = job.progress_percent
+        return format_html(
+            '<span style="white-space: nowrap" title="step {} / {}">'
+            '<progress value="{}" max="100" style="width: 5em"></progress> {}%</span>',
+            f"{job.current_step:,}",
+            f"{job.total_steps:,}",
+            f"{percent:.1f}",
+            f"{percent:.0f}",
+        )
+
+    @admin.display(description="Last loss", ordering="last_loss")
+    def last_loss_display(self, job: TrainingJob) -> str | None:
+        return None if job.last_loss is None else f"{job.last_loss:.4g}"
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, job: TrainingJob) -> str:
+        return timezone.localtime(job.created_at).strftime(COMPACT_TIME)
+
+    @admin.display(description="Updated", ordering="updated_at")
+    def updated(self, job: TrainingJob) -> str:
+        return naturaltime(job.updated_at)
+
+    @admin.display(description="Live")
+    def live_link(self, job: TrainingJob) -> SafeString:
+        return format_html('<a href="{}">View live</a>', job.get_absolute_url())
+
+    @admin.display(description="Latest points")
+    def latest_points(self, job: TrainingJob) -> SafeString | str:
+        # Through the reverse relation: the jobs app never imports metrics.
+        points = list(
+            job.metrics.order_by("-step").values_list(
+                "step", "epoch", "loss", "accuracy", "learning_rate"
+            )[:LATEST_POINTS]
+        )
+        if not points:
+            return "No points yet."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (f"{step:,}", epoch, f"{loss:.5g}", _optional(accuracy), _optional(rate))
+                for step, epoch, loss, accuracy, rate in points
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>Step</th><th>Epoch</th><th>Loss</th><th>Accuracy</th>"
+            "<th>Learning rate</th></tr></thead><tbody>{}</tbody></table>"
+            '<p class="help">The newest {} points, latest first. The whole history: the '
+            '<a href="{}">live page</a>, its CSV / JSON export, or <a href="{}">every point</a> '
+            "here.</p>",
+            rows,
+            len(points),
+            job.get_absolute_url(),
+            f"{reverse('admin:metrics_trainingmetric_changelist')}?job__id__exact={job.pk}",
+        )
+
+    # --- actions ------------------------------------------------------------------------------
+
+    @admin.action(description="Start selected jobs (queued)")
+    def start_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        self._transition(request, queryset, "start", "started")
+
+    @admin.action(description="Pause selected jobs")
+    def pause_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        self._transition(request, queryset, "pause", "paused")
+
+    @admin.action(description="Resume selected jobs (paused)")
+    def resume_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        self._transition(request, queryset, "resume", "resumed")
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        self._transition(request, queryset, "cancel", "cancelled")
+
+    def _transition(
+        self, request: HttpRequest, queryset: QuerySet[TrainingJob], action: str, past: str
+    ) -> None:
+        changed = 0
+        refusals: list[str] = []
+        for job in queryset.order_by("pk"):
+            try:
+                job_transition(job, action)
+            except JobTransitionError as error:
+                refusals.append(str(error))
+            else:
+                changed += 1
+        if changed:
+            self.message_user(
+                request, f"{past.capitalize()} {changed} job{pluralize(changed)}.", messages.SUCCESS
+            )
+        if refusals:
+            shown = " ".join(refusals[:REFUSALS_SHOWN])
+            more = len(refusals) - REFUSALS_SHOWN
+            self.message_user(
+                request,
+                f"{len(refusals)} job{pluralize(len(refusals))} not {past}: {shown}"
+                + (f" (and {more} more)" if more > 0 else ""),
+                messages.WARNING,
+            )
+
+
+def _optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

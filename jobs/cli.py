@@ -1,0 +1,81 @@
+"""What the manage.py commands share: choosing the owner, and the pause/resume/cancel commands."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs.models import TrainingJob
+from jobs.services import TRANSITIONS, JobTransitionError, job_transition
+
+OWNER_HELP = (
+    "Username of the job's owner. Defaults to the superuser when there is exactly one; "
+    "required otherwise."
+)
+
+
+def owner_from_option(username: str | None) -> AbstractBaseUser:
+    """The user named `username`, or the only superuser when no name is given."""
+    User = get_user_model()
+    if username:
+        try:
+            return User.objects.get_by_natural_key(username)
+        except User.DoesNotExist:
+            raise CommandError(f"No user {username!r}; create it first or pick another.") from None
+    superusers = list(User.objects.filter(is_superuser=True)[:2])
+    if len(superusers) == 1:
+        return superusers[0]
+    if not superusers:
+        raise CommandError("No superuser exists: pass --owner USER (or run createsuperuser).")
+    raise CommandError("There are several superusers: choose one with --owner USER.")
+
+
+def validation_message(error: ValidationError) -> str:
+    """A service's ValidationError as one line."""
+    return " ".join(error.messages)
+
+
+def transition_help(action: str, past_tense: str) -> str:
+    sources = ", ".join(sorted(TRANSITIONS[action][0]))
+    return (
+        f"{action.capitalize()} jobs by id (only {sources} jobs can be {past_tense}). "
+        "Unknown ids stop the command before anything changes; a job whose status does not "
+        "allow it is reported and skipped, and the command then exits with status 1."
+    )
+
+
+class JobTransitionCommand(BaseCommand):
+    """`<action>job JOB_ID ...`: one transition per job, through jobs.services."""
+
+    action: str  # a key of jobs.services.TRANSITIONS
+    past_tense: str
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "job_ids", nargs="+", type=int, metavar="JOB_ID", help="Job ids, as `jobs` lists them."
+        )
+
+    def handle(self, *args: object, **options: object) -> None:
+        job_ids = list(dict.fromkeys(options["job_ids"]))  # in the given order, once each
+        jobs = TrainingJob.objects.in_bulk(job_ids)
+        if missing := [job_id for job_id in job_ids if job_id not in jobs]:
+            raise CommandError(f"No job with id {', '.join(map(str, missing))}; nothing changed.")
+
+        refused = 0
+        for job_id in job_ids:
+            job = jobs[job_id]
+            try:
+                job_transition(job, self.action)
+            except JobTransitionError as error:
+                refused += 1
+                self.stderr.write(str(error))
+                continue
+            self.stdout.write(f"{self.past_tense.capitalize()} job {job.pk} ({job.name!r}).")
+        if refused:
+            raise CommandError(
+                f"{refused} of {len(job_ids)} jobs could not be {self.past_tense}; see above."
+            )

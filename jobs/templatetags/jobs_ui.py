@@ -1,0 +1,126 @@
+"""Filters that turn job figures into the short forms the pages show ("~4 min", "3 s ago").
+
+static/trainmon/relative-time.js repeats `ago` in the browser; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import template
+from django.utils import timezone
+from django.utils.formats import date_format
+
+from jobs.models import TrainingJob
+from jobs.services import job_allowed_actions
+
+register = template.Library()
+
+MINUTE = 60
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+EMPTY = "—"
+# Figures below this are shown in scientific notation (learning rates).
+SCIENTIFIC_BELOW = 1e-2
+LARGE_LOSS = 1000
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:  # noqa: PLR0911 - a return per unit reads best
+    """'just now', '42 s ago', '3 min ago', '5 h ago', '2 d ago', then the date."""
+    if moment is None:
+        return EMPTY
+    seconds = (timezone.now() - moment).total_seconds()
+    if seconds < 1:
+        return "just now"
+    if seconds < MINUTE:
+        return f"{int(seconds)} s ago"
+    if seconds < HOUR:
+        return f"{int(seconds // MINUTE)} min ago"
+    if seconds < DAY:
+        return f"{int(seconds // HOUR)} h ago"
+    if seconds < WEEK:
+        return f"{int(seconds // DAY)} d ago"
+    return date_format(timezone.localtime(moment), "j M Y")
+
+
+@register.filter
+def approx_duration(duration: timedelta | None) -> str:
+    """An ETA as people say it: '~45 s', '~4 min', '~2 h 10 min', '~3 d 4 h'."""
+    if duration is None:
+        return EMPTY
+    seconds = max(duration.total_seconds(), 0)
+    if seconds < MINUTE:
+        return f"~{max(round(seconds), 1)} s"
+    if seconds < HOUR:
+        return f"~{round(seconds / MINUTE)} min"
+    if seconds < DAY:
+        hours, minutes = divmod(round(seconds / MINUTE), 60)
+        return f"~{hours} h {minutes} min" if minutes else f"~{hours} h"
+    days, hours = divmod(round(seconds / HOUR), 24)
+    return f"~{days} d {hours} h" if hours else f"~{days} d"
+
+
+@register.filter
+def loss(value: float | None) -> str:
+    if value is None:
+        return EMPTY
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= LARGE_LOSS:
+        return f"{value:.3g}"
+    return f"{value:.4f}"
+
+
+@register.filter
+def fraction_percent(value: float | None) -> str:
+    """An accuracy in [0, 1] as a percentage."""
+    return EMPTY if value is None else f"{100 * value:.1f}%"
+
+
+@register.filter
+def progress(job: TrainingJob) -> str:
+    """Rounded down, so a job shows 100% only when it is done."""
+    percent = math.floor(job.progress_percent * 10) / 10
+    return f"{percent:.0f}%" if percent in (0, 100) else f"{percent:.1f}%"
+
+
+@register.filter
+def progress_width(job: TrainingJob) -> str:
+    """For style="width: …": a plain decimal, never localized."""
+    return f"{job.progress_percent:.2f}%"
+
+
+@register.filter
+def sci(value: float | None) -> str:
+    """Learning rates: '3.0e-4' for small ones, plain digits otherwise."""
+    if value is None:
+        return EMPTY
+    if value == 0 or abs(value) >= SCIENTIFIC_BELOW:
+        return f"{value:.4g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+@register.filter
+def rate(value: float | None) -> str:
+    if value is None:
+        return EMPTY
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+@register.filter
+def hyperparameter(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@register.filter
+def user_actions(job: TrainingJob) -> list[str]:
+    """The job page's buttons: the legal transitions a user may ask for (not complete/fail)."""
+    from jobs.views import ACTIONS
+
+    return [action for action in job_allowed_actions(job) if action in ACTIONS]

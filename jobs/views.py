@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
+from django_htmx.middleware import HtmxDetails
+
+from jobs import services
+from jobs.forms import JobCreateForm
+from jobs.models import TrainingJob
+from jobs.selectors import job_for_user, job_status_counts, jobs_for_dashboard
+from jobs.services import JobTransitionError
+
+JOBS_PER_PAGE = 50
+DASHBOARD_POLL_SECONDS = 2
+SEARCH_MAX_LENGTH = 200
+HTTP_CONFLICT = 409
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+# The actions a user may ask for from the job page, with their service, the toast they
+# answer with and its level. "complete" and "fail" belong to the engine and the API.
+ACTIONS: dict[str, tuple[Callable[..., TrainingJob], str, str]] = {
+    "start": (services.job_start, "Started", "success"),
+    "pause": (services.job_pause, "Paused", "info"),
+    "resume": (services.job_resume, "Resumed", "success"),
+    "cancel": (services.job_cancel, "Cancelled", "warning"),
+}
+
+
+def _partial_request(request: HtmxHttpRequest) -> bool:
+    # A history restore after a cache miss wants the whole page, not the fragment.
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+@require_GET
+def dashboard(request: HtmxHttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    if status not in TrainingJob.Status.values:
+        status = ""
+    search = request.GET.get("q", "").strip()[:SEARCH_MAX_LENGTH]
+    jobs = jobs_for_dashboard(request.user, status=status or None, search=search or None)
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    counts = job_status_counts(request.user)
+    context = {
+        "page": page,
+        "jobs": page.object_list,
+        "polling": any(job.is_active for job in page.object_list),
+        "status": status,
+        "search": search,
+        "poll_seconds": DASHBOARD_POLL_SECONDS,
+        "summary": [(value, label, counts[value]) for value, label in TrainingJob.Status.choices],
+        "total": sum(counts.values()),
+        "statuses": TrainingJob.Status.choices,
+    }
+    if _partial_request(request):
+        response = render(request, "jobs/_dashboard_update.html", context)
+    else:
+        response = render(request, "jobs/dashboard.html", context)
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def job_new(request: HtmxHttpRequest) -> HttpResponse:
+    form = JobCreateForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and (job := form.create_job(owner=request.user)):
+        verb = "Started" if job.status == TrainingJob.Status.RUNNING else "Created"
+        messages.success(request, f"{verb} “{job.name}”.")
+        return redirect(job)
+    status = 400 if form.is_bound else 200
+    return render(request, "jobs/new.html", {"form": form}, status=status)
+
+
+@require_GET
+def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    job = job_for_user(request.user, pk)
+    return render(request, "jobs/detail.html", {"job": job})
+
+
+@require_POST
+def job_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
+    job = job_for_user(request.user, pk)
+    service, verb, level = ACTIONS[action]
+    try:
+        service(job=job)
+    except JobTransitionError as error:
+        return _action_answer(request, job, str(error), "error", status=HTTP_CONFLICT)
+    return _action_answer(request, job, f"{verb} “{job.name}”.", level)
+
+
+@require_POST
+def job_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    job = job_for_user(request.user, pk)
+    name = job.name
+    services.job_delete(job=job)
+    messages.success(request, f"Deleted “{name}”.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("jobs:dashboard"))
+    return redirect("jobs:dashboard")
+
+
+def _action_answer(
+    request: HtmxHttpRequest, job: TrainingJob, message: str, level: str, status: int = 200
+) -> HttpResponse:
+    if not request.htmx:
+        # A plain form post (no JavaScript): the page again, with the message as a toast.
+        getattr(messages, level)(request, message)
+        if status == HTTP_CONFLICT:
+            return render(request, "jobs/detail.html", {"job": job}, status=status)
+        return redirect(job, permanent=False)
+    context: dict[str, Any] = {"job": job}
+    html = render_to_string("jobs/_job_header.html", context, request=request)
+    html += render_to_string("jobs/_job_progress.html", context | {"oob": True}, request=request)
+    html += render_to_string("jobs/_job_stats.html", context | {"oob": True}, request=request)
+    response = HttpResponse(html, status=status)
+    return trigger_client_event(response, "toast", {"message": message, "level": level})

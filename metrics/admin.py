@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db import connection
+from django.http import HttpRequest
+from django.utils.functional import cached_property
+
+from metrics.models import TrainingMetric
+
+# Below this many rows (by the planner's estimate) an exact count is cheap enough to run.
+EXACT_COUNT_BELOW = 100_000
+
+
+class EstimatedCountPaginator(Paginator):
+    """Counts with PostgreSQL's row estimate when the whole table is listed."""
+
+    @cached_property
+    def count(self) -> int:
+        # COUNT(*) over millions of points is a full index scan on every page view; the
+        # planner's estimate (pg_class.reltuples, kept by autovacuum) costs nothing.
+        query = getattr(self.object_list, "query", None)
+        if connection.vendor == "postgresql" and query is not None and not query.where:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                    [query.model._meta.db_table],
+                )
+                (estimate,) = cursor.fetchone()
+            if estimate >= EXACT_COUNT_BELOW:  # -1 when the table was never analysed
+                return estimate
+        return super().count
+
+
+class JobStatusFilter(admin.ChoicesFieldListFilter):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.title = "job status"
+
+
+@admin.register(TrainingMetric)
+class TrainingMetricAdmin(admin.ModelAdmin):
+    list_display = (
+        "job",
+        "epoch",
+        "step",
+        "loss_display",
+        "accuracy_display",
+        "learning_rate_display",
+        "created_at",
+    )
+    list_select_related = ("job",)
+    list_filter = (("job__status", JobStatusFilter),)
+    # Facet counts would group the whole points table on every page view.
+    show_facets = admin.ShowFacets.NEVER
+    raw_id_fields = ("job",)
+    # Newest job's latest points first, read backwards off the (job_id, step) unique index;
+    # sorting by any other column would sort the whole table, so headers do not sort.
+    ordering = ("-job_id", "-step")
+    sortable_by = ()
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    # Points are stored together with their job's progress (metrics.services.
+    # metric_batches_write); an edit here would leave the job's figures wrong, so points are
+    # read-only. They go away with their job.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: TrainingMetric | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: TrainingMetric | None = None
+    ) -> bool:
+        return False
+
+    @admin.display(description="loss")
+    def loss_display(self, point: TrainingMetric) -> str:
+        return f"{point.loss:.5g}"
+
+    @admin.display(description="accuracy")
+    def accuracy_display(self, point: TrainingMetric) -> str | None:
+        return None if point.accuracy is None else f"{point.accuracy:.4f}"
+
+    @admin.display(description="learning rate")
+    def learning_rate_display(self, point: TrainingMetric) -> str | None:
+        return None if point.learning_rate is None else f"{point.learning_rate:.4g}"

@@ -1,0 +1,121 @@
+"""Full-resolution exports of a job's points, streamed in pages so memory stays flat.
+
+Pages are read by keyset over the (job_id, step) unique index: each page is one short query
+that starts where the last one ended, so a million-point export never holds more than a
+page, never keeps a cursor open across the response, and reads the same way on SQLite and
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+
+from django.utils.text import slugify
+
+from jobs.models import TrainingJob
+from metrics.models import TrainingMetric
+
+EXPORT_PAGE_SIZE = 5000
+EXPORT_COLUMNS = ("step", "epoch", "loss", "accuracy", "learning_rate", "created_at")
+FORMATS = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
+_FILENAME_SLUG_LENGTH = 60
+
+
+def export_filename(job: TrainingJob, fmt: str) -> str:
+    """A filename that is safe in any header or filesystem: ascii slug, no path parts."""
+    slug = slugify(job.name)[:_FILENAME_SLUG_LENGTH].strip("-") or "metrics"
+    return f"trainmon-job-{job.pk}-{slug}.{fmt}"
+
+
+def export_pages(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> Iterator[list[tuple]]:
+    """The job's points as lists of EXPORT_COLUMNS tuples, in step order, page by page."""
+    after = -1
+    while True:
+        page = list(
+            TrainingMetric.objects.filter(job_id=job.pk, step__gt=after)
+            .order_by("step")
+            .values_list(*EXPORT_COLUMNS)[:page_size]
+        )
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        after = page[-1][0]
+
+
+def export_csv_chunks(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> Iterator[str]:
+    """CSV text: a header row, then one row per point; empty cells where nothing was reported."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    yield _drain(buffer)
+    for page in export_pages(job, page_size):
+        writer.writerows(
+            (step, epoch, loss, accuracy, rate, created.isoformat())
+            for step, epoch, loss, accuracy, rate, created in page
+        )
+        yield _drain(buffer)
+
+
+def export_json_chunks(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> Iterator[str]:
+    """One JSON document: {"job": {...}, "points": [{"step": ..., ...}, ...]}.
+
+    The points have the shape the API's POST /api/v1/jobs/<id>/metrics/ takes (plus
+    created_at), so an export can be sent back to another trainmon.
+    """
+    header = {
+        "id": job.pk,
+        "name": job.name,
+        "status": job.status,
+        "source": job.source,
+        "model_name": job.model_name,
+        "dataset": job.dataset,
+        "hyperparameters": job.hyperparameters,
+        "total_epochs": job.total_epochs,
+        "steps_per_epoch": job.steps_per_epoch,
+    }
+    yield '{"job":' + json.dumps(header, separators=(",", ":")) + ',"points":['
+    separator = ""
+    for page in export_pages(job, page_size):
+        points = [
+            {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss,
+                "accuracy": accuracy,
+                "learning_rate": rate,
+                "created_at": created.isoformat(),
+            }
+            for step, epoch, loss, accuracy, rate, created in page
+        ]
+        yield separator + _json_list_items(points)
+        separator = ","
+    yield "]}\n"
+
+
+def _drain(buffer: io.StringIO) -> str:
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
+
+
+def _json_list_items(points: list[dict]) -> str:
+    try:
+        text = json.dumps(points, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        # The write paths never store a non-finite value, but JSON has no NaN: write null.
+        text = json.dumps([_finite_only(point) for point in points], separators=(",", ":"))
+    return text[1:-1]
+
+
+def _finite_only(point: dict) -> dict:
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in point.items()
+    }

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from jobs.models import TrainingJob
+from metrics.export import FORMATS, export_csv_chunks, export_json_chunks
+
+GENERATORS = {"csv": export_csv_chunks, "json": export_json_chunks}
+
+
+class Command(BaseCommand):
+    help = "Export a job's metric points at full resolution as CSV or JSON (to stdout or a file)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("job_id", type=int, metavar="JOB_ID")
+        # Checked in handle(), not by argparse `choices`, so a bad value is one CommandError line.
+        parser.add_argument("--format", default="csv", help="csv (default) or json")
+        parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        fmt = options["format"].lower()
+        if fmt not in FORMATS:
+            raise CommandError(f"Unknown format {options['format']!r}: use csv or json.")
+        try:
+            job = TrainingJob.objects.get(pk=options["job_id"])
+        except TrainingJob.DoesNotExist:
+            raise CommandError(f"No job {options['job_id']}.") from None
+        chunks = GENERATORS[fmt](job)
+        if options["output"]:
+            _write_file(Path(options["output"]), chunks)
+        else:
+            for chunk in chunks:
+                self.stdout.write(chunk, ending="")
+
+
+def _write_file(path: Path, chunks: Any) -> None:
+    """Write through a temporary file in the same folder, so a failed export leaves nothing."""
+    if path.is_dir():
+        raise CommandError(f"Cannot write {path}: it is a directory.")
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".part"
+        )
+    except OSError as error:
+        raise CommandError(f"Cannot write {path}: {error.strerror or error}.") from None
+    try:
+        # mkstemp makes the file private; give the export the permissions a new file gets.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as output:
+            for chunk in chunks:
+                output.write(chunk)
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise CommandError(f"Cannot write {path}: {error.strerror or error}.") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

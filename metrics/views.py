@@ -1,0 +1,321 @@
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    QueryDict,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils.http import content_disposition_header
+from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from django_htmx.http import HttpResponseStopPolling, trigger_client_event
+from django_htmx.middleware import HtmxDetails
+
+from jobs.models import TrainingJob
+from jobs.selectors import job_for_user, jobs_visible_to
+from jobs.services import job_allowed_actions
+from metrics.export import FORMATS, export_csv_chunks, export_filename, export_json_chunks
+from metrics.selectors import (
+    POLL_MAX_POINTS,
+    SERIES_MAX_POINTS,
+    Series,
+    metrics_after,
+    series_downsampled,
+)
+
+Status = TrainingJob.Status
+
+SERIES_MIN_POINTS_PARAM = 10
+SERIES_MAX_POINTS_PARAM = 10_000
+COMPARE_MAX_JOBS = 8
+# Eight lines on one chart: fewer points each keeps the page light and still shows shape.
+COMPARE_POINTS_PER_JOB = 1000
+PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7
+MISSING_VALUE = "—"
+
+_STATUS_TOASTS = {
+    Status.COMPLETED: ("completed", "success"),
+    Status.STALLED: ("stalled: no report received lately", "warning"),
+    Status.CANCELLED: ("cancelled", "warning"),
+    Status.PAUSED: ("paused", "info"),
+    Status.QUEUED: ("queued", "info"),
+}
+# What a job that runs again did, by the status it left.
+_RESUMED_VERBS = {
+    Status.QUEUED: "started",
+    Status.PAUSED: "resumed",
+    Status.STALLED: "is reporting again",
+}
+
+# Escapes as Django's json_script does, so data can sit inside a <script> element.
+_SCRIPT_ESCAPES = {ord("<"): "\\u003C", ord(">"): "\\u003E", ord("&"): "\\u0026"}
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+class BadParameter(ValueError):
+    """A query parameter the view cannot use; str() is the message for the user."""
+
+
+@never_cache
+@require_GET
+def series(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
+    try:
+        max_points = _int_param(request.GET, "max_points", default=SERIES_MAX_POINTS)
+    except BadParameter as error:
+        return _json_response({"error": str(error)}, status=400)
+    max_points = min(max(max_points, SERIES_MIN_POINTS_PARAM), SERIES_MAX_POINTS_PARAM)
+    job = job_for_user(request.user, job_id)
+    points = series_downsampled(job, max_points)
+    return _json_response({**_series_json(points), "status": job.status})
+
+
+@never_cache
+@require_GET
+def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
+    """New points since `after` as JSON in #poll-data, and the job's partials, out of band."""
+    try:
+        after = _int_param(request.GET, "after", minimum=-1)
+        known_status = _status_param(request.GET)
+    except BadParameter as error:
+        return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
+    job = job_for_user(request.user, job_id)
+    points = metrics_after(job, after, POLL_MAX_POINTS)
+    data = {
+        **_series_json(points),
+        "last_step": after if points.last_step is None else points.last_step,
+        "catch_up": points.downsampled,
+        "status": job.status,
+        "terminal": job.is_terminal,
+    }
+    context = {
+        "job": job,
+        "oob": True,
+        "actions": job_allowed_actions(job),
+        "poll_json": _script_json(data),
+    }
+    html = render_to_string("metrics/_poll.html", context, request=request)
+    # htmx 2 stops polling on 286 and still swaps the body: the final points and partials.
+    response = HttpResponseStopPolling(html) if job.is_terminal else HttpResponse(html)
+    if known_status and known_status != job.status:
+        trigger_client_event(response, "toast", status_toast(job, known_status))
+    return response
+
+
+@require_GET
+def export_csv(request: HtmxHttpRequest, job_id: int) -> StreamingHttpResponse:
+    return _export(request, job_id, "csv", export_csv_chunks)
+
+
+@require_GET
+def export_json(request: HtmxHttpRequest, job_id: int) -> StreamingHttpResponse:
+    return _export(request, job_id, "json", export_json_chunks)
+
+
+@require_GET
+def compare(request: HtmxHttpRequest) -> HttpResponse:
+    try:
+        job_ids = _job_ids(request.GET)
+    except BadParameter as error:
+        return render(request, "metrics/compare.html", {"error": str(error)}, status=400)
+    visible = {job.pk: job for job in jobs_visible_to(request.user).filter(pk__in=job_ids)}
+    jobs = [visible[job_id] for job_id in job_ids if job_id in visible]
+    if not jobs:
+        raise Http404("None of these jobs exist or are yours.")
+    colours = series_colours([job.pk for job in jobs])
+    chart = [
+        {
+            "id": job.pk,
+            "name": job.name,
+            "colour": colours[job.pk],
+            **_compact_series(series_downsampled(job, COMPARE_POINTS_PER_JOB)),
+        }
+        for job in jobs
+    ]
+    keys, rows = _hyperparameter_table(jobs)
+    context = {
+        "jobs": jobs,
+        "rows": [
+            {"job": job, "colour": colours[job.pk], "params": params}
+            for job, params in zip(jobs, rows, strict=True)
+        ],
+        "hyperparameter_keys": keys,
+        "skipped": [job_id for job_id in job_ids if job_id not in visible],
+        "chart_data": chart,
+        "max_jobs": COMPARE_MAX_JOBS,
+    }
+    return render(request, "metrics/compare.html", context)
+
+
+def status_toast(job: TrainingJob, previous: str) -> dict[str, str]:
+    """The toast for a job whose status changed from `previous` to its current one."""
+    name = job.name
+    if job.status == Status.FAILED:
+        reason = f": {job.failure_reason}" if job.failure_reason else ""
+        return {"message": f"{name} failed{reason}", "level": "error"}
+    if job.status == Status.RUNNING:
+        verb = _RESUMED_VERBS.get(previous, "is running")
+        return {"message": f"{name} {verb}", "level": "info"}
+    message, level = _STATUS_TOASTS.get(
+        job.status, (f"is {job.get_status_display().lower()}", "info")
+    )
+    return {"message": f"{name} {message}", "level": level}
+
+
+def series_colours(job_ids: list[int]) -> dict[int, int]:
+    """Palette slot per job: id mod palette size, so a job keeps its colour across pages;
+    a slot already taken on this page goes to the next free one (lowest id keeps its own)."""
+    taken: set[int] = set()
+    colours: dict[int, int] = {}
+    for job_id in sorted(set(job_ids)):
+        slot = job_id % PALETTE_SIZE
+        for offset in range(PALETTE_SIZE):
+            candidate = (slot + offset) % PALETTE_SIZE
+            if candidate not in taken:
+                slot = candidate
+                break
+        taken.add(slot)
+        if len(taken) == PALETTE_SIZE:
+            taken.clear()
+        colours[job_id] = slot
+    return colours
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _int_param(
+    params: QueryDict, name: str, *, default: int | None = None, minimum: int | None = None
+) -> int:
+    raw = params.get(name, "").strip()
+    if raw == "":
+        if default is None:
+            raise BadParameter(f"{name} is required.")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParameter(f"{name} must be an integer, got {raw[:40]!r}.") from None
+    if minimum is not None and value < minimum:
+        raise BadParameter(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def _status_param(params: QueryDict) -> str:
+    status = params.get("status", "").strip()
+    if status and status not in Status.values:
+        raise BadParameter(f"status must be one of {', '.join(Status.values)}.")
+    return status
+
+
+def _job_ids(params: QueryDict) -> list[int]:
+    """Ids from ?jobs=1,2 or ?jobs=1&jobs=2 (the dashboard's checkboxes), in order, unique."""
+    ids: list[int] = []
+    for value in params.getlist("jobs"):
+        for piece in value.split(","):
+            part = piece.strip()
+            if not part:
+                continue
+            if not part.isdigit() or int(part) == 0:
+                raise BadParameter(f"{part[:40]!r} is not a job id.")
+            if int(part) not in ids:
+                ids.append(int(part))
+    if not ids:
+        raise BadParameter("Choose at least one job to compare.")
+    if len(ids) > COMPARE_MAX_JOBS:
+        raise BadParameter(f"Compare at most {COMPARE_MAX_JOBS} jobs at a time ({len(ids)} given).")
+    return ids
+
+
+def _hyperparameter_table(jobs: list[TrainingJob]) -> tuple[list[dict], list[list[dict]]]:
+    """Columns (key, differs) and per job the cells (value, differs), keys sorted."""
+    params = [job.hyperparameters if isinstance(job.hyperparameters, dict) else {} for job in jobs]
+    keys = sorted({key for p in params for key in p})
+    differs = {
+        key: len({json.dumps(p.get(key, MISSING_VALUE), sort_keys=True) for p in params}) > 1
+        for key in keys
+    }
+    rows = [
+        [
+            {"value": _display(p[key]) if key in p else MISSING_VALUE, "differs": differs[key]}
+            for key in keys
+        ]
+        for p in params
+    ]
+    return [{"key": key, "differs": differs[key]} for key in keys], rows
+
+
+def _display(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _series_json(points: Series) -> dict[str, Any]:
+    return {
+        "steps": points.steps,
+        "loss": points.loss,
+        "accuracy": points.accuracy,
+        "learning_rate": points.learning_rate,
+        "total": points.total,
+        "shown": points.shown,
+        "last_step": points.last_step,
+    }
+
+
+def _compact_series(points: Series) -> dict[str, Any]:
+    return {"steps": points.steps, "loss": points.loss, "total": points.total}
+
+
+def _dumps(data: Any) -> str:
+    try:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        # No write path stores a non-finite value; should one slip in, JSON gets null.
+        return json.dumps(_finite_only(data), separators=(",", ":"))
+
+
+def _finite_only(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite_only(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite_only(value) for value in data]
+    return data
+
+
+def _json_response(data: dict[str, Any], *, status: int = 200) -> HttpResponse:
+    return HttpResponse(_dumps(data), content_type="application/json", status=status)
+
+
+def _script_json(data: dict[str, Any]) -> SafeString:
+    return mark_safe(_dumps(data).translate(_SCRIPT_ESCAPES))
+
+
+def _export(
+    request: HtmxHttpRequest,
+    job_id: int,
+    fmt: str,
+    chunks: Callable[[TrainingJob], Iterator[str]],
+) -> StreamingHttpResponse:
+    job = job_for_user(request.user, job_id)
+    return StreamingHttpResponse(
+        chunks(job),
+        content_type=FORMATS[fmt],
+        headers={
+            "Content-Disposition": content_disposition_header(True, export_filename(job, fmt)),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )

@@ -1,0 +1,448 @@
+// Live charts of a job's loss, accuracy and learning rate (templates/metrics/_charts.html),
+// plus the helpers compare.js shares (window.trainmonCharts).
+//
+// The server downsamples (metrics:series) and sends only new points (metrics:poll); this file
+// keeps its own column arrays as the source of truth and leaves Chart.js's decimation plugin
+// off, because that plugin swaps dataset.data for a copy (Chart.js issue #11929).
+(function () {
+  "use strict";
+
+  const DEFAULT_SMOOTHING = 0.6;
+  // Past this many points in the chart, fetch the downsampled series instead of growing.
+  const CHART_MAX_POINTS = 4000;
+  const RETRY_MS = 5000;
+  const RAW_ALPHA = 0.28; // the raw line sits faint behind the smoothed one
+  const PALETTE_SIZE = 8;
+  const FALLBACK = {
+    "--chart-loss": "#2563eb",
+    "--chart-accuracy": "#16a34a",
+    "--chart-lr": "#9333ea",
+    "--chart-grid": "rgba(127, 127, 127, 0.2)",
+    "--chart-text": "#6b7280",
+    "--series-0": "#2563eb",
+    "--series-1": "#dc2626",
+    "--series-2": "#16a34a",
+    "--series-3": "#d97706",
+    "--series-4": "#9333ea",
+    "--series-5": "#0891b2",
+    "--series-6": "#db2777",
+    "--series-7": "#65a30d",
+  };
+
+  // --- shared helpers ------------------------------------------------------------------------
+
+  function cssVar(name) {
+    const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return value || FALLBACK[name] || "#888";
+  }
+
+  // Any CSS colour (hex, rgb(), hsl(), oklch()...) at an opacity, via the canvas's own parser.
+  const probe = document.createElement("canvas");
+  probe.width = probe.height = 1;
+  const probeContext = probe.getContext("2d", { willReadFrequently: true });
+  function withAlpha(colour, alpha) {
+    probeContext.clearRect(0, 0, 1, 1);
+    probeContext.fillStyle = "#000";
+    probeContext.fillStyle = colour;
+    probeContext.fillRect(0, 0, 1, 1);
+    const [r, g, b, a] = probeContext.getImageData(0, 0, 1, 1).data;
+    return `rgba(${r}, ${g}, ${b}, ${((a / 255) * alpha).toFixed(3)})`;
+  }
+
+  // Exponential moving average, debiased as TensorBoard does, so early points are not pulled
+  // towards zero. Gaps (null) stay gaps and do not advance the average.
+  function makeSmoother(weight) {
+    let last = 0;
+    let count = 0;
+    return function (y) {
+      if (y === null || !Number.isFinite(y)) return null;
+      last = last * weight + (1 - weight) * y;
+      count += 1;
+      const debias = weight >= 1 ? 1 : 1 - Math.pow(weight, count);
+      return last / debias;
+    };
+  }
+
+  function toPoints(steps, values) {
+    const points = new Array(steps.length);
+    for (let i = 0; i < steps.length; i++) points[i] = { x: steps[i], y: values[i] };
+    return points;
+  }
+
+  function smoothPoints(steps, values, weight) {
+    const smooth = makeSmoother(weight);
+    const points = new Array(steps.length);
+    for (let i = 0; i < steps.length; i++) points[i] = { x: steps[i], y: smooth(values[i]) };
+    return { points, smooth };
+  }
+
+  function formatCount(n) {
+    return Number(n).toLocaleString();
+  }
+
+  function formatValue(value) {
+    if (value === null || value === undefined || !Number.isFinite(value)) return "—";
+    const magnitude = Math.abs(value);
+    return magnitude !== 0 && (magnitude < 1e-3 || magnitude >= 1e5)
+      ? value.toExponential(3)
+      : value.toPrecision(4);
+  }
+
+  function chartOptions(yTitle) {
+    const text = cssVar("--chart-text");
+    const grid = cssVar("--chart-grid");
+    return {
+      animation: false,
+      parsing: false,
+      normalized: true, // x is sorted and unique: Chart.js can skip its own checks
+      responsive: true,
+      maintainAspectRatio: false,
+      interaction: { mode: "index", intersect: false },
+      elements: { point: { radius: 0, hitRadius: 4, hoverRadius: 3 }, line: { borderWidth: 1 } },
+      plugins: {
+        decimation: { enabled: false },
+        legend: { display: false },
+        tooltip: {
+          callbacks: {
+            title: (items) => (items.length ? `step ${formatCount(items[0].parsed.x)}` : ""),
+            label: (item) => `${item.dataset.label}: ${formatValue(item.parsed.y)}`,
+          },
+        },
+      },
+      scales: {
+        x: {
+          type: "linear",
+          title: { display: true, text: "step", color: text },
+          ticks: { color: text, maxRotation: 0 },
+          grid: { color: grid },
+        },
+        y: {
+          type: "linear",
+          title: { display: Boolean(yTitle), text: yTitle, color: text },
+          ticks: { color: text },
+          grid: { color: grid },
+        },
+      },
+    };
+  }
+
+  // Re-read grid and text colours after a theme change.
+  function applyAxisColours(chart) {
+    const text = cssVar("--chart-text");
+    const grid = cssVar("--chart-grid");
+    for (const scale of Object.values(chart.options.scales)) {
+      scale.ticks.color = text;
+      scale.grid.color = grid;
+      if (scale.title) scale.title.color = text;
+    }
+    if (chart.options.plugins.legend) {
+      chart.options.plugins.legend.labels = chart.options.plugins.legend.labels || {};
+      chart.options.plugins.legend.labels.color = text;
+    }
+  }
+
+  function onThemeChange(callback) {
+    window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", callback);
+    // A theme switch by class or attribute on <html> changes the variables too.
+    new MutationObserver(callback).observe(document.documentElement, {
+      attributes: true,
+      attributeFilter: ["class", "data-theme", "style"],
+    });
+  }
+
+  function ready(callback) {
+    if (document.readyState === "loading") {
+      document.addEventListener("DOMContentLoaded", callback);
+    } else {
+      callback();
+    }
+  }
+
+  window.trainmonCharts = {
+    DEFAULT_SMOOTHING,
+    PALETTE_SIZE,
+    RAW_ALPHA,
+    cssVar,
+    withAlpha,
+    makeSmoother,
+    toPoints,
+    smoothPoints,
+    formatCount,
+    chartOptions,
+    applyAxisColours,
+    onThemeChange,
+    ready,
+  };
+
+  // --- the job page ------------------------------------------------------------------------
+
+  // One metric drawn as a faint raw line and, if smoothed, a bold smoothed line over it.
+  function MetricChart(canvas, { label, colourVar, smoothed, yTitle }) {
+    this.colourVar = colourVar;
+    this.smoothed = smoothed;
+    this.smooth = null;
+    const options = chartOptions(yTitle);
+    const datasets = [{ label, data: [], order: 2, borderWidth: smoothed ? 1 : 1.75 }];
+    if (smoothed) {
+      datasets.push({ label: `${label} (smoothed)`, data: [], order: 1, borderWidth: 2 });
+    }
+    this.chart = new Chart(canvas, { type: "line", data: { datasets }, options });
+    this.applyColours();
+  }
+
+  MetricChart.prototype.applyColours = function () {
+    const colour = cssVar(this.colourVar);
+    const [raw, smooth] = this.chart.data.datasets;
+    raw.borderColor = this.smoothed ? withAlpha(colour, RAW_ALPHA) : colour;
+    raw.backgroundColor = raw.borderColor;
+    if (smooth) {
+      smooth.borderColor = colour;
+      smooth.backgroundColor = colour;
+    }
+    applyAxisColours(this.chart);
+  };
+
+  // Replace everything (first load, refetch, smoothing change).
+  MetricChart.prototype.setData = function (steps, values, weight) {
+    const [raw, smooth] = this.chart.data.datasets;
+    raw.data = toPoints(steps, values);
+    if (smooth) {
+      const smoothed = smoothPoints(steps, values, weight);
+      smooth.data = smoothed.points;
+      this.smooth = smoothed.smooth;
+    }
+    this.chart.update("none");
+  };
+
+  // Append new points in place: no new chart, and the smoother carries on where it was.
+  MetricChart.prototype.append = function (steps, values) {
+    const [raw, smooth] = this.chart.data.datasets;
+    for (let i = 0; i < steps.length; i++) {
+      raw.data.push({ x: steps[i], y: values[i] });
+      if (smooth) smooth.data.push({ x: steps[i], y: this.smooth(values[i]) });
+    }
+    this.chart.update("none");
+  };
+
+  function setupJobCharts(root) {
+    const seriesUrl = root.dataset.seriesUrl;
+    const maxPoints = Number(root.dataset.maxPoints) || 2000;
+    const poller = document.getElementById("charts-poller");
+    const note = document.getElementById("points-note");
+    const liveToggle = document.getElementById("live-toggle");
+    const slider = document.getElementById("smoothing");
+    const sliderValue = document.getElementById("smoothing-value");
+    const logToggle = document.getElementById("log-scale");
+
+    // The source of truth: what the charts show, as plain columns.
+    const data = { steps: [], loss: [], accuracy: [], learning_rate: [] };
+    const state = {
+      loaded: false,
+      fetching: false,
+      paused: false,
+      stopped: !poller, // a finished job's page has no poller
+      total: 0, // points stored on the server, as far as we know
+      lastStep: -1,
+      status: root.dataset.status || "",
+      weight: slider ? Number(slider.value) : DEFAULT_SMOOTHING,
+    };
+
+    const charts = {
+      loss: new MetricChart(document.getElementById("chart-loss"), {
+        label: "loss",
+        colourVar: "--chart-loss",
+        smoothed: true,
+      }),
+      accuracy: new MetricChart(document.getElementById("chart-accuracy"), {
+        label: "accuracy",
+        colourVar: "--chart-accuracy",
+        smoothed: true,
+      }),
+      learning_rate: new MetricChart(document.getElementById("chart-lr"), {
+        label: "learning rate",
+        colourVar: "--chart-lr",
+        smoothed: false,
+      }),
+    };
+
+    function redrawAll() {
+      for (const [name, chart] of Object.entries(charts)) {
+        chart.setData(data.steps, data[name], state.weight);
+      }
+      updateNotes();
+    }
+
+    function updateNotes() {
+      const shown = data.steps.length;
+      root.dataset.pointCount = String(shown);
+      root.dataset.totalPoints = String(state.total);
+      if (!state.loaded) return;
+      if (shown === 0) {
+        note.textContent = "No points yet";
+      } else if (shown >= state.total) {
+        note.textContent = `Showing all ${formatCount(shown)} points`;
+      } else {
+        note.textContent = `Showing ${formatCount(shown)} of ${formatCount(state.total)} points`;
+      }
+      for (const name of ["accuracy", "learning_rate"]) {
+        const empty = shown > 0 && data[name].every((value) => value === null);
+        const figure = document.querySelector(`[data-metric="${name}"]`);
+        if (figure) figure.toggleAttribute("data-empty", empty);
+      }
+    }
+
+    function renderLiveToggle() {
+      if (!liveToggle) return;
+      if (state.stopped) {
+        liveToggle.disabled = true;
+        liveToggle.setAttribute("aria-pressed", "false");
+        liveToggle.textContent = "Live updates ended";
+      } else {
+        liveToggle.setAttribute("aria-pressed", String(state.paused));
+        liveToggle.textContent = state.paused ? "Resume live updates" : "Pause live updates";
+      }
+      root.dataset.live = state.stopped ? "ended" : state.paused ? "paused" : "on";
+    }
+
+    async function loadSeries() {
+      state.fetching = true;
+      try {
+        const response = await fetch(`${seriesUrl}?max_points=${maxPoints}`, {
+          headers: { Accept: "application/json" },
+          credentials: "same-origin",
+        });
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const series = await response.json();
+        data.steps = series.steps;
+        data.loss = series.loss;
+        data.accuracy = series.accuracy;
+        data.learning_rate = series.learning_rate;
+        state.total = series.total;
+        state.lastStep = series.last_step === null ? -1 : series.last_step;
+        state.status = series.status;
+        state.loaded = true;
+        redrawAll();
+      } catch (error) {
+        note.textContent = `Could not load the metrics (${error.message}); retrying…`;
+        window.setTimeout(loadSeries, RETRY_MS);
+      } finally {
+        state.fetching = false;
+      }
+    }
+
+    function appendPoints(update) {
+      if (update.terminal) {
+        state.stopped = true;
+        renderLiveToggle();
+      }
+      state.status = update.status;
+      // A refetch in flight brings these points too; and never plot a step twice.
+      if (state.fetching || !state.loaded) return;
+      let start = 0;
+      while (start < update.steps.length && update.steps[start] <= state.lastStep) start++;
+      const steps = update.steps.slice(start);
+      if (steps.length) {
+        state.total += update.catch_up ? update.total : steps.length;
+        if (data.steps.length + steps.length > CHART_MAX_POINTS) {
+          loadSeries();
+          return;
+        }
+        const columns = {};
+        for (const name of ["loss", "accuracy", "learning_rate"]) {
+          columns[name] = update[name].slice(start);
+          for (const value of columns[name]) data[name].push(value);
+        }
+        for (const step of steps) data.steps.push(step);
+        for (const [name, chart] of Object.entries(charts)) chart.append(steps, columns[name]);
+        state.lastStep = steps[steps.length - 1];
+      }
+      updateNotes();
+    }
+
+    // Polling: htmx asks every 2 s while this says yes (see hx-trigger in _charts.html).
+    window.liveUpdatesEnabled = function () {
+      return (
+        state.loaded &&
+        !state.fetching &&
+        !state.paused &&
+        !state.stopped &&
+        document.visibilityState === "visible"
+      );
+    };
+
+    function pollNow() {
+      if (poller && window.liveUpdatesEnabled()) htmx.trigger(poller, "charts-poll-now");
+    }
+
+    if (poller) {
+      poller.addEventListener("htmx:configRequest", (event) => {
+        // The page's header knows the status the user last saw (an action may have changed it).
+        const header = document.getElementById("job-header");
+        event.detail.parameters.after = state.lastStep;
+        event.detail.parameters.status = (header && header.dataset.status) || state.status;
+      });
+      poller.addEventListener("htmx:afterSwap", () => {
+        const holder = document.getElementById("poll-data");
+        if (!holder || !holder.textContent.trim()) return;
+        const update = JSON.parse(holder.textContent);
+        holder.textContent = "";
+        appendPoints(update);
+      });
+      poller.addEventListener("htmx:afterRequest", (event) => {
+        if (event.detail.xhr && event.detail.xhr.status === 286) {
+          state.stopped = true;
+          renderLiveToggle();
+        }
+      });
+      document.addEventListener("visibilitychange", pollNow);
+    }
+
+    if (liveToggle) {
+      liveToggle.addEventListener("click", () => {
+        state.paused = !state.paused;
+        renderLiveToggle();
+        pollNow();
+      });
+    }
+
+    if (slider) {
+      const showWeight = () => {
+        if (sliderValue) sliderValue.textContent = state.weight.toFixed(2);
+      };
+      showWeight();
+      slider.addEventListener("input", () => {
+        state.weight = Number(slider.value);
+        showWeight();
+        charts.loss.setData(data.steps, data.loss, state.weight);
+        charts.accuracy.setData(data.steps, data.accuracy, state.weight);
+      });
+    }
+
+    if (logToggle) {
+      logToggle.addEventListener("change", () => {
+        charts.loss.chart.options.scales.y.type = logToggle.checked ? "logarithmic" : "linear";
+        charts.loss.chart.update("none");
+      });
+    }
+
+    onThemeChange(() => {
+      for (const chart of Object.values(charts)) {
+        chart.applyColours();
+        chart.chart.update("none");
+      }
+    });
+
+    renderLiveToggle();
+    loadSeries();
+  }
+
+  ready(() => {
+    const root = document.getElementById("charts");
+    if (root && root.dataset.seriesUrl && typeof Chart !== "undefined") {
+      setupJobCharts(root);
+    } else if (root && typeof Chart === "undefined") {
+      const note = document.getElementById("points-note");
+      if (note) note.textContent = "Charts need Chart.js, which did not load.";
+    }
+  });
+})();

@@ -1,0 +1,81 @@
+// The compare page: one loss chart, a line per job in its palette colour (--series-N).
+// Needs charts.js (window.trainmonCharts) loaded first.
+(function () {
+  "use strict";
+
+  const tc = window.trainmonCharts;
+
+  tc.ready(() => {
+    const canvas = document.getElementById("compare-chart");
+    const source = document.getElementById("compare-data");
+    if (!canvas || !source || typeof Chart === "undefined") return;
+    const jobs = JSON.parse(source.textContent);
+    const slider = document.getElementById("smoothing");
+    const sliderValue = document.getElementById("smoothing-value");
+    const logToggle = document.getElementById("log-scale");
+    let weight = slider ? Number(slider.value) : tc.DEFAULT_SMOOTHING;
+
+    // Per job: a faint raw line (no legend entry) and a bold smoothed line named after the job.
+    const datasets = [];
+    for (const job of jobs) {
+      datasets.push({ label: `${job.name} (raw)`, data: [], borderWidth: 1, order: 2, job, raw: true });
+      datasets.push({ label: job.name, data: [], borderWidth: 2, order: 1, job, raw: false });
+    }
+    const options = tc.chartOptions("loss");
+    options.interaction = { mode: "nearest", axis: "x", intersect: false };
+    options.plugins.legend = {
+      display: true,
+      position: "bottom",
+      labels: { filter: (item, chartData) => !chartData.datasets[item.datasetIndex].raw },
+    };
+    // A legend click hides a job's raw line with its smoothed one.
+    options.plugins.legend.onClick = (event, item, legend) => {
+      const chart = legend.chart;
+      const job = chart.data.datasets[item.datasetIndex].job;
+      const visible = chart.isDatasetVisible(item.datasetIndex);
+      chart.data.datasets.forEach((dataset, index) => {
+        if (dataset.job === job) chart.setDatasetVisibility(index, !visible);
+      });
+      chart.update("none");
+    };
+    options.plugins.tooltip.filter = (item) => !item.dataset.raw;
+    const chart = new Chart(canvas, { type: "line", data: { datasets }, options });
+
+    function fill() {
+      for (const dataset of chart.data.datasets) {
+        const { steps, loss } = dataset.job;
+        dataset.data = dataset.raw
+          ? tc.toPoints(steps, loss)
+          : tc.smoothPoints(steps, loss, weight).points;
+      }
+      chart.update("none");
+    }
+
+    function colour() {
+      for (const dataset of chart.data.datasets) {
+        const base = tc.cssVar(`--series-${dataset.job.colour % tc.PALETTE_SIZE}`);
+        dataset.borderColor = dataset.raw ? tc.withAlpha(base, tc.RAW_ALPHA) : base;
+        dataset.backgroundColor = base;
+      }
+      tc.applyAxisColours(chart);
+      chart.update("none");
+    }
+
+    if (slider) {
+      slider.addEventListener("input", () => {
+        weight = Number(slider.value);
+        if (sliderValue) sliderValue.textContent = weight.toFixed(2);
+        fill();
+      });
+    }
+    if (logToggle) {
+      logToggle.addEventListener("change", () => {
+        chart.options.scales.y.type = logToggle.checked ? "logarithmic" : "linear";
+        chart.update("none");
+      });
+    }
+    tc.onThemeChange(colour);
+    colour();
+    fill();
+  });
+})();

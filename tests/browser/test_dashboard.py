@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+
+from jobs import services
+from jobs.models import TrainingJob
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+POLL_MS = 2000
+
+
+def row(page, job):
+    return page.locator(f"tr[data-job-id='{job.pk}']")
+
+
+def test_rows_update_in_place_and_polling_stops_when_done(
+    open_page, user, ticker, browser_errors
+):
+    job = services.job_create(
+        owner=user, name="dash-run", total_epochs=1, steps_per_epoch=40, steps_per_tick=4, seed=1
+    )
+    other = services.job_create(owner=user, name="other-run", total_epochs=1, steps_per_epoch=5)
+    services.job_cancel(job=other)
+    page = open_page(user)
+    refreshes: list[str] = []
+    page.on(
+        "request",
+        lambda request: request.headers.get("hx-request") and refreshes.append(request.url),
+    )
+    page.goto("/")
+    assert page.get_attribute("#job-table", "data-polling") == "true"
+    bar = f"tr[data-job-id='{job.pk}'] [role=progressbar]"
+    assert page.get_attribute(bar, "aria-valuenow") == "0"
+
+    # A ticked box survives the refreshes.
+    row(page, other).locator("input[name=jobs]").check()
+
+    ticks = ticker([job.pk])
+    page.wait_for_function(
+        "s => Number(document.querySelector(s).getAttribute('aria-valuenow')) > 0", arg=bar
+    )
+    assert row(page, other).locator("input[name=jobs]").is_checked()
+
+    ticks.wait_for_ticks(10)
+    page.wait_for_selector(f"tr[data-job-id='{job.pk}'] .badge-completed")
+    assert page.get_attribute(bar, "aria-valuenow") == "40"
+    assert page.get_attribute("#job-table", "data-polling") is None
+    assert "1 completed" in " ".join(page.locator("#status-summary").inner_text().split())
+    refreshes_at_end = len(refreshes)
+    page.wait_for_timeout(2.5 * POLL_MS)
+    assert len(refreshes) == refreshes_at_end, "the dashboard kept polling with nothing active"
+    assert row(page, other).locator("input[name=jobs]").is_checked()
+    assert browser_errors.messages == []
+
+
+def test_search_filters_as_you_type(open_page, user, browser_errors):
+    for name in ("bert-base", "bert-large", "vit-small"):
+        services.job_create(owner=user, name=name, total_epochs=1, steps_per_epoch=5, start=False)
+    page = open_page(user)
+    page.goto("/")
+    assert page.locator("tr.job-row").count() == 3
+    page.locator("#job-search").press_sequentially("bert")
+    page.wait_for_function("() => document.querySelectorAll('tr.job-row').length === 2")
+    assert "q=bert" in page.url
+    page.select_option("#job-status", "queued")
+    page.wait_for_url("**status=queued**")
+    assert page.locator("tr.job-row").count() == 2
+    page.fill("#job-search", "nothing-like-it")
+    page.wait_for_selector("text=No jobs match")
+    assert browser_errors.messages == []
+
+
+def test_compare_button_needs_two_jobs(open_page, user, browser_errors):
+    jobs = [
+        services.job_create(owner=user, name=f"run-{i}", total_epochs=1, steps_per_epoch=5)
+        for i in range(3)
+    ]
+    for job in jobs:
+        services.job_cancel(job=job)
+    page = open_page(user)
+    page.goto("/")
+    button = page.locator("#compare-button")
+    assert button.is_disabled()
+    row(page, jobs[0]).locator("input[name=jobs]").check()
+    assert button.is_disabled()
+    row(page, jobs[2]).locator("input[name=jobs]").check()
+    assert button.is_enabled()
+    assert button.inner_text() == "Compare selected (2)"
+    button.click()
+    page.wait_for_url("**/compare/**")
+    assert f"jobs={jobs[0].pk}" in page.url and f"jobs={jobs[2].pk}" in page.url
+    assert TrainingJob.objects.count() == 3

@@ -1,0 +1,131 @@
+"""The live job page: charts and progress grow while ticks run, then stop at completion.
+
+The charts are the charts engineer's (metrics/_charts.html, charts.js); this test holds them
+to the page's DOM contract: #charts[data-point-count], #live-toggle, #points-note.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from jobs import services
+from jobs.models import TrainingJob
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+STEPS_PER_TICK = 6
+TOTAL_STEPS = 2 * 60
+POLL_MS = 2000
+
+
+def point_count(page) -> int:
+    return int(page.get_attribute("#charts", "data-point-count") or 0)
+
+
+def progress_now(page) -> int:
+    return int(page.get_attribute("#job-progress [role=progressbar]", "aria-valuenow"))
+
+
+def wait_for_points_above(page, count: int) -> None:
+    page.wait_for_function(
+        "n => Number(document.getElementById('charts').dataset.pointCount) > n", arg=count
+    )
+
+
+def test_charts_and_progress_follow_the_ticks_until_done(
+    open_page, user, ticker, browser_errors
+):
+    job = services.job_create(
+        owner=user,
+        name="live-run",
+        total_epochs=2,
+        steps_per_epoch=60,
+        steps_per_tick=STEPS_PER_TICK,
+        seed=7,
+    )
+    page = open_page(user)
+    polls: list[str] = []
+    page.on("request", lambda request: "/poll/" in request.url and polls.append(request.url))
+    page.goto(job.get_absolute_url())
+    page.wait_for_selector("#charts[data-point-count]")
+    assert point_count(page) == 0
+    assert progress_now(page) == 0
+
+    ticks = ticker([job.pk])
+    ticks.wait_for_ticks(2)
+    wait_for_points_above(page, 0)
+    page.wait_for_function(
+        "() => Number(document.querySelector('#job-progress [role=progressbar]')"
+        ".getAttribute('aria-valuenow')) > 0"
+    )
+
+    # Paused live updates: the engine goes on, the chart holds still.
+    page.click("#live-toggle")
+    held = point_count(page)
+    seen = ticks.ticks
+    ticks.wait_for_ticks(seen + 2 * POLL_MS // 500 + 1)  # more than two poll intervals of ticks
+    assert point_count(page) == held
+
+    page.click("#live-toggle")
+    wait_for_points_above(page, held)
+
+    # Completion: every point plotted, the header says so, a toast, and polling stops.
+    page.wait_for_function(
+        "n => Number(document.getElementById('charts').dataset.pointCount) === n",
+        arg=TOTAL_STEPS,
+    )
+    page.wait_for_selector("#job-header .badge-completed")
+    page.wait_for_selector("#toasts .toast:has-text('omplete')")
+    assert progress_now(page) == TOTAL_STEPS
+    assert page.locator("#job-progress .progress-big").inner_text() == "100%"
+    assert re.search(rf"\b{TOTAL_STEPS}\b", page.locator("#points-note").inner_text())
+    ticks.stop()
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.COMPLETED
+
+    polls_at_end = len(polls)
+    page.wait_for_timeout(2.5 * POLL_MS)
+    assert len(polls) == polls_at_end, "the page kept polling a finished job"
+    assert browser_errors.messages == []
+
+
+def test_actions_pause_resume_cancel_and_delete(open_page, user, browser_errors):
+    job = services.job_create(owner=user, name="to-control", total_epochs=1, steps_per_epoch=50)
+    page = open_page(user)
+    page.goto(job.get_absolute_url())
+
+    page.click("#job-actions [data-action=pause]")
+    page.wait_for_selector("#job-header .badge-paused")
+    page.wait_for_selector("#toasts .toast:has-text('Paused “to-control”.')")
+    assert page.locator("#job-actions [data-action]").evaluate_all(
+        "buttons => buttons.map(b => b.dataset.action)"
+    ) == ["resume", "cancel", "delete"]
+
+    page.click("#job-actions [data-action=resume]")
+    page.wait_for_selector("#job-header .badge-running")
+
+    page.click("#job-actions [data-action=cancel]")  # hx-confirm: accepted by the fixture
+    page.wait_for_selector("#job-header .badge-cancelled")
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.CANCELLED
+
+    page.click("#job-actions [data-action=delete]")
+    page.wait_for_url(lambda url: url.endswith("/"))
+    assert "Deleted “to-control”." in page.locator("#toasts").inner_text()
+    assert not TrainingJob.objects.filter(pk=job.pk).exists()
+    assert browser_errors.messages == []
+
+
+def test_an_action_the_status_no_longer_allows_is_explained(open_page, user, browser_errors):
+    job = services.job_create(owner=user, name="raced", total_epochs=1, steps_per_epoch=50)
+    page = open_page(user)
+    page.goto(job.get_absolute_url())
+    services.job_cancel(job=job)  # someone else cancels it meanwhile
+
+    page.click("#job-actions [data-action=pause]")
+    page.wait_for_selector("#toasts .toast[data-level=error]:has-text('Cannot pause')")
+    page.wait_for_selector("#job-header .badge-cancelled")
+    messages = [m for m in browser_errors.messages if "409" not in m]
+    assert messages == []

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import PASSWORD, UserFactory
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_log_in_and_out(open_page, browser_errors):
+    user = UserFactory(username="ada")
+    page = open_page()
+    page.goto("/")
+    assert page.url.endswith("/accounts/login/?next=/")
+    page.fill("#id_username", "ada")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/")
+    assert page.locator("h1").inner_text() == "Jobs"
+    page.click(".user-menu summary")
+    page.click("text=Log out")
+    page.wait_for_url("**/accounts/login/")
+    assert user.username in UserFactory._meta.model.objects.values_list("username", flat=True)
+    assert browser_errors.messages == []
+
+
+def test_wrong_password_says_so(open_page, browser_errors):
+    UserFactory(username="ada")
+    page = open_page()
+    page.goto("/accounts/login/")
+    page.fill("#id_username", "ada")
+    page.fill("#id_password", "not-it")
+    page.click("button[type=submit]")
+    assert "correct username and password" in page.locator(".panel-error").inner_text()
+    assert browser_errors.messages == []
