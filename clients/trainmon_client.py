@@ -222,10 +222,19 @@ class Run:
             self.flush()
 
     def flush(self) -> None:
-        """Send the buffered points now, in batches of `batch_size`."""
+        """Send the buffered points now, in batches of `batch_size`.
+
+        A batch the server refuses for good (a 4xx other than 429: invalid points, a finished
+        job) is dropped before the error is raised: sent again, it would be refused again.
+        """
         while self._buffer:
             batch = self._buffer[: self.batch_size]
-            reply = self._send(batch)
+            try:
+                reply = self._send(batch)
+            except TrainmonError as error:
+                if error.status is not None and error.status not in RETRY_STATUSES:
+                    del self._buffer[: len(batch)]
+                raise
             del self._buffer[: len(batch)]
             self.created += reply["created"]
             self.duplicates += reply["duplicates"]

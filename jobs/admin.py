@@ -51,6 +51,8 @@ SIMULATION_FIELDS = (
 )
 
 POSITIVE_FIELDS = ("total_epochs", "steps_per_epoch", "steps_per_tick")
+# Left blank on the add form, job_create chooses them from the job's length.
+SERVICE_DEFAULTS = ("decay_rate", "seed", "warmup_steps")
 
 
 class _DryRun(Exception):
@@ -85,8 +87,10 @@ class TrainingJobAddForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name in ("decay_rate", "seed", "warmup_steps"):
+        # Blank means "the service's default", so the model's own defaults are not shown.
+        for name in SERVICE_DEFAULTS:
             self.fields[name].required = False
+            self.initial.pop(name, None)
 
     def service_arguments(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in (*self.Meta.fields, "start")}
@@ -296,19 +300,19 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
     # --- actions ------------------------------------------------------------------------------
 
-    @admin.action(description="Start selected jobs (queued)")
+    @admin.action(description="Start selected jobs (queued)", permissions=["change"])
     def start_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
         self._transition(request, queryset, "start", "started")
 
-    @admin.action(description="Pause selected jobs")
+    @admin.action(description="Pause selected jobs", permissions=["change"])
     def pause_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
         self._transition(request, queryset, "pause", "paused")
 
-    @admin.action(description="Resume selected jobs (paused)")
+    @admin.action(description="Resume selected jobs (paused)", permissions=["change"])
     def resume_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
         self._transition(request, queryset, "resume", "resumed")
 
-    @admin.action(description="Cancel selected jobs")
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
         self._transition(request, queryset, "cancel", "cancelled")
 

@@ -55,7 +55,6 @@ class TrainingMetricAdmin(admin.ModelAdmin):
     list_filter = (("job__status", JobStatusFilter),)
     # Facet counts would group the whole points table on every page view.
     show_facets = admin.ShowFacets.NEVER
-    raw_id_fields = ("job",)
     # Newest job's latest points first, read backwards off the (job_id, step) unique index;
     # sorting by any other column would sort the whole table, so headers do not sort.
     ordering = ("-job_id", "-step")

@@ -228,9 +228,8 @@ def rebuild_sql(summary_table: str, metric_table: str, where: str = "") -> str:
     widths = " UNION ALL ".join(f"SELECT {width} AS width" for width in SUMMARY_WIDTHS)
     partition = "PARTITION BY m.job_id, w.width, m.step / w.width"
     picks = ", ".join(
-        f"MAX(CASE WHEN {prefix}_rank = 1 THEN {name} END)"
-        for prefix in ("min", "max", "last")
-        for name in ("loss", "step", "accuracy", "learning_rate")
+        f"MAX(CASE WHEN {column.split('_', 1)[0]}_rank = 1 THEN {column.split('_', 1)[1]} END)"
+        for column, _ in _VALUE_COLUMNS[2:]
     )
     names = ", ".join(name for name, _ in _COLUMNS)
     return f"""
@@ -306,7 +305,7 @@ def _series_sql(summary_table: str, metric_table: str) -> str:
     ranked = f"""
         WITH level AS (
             SELECT *, MIN(bucket) OVER () AS lo, MAX(bucket) OVER () AS hi,
-                   SUM(count) OVER () AS total
+                   CAST(SUM(count) OVER () AS BIGINT) AS total
             FROM {summary_table} WHERE job_id = %(job)s AND width = %(width)s
         ),
         grouped AS (
@@ -330,7 +329,8 @@ def _series_sql(summary_table: str, metric_table: str) -> str:
     )
     first = f"""
         SELECT * FROM (
-            SELECT step, loss, accuracy, learning_rate, NULL FROM {metric_table}
+            SELECT step, loss, accuracy, learning_rate, CAST(NULL AS BIGINT)
+            FROM {metric_table}
             WHERE job_id = %(job)s AND EXISTS (SELECT 1 FROM grouped)
             ORDER BY step LIMIT 1
         ) first_point

@@ -3,13 +3,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from jobs.admin import LATEST_POINTS
+from jobs.admin import LATEST_POINTS, TrainingJobAdmin
 from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
 from tests.factories import TrainingJobFactory, TrainingMetricFactory, UserFactory
@@ -136,6 +137,16 @@ class TestActions:
         ]
         assert set(TrainingJob.objects.values_list("status", flat=True)) == {Status.CANCELLED}
 
+    def test_view_only_staff_cannot_act(self, client, user):
+        viewer = UserFactory(is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_trainingjob"))
+        client.force_login(viewer)
+        job = TrainingJobFactory(owner=user)
+        assert client.get(CHANGELIST).status_code == 200
+        self.act(client, "pause_jobs", job)
+        job.refresh_from_db()
+        assert job.status == Status.RUNNING
+
     def test_only_refusals(self, admin_client, user):
         cancelled = TrainingJobFactory.create_batch(7, owner=user, status=Status.CANCELLED)
         (message,) = messages_of(self.act(admin_client, "resume_jobs", *cancelled))
@@ -146,7 +157,8 @@ class TestActions:
 
 class TestChangePage:
     def test_shows_only_the_latest_points(self, admin_client, job):
-        TrainingMetricFactory.create_batch(100, job=job, loss=0.75)
+        for step in range(100):
+            TrainingMetricFactory(job=job, step=step, loss=0.75)
         response = admin_client.get(change_url(job))
         assert response.status_code == 200
         html = response.content.decode()
@@ -197,6 +209,29 @@ class TestChangePage:
         assert job.status == Status.RUNNING
         assert job.current_step == 40
         assert job.seed != 1
+
+    def test_an_edit_never_writes_back_stale_progress(self, admin_client, job, monkeypatch):
+        get_object = TrainingJobAdmin.get_object
+
+        def read_then_tick(self, request, object_id, from_field=None):
+            loaded = get_object(self, request, object_id, from_field)
+            # A tick and a pause land between the admin's read and its save.
+            TrainingJob.objects.filter(pk=job.pk).update(current_step=50, status=Status.PAUSED)
+            return loaded
+
+        monkeypatch.setattr(TrainingJobAdmin, "get_object", read_then_tick)
+        response = admin_client.post(
+            change_url(job),
+            {
+                "name": "renamed",
+                "owner": job.owner_id,
+                "hyperparameters": "{}",
+                "steps_per_tick": 10,
+            },
+        )
+        assert response.status_code == 302
+        job.refresh_from_db()
+        assert (job.name, job.current_step, job.status) == ("renamed", 50, Status.PAUSED)
 
     def test_descriptive_edit_validates(self, admin_client, job):
         response = admin_client.post(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from io import StringIO
 
 import pytest
@@ -86,7 +87,7 @@ class TestSeedDemo:
         assert not TrainingJob.objects.exists()
 
     def test_jobs_must_be_positive(self, admin_user):
-        with pytest.raises(CommandError, match="--jobs must be at least 1."):
+        with pytest.raises(CommandError, match=re.escape("--jobs must be at least 1.")):
             seed(jobs=0)
         assert not TrainingJob.objects.exists()
 

@@ -126,19 +126,19 @@
     };
   }
 
-  // Re-read grid and text colours after a theme change.
-  function applyAxisColours(chart) {
+  // Re-read grid and text colours after a theme change. Works on the plain options object the
+  // chart was made from (chart.options is a proxy that must not be written into piecemeal);
+  // the caller then assigns it back with `chart.options = options` and updates.
+  function applyAxisColours(options) {
     const text = cssVar("--chart-text");
     const grid = cssVar("--chart-grid");
-    for (const scale of Object.values(chart.options.scales)) {
-      scale.ticks.color = text;
-      scale.grid.color = grid;
-      if (scale.title) scale.title.color = text;
+    for (const scale of Object.values(options.scales)) {
+      scale.ticks = { ...scale.ticks, color: text };
+      scale.grid = { ...scale.grid, color: grid };
+      if (scale.title) scale.title = { ...scale.title, color: text };
     }
-    if (chart.options.plugins.legend) {
-      chart.options.plugins.legend.labels = chart.options.plugins.legend.labels || {};
-      chart.options.plugins.legend.labels.color = text;
-    }
+    const legend = options.plugins.legend;
+    if (legend && legend.display) legend.labels = { ...legend.labels, color: text };
   }
 
   function onThemeChange(callback) {
@@ -181,7 +181,7 @@
     this.colourVar = colourVar;
     this.smoothed = smoothed;
     this.smooth = null;
-    const options = chartOptions(yTitle);
+    const options = (this.options = chartOptions(yTitle));
     const datasets = [{ label, data: [], order: 2, borderWidth: smoothed ? 1 : 1.75 }];
     if (smoothed) {
       datasets.push({ label: `${label} (smoothed)`, data: [], order: 1, borderWidth: 2 });
@@ -199,7 +199,14 @@
       smooth.borderColor = colour;
       smooth.backgroundColor = colour;
     }
-    applyAxisColours(this.chart);
+    applyAxisColours(this.options);
+    this.chart.options = this.options;
+  };
+
+  MetricChart.prototype.setLogScale = function (on) {
+    this.options.scales.y.type = on ? "logarithmic" : "linear";
+    this.chart.options = this.options;
+    this.chart.update("none");
   };
 
   // Replace everything (first load, refetch, smoothing change).
@@ -419,10 +426,7 @@
     }
 
     if (logToggle) {
-      logToggle.addEventListener("change", () => {
-        charts.loss.chart.options.scales.y.type = logToggle.checked ? "logarithmic" : "linear";
-        charts.loss.chart.update("none");
-      });
+      logToggle.addEventListener("change", () => charts.loss.setLogScale(logToggle.checked));
     }
 
     onThemeChange(() => {

@@ -40,6 +40,11 @@
     };
     options.plugins.tooltip.filter = (item) => !item.dataset.raw;
     const chart = new Chart(canvas, { type: "line", data: { datasets }, options });
+    // The chart reads `options` again whenever it is assigned back (see applyAxisColours).
+    const reapply = () => {
+      chart.options = options;
+      chart.update("none");
+    };
 
     function fill() {
       for (const dataset of chart.data.datasets) {
@@ -57,8 +62,8 @@
         dataset.borderColor = dataset.raw ? tc.withAlpha(base, tc.RAW_ALPHA) : base;
         dataset.backgroundColor = base;
       }
-      tc.applyAxisColours(chart);
-      chart.update("none");
+      tc.applyAxisColours(options);
+      reapply();
     }
 
     if (slider) {
@@ -70,8 +75,8 @@
     }
     if (logToggle) {
       logToggle.addEventListener("change", () => {
-        chart.options.scales.y.type = logToggle.checked ? "logarithmic" : "linear";
-        chart.update("none");
+        options.scales.y.type = logToggle.checked ? "logarithmic" : "linear";
+        reapply();
       });
     }
     tc.onThemeChange(colour);

@@ -129,6 +129,7 @@ class Ticker(threading.Thread):
         from metrics.services import simulation_advance
 
         if self._shared is not None:
+            self._shared.inc_thread_sharing()
             connections["default"] = self._shared
         try:
             while not self._stop_event.is_set():
@@ -145,6 +146,8 @@ class Ticker(threading.Thread):
         finally:
             if self._shared is None:
                 connection.close()
+            else:
+                self._shared.dec_thread_sharing()
             with self._ticked:
                 self.finished = True
                 self._ticked.notify_all()

@@ -44,4 +44,5 @@ def test_errors_show_next_to_their_field_and_keep_values(open_page, user, browse
     assert page.locator("details.advanced").get_attribute("open") is not None
     assert page.input_value("#id_name") == "kept"
     assert not TrainingJob.objects.exists()
-    assert browser_errors.messages == []
+    # The re-rendered form is a 400 on purpose (bad input); the browser logs that status.
+    assert [m for m in browser_errors.messages if "400 (Bad Request)" not in m] == []

@@ -40,8 +40,12 @@ class Command(BaseCommand):
             action="store_true",
             help="Create the job paused: it does not run until `resumejob ID`.",
         )
-        parser.add_argument("--model-name", default="", help="Model label, e.g. resnet50.")
-        parser.add_argument("--dataset", default="", help="Dataset label, e.g. imagenet-1k.")
+        parser.add_argument(
+            "--model-name", default="", metavar="LABEL", help="Model label, e.g. resnet50."
+        )
+        parser.add_argument(
+            "--dataset", default="", metavar="LABEL", help="Dataset label, e.g. imagenet-1k."
+        )
         parser.add_argument(
             "--diverge-at-step",
             type=int,

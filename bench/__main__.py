@@ -1,0 +1,139 @@
+"""`make bench` (`python -m bench`): trainmon's figures against same-run baselines.
+
+Needs PostgreSQL in DATABASE_URL; creates the database NAME_bench next to NAME (dropping a
+leftover one), migrates it, measures, prints the table, writes bench/results.json and drops
+the database again. Starts gunicorn on a free loopback port for the HTTP figures and stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.support import (
+    BASE_DIR,
+    BenchError,
+    Figure,
+    bench_database_url,
+    gunicorn,
+    own_database,
+    table,
+    write_results,
+)
+
+RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller smoke run (figures off)")
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="results JSON path")
+    args = parser.parse_args(argv)
+    try:
+        bench_url, bench_name, admin_url = bench_database_url(os.environ.get("DATABASE_URL", ""))
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    var_dir = tempfile.mkdtemp(prefix="trainmon-bench-")
+    env = {
+        **os.environ,
+        "DATABASE_URL": bench_url,
+        "DJANGO_SETTINGS_MODULE": "trainmon.settings",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_DEBUG": "0",
+        "TRAINMON_LOCAL": "1",
+        "TRAINMON_VAR_DIR": var_dir,
+        "TRAINMON_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BASE_DIR), os.environ.get("PYTHONPATH")])),
+    }
+    os.environ.update(env)
+    started = time.monotonic()
+    try:
+        with own_database(admin_url, bench_name):
+            figures, meta = _run(args.quick, env)
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(var_dir, ignore_errors=True)
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print(table(figures))
+    print()
+    for figure in figures:
+        for note in figure.notes:
+            print(f"{figure.name}: {note}")
+    write_results(args.output, figures, meta)
+    print(f"\nwrote {args.output} ({meta['seconds']:.0f} s)")
+    return 1 if any(figure.error for figure in figures) else 0
+
+
+def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict]:
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    from bench import figures as f
+
+    call_command("migrate", verbosity=0, interactive=False)
+    call_command("collectstatic", verbosity=0, interactive=False)
+    plan = f.Plan.quick() if quick else f.Plan()
+    meta = _machine(quick)
+    results: list[Figure] = []
+
+    def step(label: str, name: str, unit: str, target: str, build) -> None:
+        print(f"bench: {label} ...", flush=True)
+        results.extend(f.guarded(name, unit, target, build))
+
+    step("simulator", "simulator_points_per_s", "points/s", "ratio >= 15",
+         lambda: f.simulator_points_per_s(plan))  # fmt: skip
+    data = f.Data(plan)
+    print(f"bench: seeding a {plan.big_job_points:,}-point job ...", flush=True)
+    seed = f.guarded("seed_points_per_s", "points/s", "—", data.seed_big_job)
+    step("tick", "tick_points_per_s", "points/s", "ratio >= 0.5",
+         lambda: f.tick_figures(plan, data))  # fmt: skip
+    step("chart", "chart_ms_1m", "ms", "ratio <= 0.2", lambda: f.chart_figure(plan, data))
+    try:
+        with gunicorn(env) as port:
+            step("poll", "poll_ms_1m", "ms (p50)", "ratio <= 3, p50 < 15 ms",
+                 lambda: f.poll_figure(plan, data, port))  # fmt: skip
+            step("dashboard", "dashboard_ms_1k", "ms (p50)", "p50 < 50 ms, equal queries",
+                 lambda: f.dashboard_figure(plan, data, port))  # fmt: skip
+            step("api", "api_ingest_points_per_s", "points/s", "ratio >= 0.2",
+                 lambda: f.api_figure(plan, data, port))  # fmt: skip
+    except BenchError as error:
+        for name in ("poll_ms_1m", "dashboard_ms_1k", "api_ingest_points_per_s"):
+            if not any(r.name == name for r in results):
+                results.append(Figure(name, "", "", error=str(error)))
+    step("export", "export_mb_1m", "MB (peak)", "< 100 MB",
+         lambda: f.export_figure(plan, data, env))  # fmt: skip
+    meta["load_average_after"] = os.getloadavg()
+    return results + seed, meta
+
+
+def _machine(quick: bool) -> dict:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT version()")
+        (version,) = cursor.fetchone()
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "python": platform.python_version(),
+        "postgresql": version,
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

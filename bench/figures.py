@@ -1,0 +1,611 @@
+"""The figures of `make bench`, each against a baseline measured in the same run.
+
+Runs inside Django set up on the bench's own PostgreSQL database (see bench/__main__.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from bench.simulator_baseline import generate_metrics_python
+from bench.support import BASE_DIR, Figure, Http, percentile, timed
+from jobs.models import TrainingJob
+from metrics import pgcopy
+from metrics.points import MetricBatch
+from metrics.simulator import TrainingSimulator
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure; --quick shrinks it for a smoke run."""
+
+    simulator_points: int = 1_000_000
+    simulator_baseline_points: int = 50_000
+    simulator_repeats: int = 5
+    tick_jobs: int = 1000
+    tick_steps: int = 100
+    tick_repeats: int = 5
+    big_job_points: int = 1_000_000
+    seed_batch: int = 10_000
+    api_batch: int = 10_000
+    api_repeats: int = 10
+    chart_points: int = 2000
+    chart_repeats: int = 15
+    raw_chart_repeats: int = 5
+    poll_requests: int = 200
+    dashboard_requests: int = 50
+    dashboard_few_jobs: int = 10
+    export_repeats: int = 3
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            simulator_repeats=2,
+            tick_jobs=200,
+            tick_repeats=2,
+            big_job_points=100_000,
+            api_repeats=3,
+            chart_repeats=5,
+            raw_chart_repeats=2,
+            poll_requests=40,
+            dashboard_requests=10,
+            export_repeats=1,
+        )
+
+
+WARM_UP_REQUESTS = 5
+POLL_BEHIND = 50
+EXPORT_LIMIT_MB = 100
+BARE_TABLE = "bench_bare_metric"
+# The same data columns as metrics_trainingmetric, without its id, indexes or constraints.
+BARE_COLUMNS = (
+    ("job_id", "bigint"),
+    ("epoch", "integer"),
+    ("step", "bigint"),
+    ("loss", "double precision"),
+    ("accuracy", "double precision"),
+    ("learning_rate", "double precision"),
+    ("created_at", "timestamp with time zone"),
+)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class Data:
+    """Users and jobs the figures share; created once per run."""
+
+    def __init__(self, plan: Plan) -> None:
+        from django.contrib.auth import get_user_model
+
+        users = get_user_model().objects
+        self.plan = plan
+        self.many_user = users.create_user("bench-many", password=None)
+        self.few_user = users.create_user("bench-few", password=None)
+        self.big_user = users.create_user("bench-big", password=None)
+        self.tick_ids = self._simulated_jobs(self.many_user, plan.tick_jobs)
+        self.few_ids = self._simulated_jobs(self.few_user, plan.dashboard_few_jobs)
+        self.big_job = self._external_job(self.big_user, "bench-1m", plan.big_job_points)
+        self.api_job = self._external_job(
+            self.big_user, "bench-api", plan.api_batch * (plan.api_repeats + 1)
+        )
+
+    def _simulated_jobs(self, owner: Any, count: int) -> list[int]:
+        now = timezone.now()
+        steps_per_epoch, epochs = 100, 100
+        jobs = TrainingJob.objects.bulk_create(
+            TrainingJob(
+                owner=owner,
+                name=f"{owner.username}-{index:04d}",
+                model_name="resnet50",
+                dataset="imagenet",
+                status=TrainingJob.Status.RUNNING,
+                total_epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                steps_per_tick=self.plan.tick_steps,
+                decay_rate=5.0 / (epochs * steps_per_epoch),
+                seed=index,
+                warmup_steps=500,
+                started_at=now,
+                created_at=now,
+            )
+            for index in range(count)
+        )
+        return sorted(job.pk for job in jobs)
+
+    def _external_job(self, owner: Any, name: str, steps: int) -> TrainingJob:
+        steps_per_epoch = 10_000
+        return TrainingJob.objects.create(
+            owner=owner,
+            name=name,
+            source=TrainingJob.Source.EXTERNAL,
+            status=TrainingJob.Status.RUNNING,
+            total_epochs=math.ceil(steps / steps_per_epoch),
+            steps_per_epoch=steps_per_epoch,
+            decay_rate=5.0 / steps,
+            seed=7,
+            warmup_steps=1000,
+            started_at=timezone.now(),
+        )
+
+    def seed_big_job(self) -> Figure:
+        """Fill the million-point job through the write path, in 10,000-point batches.
+
+        The write path keeps the summary, so the chart figure reads what production would.
+        """
+        from jobs.services import jobs_lock
+        from metrics.services import metric_batches_write, simulator_for
+
+        figure = Figure("seed_points_per_s", "points/s", "— (setup)")
+        job = self.big_job
+        simulator = simulator_for(job)
+        total, size = job.total_steps, self.plan.seed_batch
+        for start in range(0, self.plan.big_job_points, size):
+            batch = simulator.generate_metrics_batch(start, size, total, job.steps_per_epoch)
+
+            def write(batch: MetricBatch = batch) -> None:
+                with transaction.atomic():
+                    [locked] = jobs_lock([job.pk])
+                    metric_batches_write([(locked, batch)])
+
+            seconds, _ = timed(write)
+            figure.samples.append(size / seconds)
+        job.refresh_from_db()
+        figure.notes.append(f"{job.current_step:,} points written through metric_batches_write")
+        return figure
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _bare_table() -> None:
+    definition = ", ".join(f"{name} {sql_type}" for name, sql_type in BARE_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {BARE_TABLE}")
+        cursor.execute(f"CREATE TABLE {BARE_TABLE} ({definition})")
+
+
+def _truncate_bare() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {BARE_TABLE}")
+
+
+def copy_binary_baseline(batches: list[tuple[int, MetricBatch]], now: datetime) -> float:
+    """Seconds to COPY the rows (binary, encoded from the arrays) into the bare table + commit.
+
+    Rows with no accuracy/learning rate would need NULLs; the simulated rows have none.
+    """
+    started = time.perf_counter()
+    job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in batches])
+    micros = (now - _PG_EPOCH) // timedelta(microseconds=1)
+    columns = [
+        job_ids,
+        np.concatenate([b.epochs for _, b in batches]),
+        np.concatenate([b.steps for _, b in batches]),
+        np.concatenate([b.losses for _, b in batches]),
+        np.concatenate([b.accuracies for _, b in batches]),
+        np.concatenate([b.learning_rates for _, b in batches]),
+        np.full(len(job_ids), micros, dtype=np.int64),
+    ]
+    types = ["bigint", "integer", "bigint", "double precision", "double precision"]
+    types += ["double precision", "bigint"]  # timestamptz is int64 microseconds since 2000
+    data = pgcopy.binary_copy_data(types, columns)
+    with transaction.atomic(), connection.cursor() as cursor:
+        pgcopy.copy_binary(cursor, BARE_TABLE, [name for name, _ in BARE_COLUMNS], data)
+    return time.perf_counter() - started
+
+
+def copy_rows_baseline(batches: list[tuple[int, MetricBatch]], now: datetime) -> float:
+    """Seconds for the everyday psycopg COPY: text format, `write_row` per row, + commit."""
+    started = time.perf_counter()
+    names = ", ".join(name for name, _ in BARE_COLUMNS)
+    with (
+        transaction.atomic(),
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY {BARE_TABLE} ({names}) FROM STDIN") as copy,
+    ):
+        for job_id, b in batches:
+            for row in zip(
+                b.epochs.tolist(),
+                b.steps.tolist(),
+                b.losses.tolist(),
+                b.accuracies.tolist(),
+                b.learning_rates.tolist(),
+                strict=True,
+            ):
+                copy.write_row((job_id, *row, now))
+    return time.perf_counter() - started
+
+
+def _next_tick_batches(job_ids: list[int]) -> list[tuple[int, MetricBatch]]:
+    from metrics.services import simulator_for
+
+    batches = []
+    for job in TrainingJob.objects.filter(pk__in=job_ids).order_by("pk"):
+        count = min(job.steps_per_tick, job.total_steps - job.current_step)
+        points = simulator_for(job).generate_metrics_batch(
+            job.current_step, count, job.total_steps, job.steps_per_epoch
+        )
+        batches.append((job.pk, points))
+    return batches
+
+
+def _below(value: float | None, limit: float, *, inclusive: bool = False) -> bool:
+    if value is None:
+        return False
+    return value <= limit if inclusive else value < limit
+
+
+def _session_cookie(user: Any) -> str:
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+def _http_p50(client: Http, path: str, count: int) -> tuple[list[float], bytes]:
+    body = b""
+    for _ in range(WARM_UP_REQUESTS):
+        client.request("GET", path)
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        status, _, body = client.request("GET", path)
+        samples.append((time.perf_counter() - started) * 1000)
+        if status not in (200, 286):
+            raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+    return samples, body
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def simulator_points_per_s(plan: Plan) -> Figure:
+    figure = Figure("simulator_points_per_s", "points/s", "ratio >= 15")
+    sim = TrainingSimulator(2.5, 0.3, 5.0 / plan.simulator_points, seed=1, warmup_steps=1000)
+    total = plan.simulator_points
+    for _ in range(plan.simulator_repeats):
+        seconds, _ = timed(lambda: sim.generate_metrics_batch(0, total, total, 1000))
+        figure.samples.append(total / seconds)
+    sample = plan.simulator_baseline_points
+    for _ in range(3):
+        seconds, _ = timed(lambda: generate_metrics_python(sim, 0, sample, total, 1000))
+        figure.baseline_samples.append(sample / seconds)
+    figure.met = figure.ratio is not None and figure.ratio >= 15
+    figure.notes.append(
+        f"trainmon: {total:,} points per call; baseline: bench/simulator_baseline.py, the same "
+        f"formulas as a plain-Python loop, timed on {sample:,} points (rate, so no scaling)"
+    )
+    return figure
+
+
+def tick_figures(plan: Plan, data: Data) -> list[Figure]:
+    from metrics.services import simulation_advance
+
+    speed = Figure("tick_points_per_s", "points/s", "ratio >= 0.5")
+    queries = Figure("tick_queries", "queries", "equal counts")
+    ids = data.tick_ids
+    _bare_table()
+    simulation_advance(job_ids=ids)  # warm-up: first buckets, cached plans, staging tables
+    row_copy_samples = []
+    for repeat in range(plan.tick_repeats):
+        batches = _next_tick_batches(ids)
+        points = sum(len(b) for _, b in batches)
+        _truncate_bare()
+        speed.baseline_samples.append(points / copy_binary_baseline(batches, timezone.now()))
+        if repeat < 3:
+            _truncate_bare()
+            row_copy_samples.append(points / copy_rows_baseline(batches, timezone.now()))
+        seconds, result = timed(lambda: simulation_advance(job_ids=ids))
+        if result.points_written != points:
+            raise RuntimeError(f"tick wrote {result.points_written} points, expected {points}")
+        speed.samples.append(points / seconds)
+    speed.met = speed.ratio is not None and speed.ratio >= 0.5
+    rows_copy = statistics.median(row_copy_samples)
+    speed.extra |= {
+        "baseline_write_row": rows_copy,
+        "ratio_vs_write_row": speed.median / rows_copy if speed.median else None,
+    }
+    speed.notes += [
+        f"one simulation_advance over {len(ids):,} running jobs x {plan.tick_steps} steps "
+        "(generate, lock, insert, summary, progress, commit)",
+        "baseline: binary COPY (encoded from the same arrays with numpy) into a table with the "
+        "same 7 data columns and no id, index or constraint, + commit",
+        f"the everyday psycopg COPY (text, write_row per row) does {rows_copy:,.0f} points/s: "
+        f"ratio {speed.extra['ratio_vs_write_row']:.2f} against that",
+    ]
+
+    for count in (plan.dashboard_few_jobs, len(ids)):
+        with CaptureQueriesContext(connection) as context:
+            simulation_advance(job_ids=ids[:count])
+        (queries.baseline_samples if count < len(ids) else queries.samples).append(
+            len(context.captured_queries)
+        )
+    queries.met = queries.samples == queries.baseline_samples
+    queries.notes.append(
+        f"median = queries of a tick over {len(ids):,} jobs, baseline = over "
+        f"{plan.dashboard_few_jobs} jobs (COPY statements included)"
+    )
+    return [speed, queries]
+
+
+def chart_figure(plan: Plan, data: Data) -> Figure:
+    from metrics.selectors import POINTS_PER_BUCKET, series_downsampled
+    from metrics.summary import summary_series, summary_width_for
+
+    figure = Figure("chart_ms_1m", "ms", "ratio <= 0.2")
+    job = TrainingJob.objects.get(pk=data.big_job.pk)
+    max_points = plan.chart_points
+    series = series_downsampled(job, max_points)  # warm-up
+    for _ in range(plan.chart_repeats):
+        seconds, series = timed(lambda: series_downsampled(job, max_points))
+        figure.samples.append(seconds * 1000)
+    summary_ms = []
+    for _ in range(plan.chart_repeats):
+        seconds, _ = timed(lambda: summary_series(job, max_points))
+        summary_ms.append(seconds * 1000)
+    groups = (max_points - 1) // POINTS_PER_BUCKET
+    raw_width = -(-job.current_step // groups)
+    sql = (
+        "SELECT step / %s AS bucket, MIN(loss), MAX(loss), COUNT(*), MAX(step)"
+        " FROM metrics_trainingmetric WHERE job_id = %s GROUP BY step / %s ORDER BY bucket"
+    )
+    for _ in range(plan.raw_chart_repeats):
+
+        def raw() -> list:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [raw_width, job.pk, raw_width])
+                return cursor.fetchall()
+
+        seconds, _ = timed(raw)
+        figure.baseline_samples.append(seconds * 1000)
+    figure.met = figure.ratio is not None and figure.ratio <= 0.2
+    width = summary_width_for(job.current_step, groups)
+    exact = summary_exactness(job.pk, sorted({w for w in (64, width) if w}))
+    figure.extra |= {
+        "shown": series.shown,
+        "total": series.total,
+        "summary_series_ms": statistics.median(summary_ms),
+        "summary_width": width,
+        "summary_exact": exact,
+    }
+    figure.notes += [
+        f"series_downsampled(job, {max_points}) of a {job.current_step:,}-point job: "
+        f"{series.shown:,} of {series.total:,} points",
+        f"summary_series alone: {statistics.median(summary_ms):.2f} ms (level width {width})",
+        f"baseline: GROUP BY step / {raw_width} (min, max, count, last) over all the job's rows",
+        f"summary exact against GROUP BY over the raw rows: {exact}",
+    ]
+    if series.total != job.current_step:
+        figure.notes.append("series_downsampled did not report the job's point count as total")
+    return figure
+
+
+def summary_exactness(job_id: int, widths: list[int]) -> dict[str, Any]:
+    """Per width: buckets whose count/min/max/last (and argmin/argmax) differ from raw rows."""
+    result = {}
+    for width in widths:
+        sql = """
+            WITH raw AS (
+                SELECT step / %(w)s AS bucket, COUNT(*) AS count, MIN(loss) AS min_loss,
+                       MAX(loss) AS max_loss, MAX(step) AS last_step
+                FROM metrics_trainingmetric WHERE job_id = %(job)s GROUP BY step / %(w)s
+            ),
+            summary AS (
+                SELECT * FROM metrics_metricsummary WHERE job_id = %(job)s AND width = %(w)s
+            )
+            SELECT COUNT(*) FILTER (WHERE s.bucket IS NULL OR raw.bucket IS NULL
+                                    OR s.count <> raw.count OR s.min_loss <> raw.min_loss
+                                    OR s.max_loss <> raw.max_loss
+                                    OR s.last_step <> raw.last_step),
+                   COUNT(*),
+                   COUNT(*) FILTER (WHERE NOT EXISTS (
+                       SELECT 1 FROM metrics_trainingmetric m WHERE m.job_id = %(job)s
+                       AND m.step = s.min_step AND m.loss = s.min_loss)
+                       OR NOT EXISTS (
+                       SELECT 1 FROM metrics_trainingmetric m WHERE m.job_id = %(job)s
+                       AND m.step = s.max_step AND m.loss = s.max_loss))
+            FROM raw FULL JOIN summary s ON s.bucket = raw.bucket
+        """
+        with connection.cursor() as cursor:
+            cursor.execute(sql, {"w": width, "job": job_id})
+            mismatched, buckets, bad_points = cursor.fetchone()
+        result[str(width)] = {
+            "buckets": buckets,
+            "mismatched": mismatched,
+            "extreme_points_not_stored": bad_points,
+        }
+    return result
+
+
+def poll_figure(plan: Plan, data: Data, port: int) -> Figure:
+    from metrics.selectors import metrics_after
+
+    figure = Figure("poll_ms_1m", "ms (p50)", "ratio <= 3, p50 < 15 ms")
+    job = TrainingJob.objects.get(pk=data.big_job.pk)
+    after = job.current_step - 1 - POLL_BEHIND
+    client = Http(port, {"Cookie": _session_cookie(data.big_user), "Accept-Encoding": "gzip"})
+    path = f"/jobs/{job.pk}/poll/?after={after}"
+    samples, body = _http_p50(client, path, plan.poll_requests)
+    client.close()
+    figure.samples = samples
+    sql = (
+        "SELECT step, loss, accuracy, learning_rate FROM metrics_trainingmetric"
+        " WHERE job_id = %s AND step > %s ORDER BY step"
+    )
+    in_process = []
+    for _ in range(plan.poll_requests):
+
+        def raw() -> list:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [job.pk, after])
+                return cursor.fetchall()
+
+        seconds, rows = timed(raw)
+        figure.baseline_samples.append(seconds * 1000)
+        seconds, _ = timed(lambda: metrics_after(job, after))
+        in_process.append(seconds * 1000)
+    if len(rows) != POLL_BEHIND:
+        raise RuntimeError(f"the raw SELECT found {len(rows)} rows, expected {POLL_BEHIND}")
+    figure.met = _below(figure.median, 15) and _below(figure.ratio, 3, inclusive=True)
+    selector_ratio = statistics.median(in_process) / (figure.baseline or math.inf)
+    figure.extra |= {
+        "p90": percentile(samples, 0.9),
+        "metrics_after_ms": statistics.median(in_process),
+        "metrics_after_ratio": selector_ratio,
+        "response_bytes": len(body),
+    }
+    figure.notes += [
+        f"GET /jobs/{job.pk}/poll/?after=last-{POLL_BEHIND} over HTTP (gunicorn, 2 workers, "
+        "session cookie, gzip accepted), p50 of "
+        f"{plan.poll_requests} after {WARM_UP_REQUESTS} warm-up requests",
+        "baseline: the raw indexed SELECT of those 50 rows on an open connection, p50",
+        f"in process, metrics_after() takes {statistics.median(in_process):.2f} ms: "
+        f"ratio {selector_ratio:.2f} to the raw SELECT; the rest is HTTP, session, auth, "
+        "template rendering of the out-of-band partials",
+    ]
+    return figure
+
+
+def dashboard_figure(plan: Plan, data: Data, port: int) -> Figure:
+    from django.test import Client
+
+    figure = Figure("dashboard_ms_1k", "ms (p50)", "p50 < 50 ms, equal queries")
+    client = Http(port, {"Cookie": _session_cookie(data.many_user), "Accept-Encoding": "gzip"})
+    samples, _ = _http_p50(client, "/", plan.dashboard_requests)
+    client.close()
+    figure.samples = samples
+    counts = {}
+    for name, user in (("few", data.few_user), ("many", data.many_user)):
+        browser = Client(HTTP_HOST="127.0.0.1")
+        browser.force_login(user)
+        browser.get("/")
+        with CaptureQueriesContext(connection) as context:
+            response = browser.get("/")
+        if response.status_code != 200:
+            raise RuntimeError(f"dashboard answered {response.status_code}")
+        counts[name] = len(context.captured_queries)
+    figure.met = _below(figure.median, 50) and counts["few"] == counts["many"]
+    figure.extra |= {
+        "p90": percentile(samples, 0.9),
+        "queries_10_jobs": counts["few"],
+        "queries_1000_jobs": counts["many"],
+    }
+    figure.notes += [
+        f"GET / over HTTP for a user with {len(data.tick_ids):,} jobs, p50 of "
+        f"{plan.dashboard_requests} requests",
+        f"queries per page: {counts['few']} with {plan.dashboard_few_jobs} jobs, "
+        f"{counts['many']} with {len(data.tick_ids):,}",
+    ]
+    return figure
+
+
+def api_figure(plan: Plan, data: Data, port: int) -> Figure:
+    from accounts.services import api_token_create
+
+    figure = Figure("api_ingest_points_per_s", "points/s", "ratio >= 0.2")
+    _, token = api_token_create(user=data.big_user, name="bench")
+    job = data.api_job
+    simulator = TrainingSimulator(
+        job.initial_loss, job.final_loss, job.decay_rate, seed=job.seed, warmup_steps=1000
+    )
+    size = plan.api_batch
+    client = Http(port, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    path = f"/api/v1/jobs/{job.pk}/metrics/"
+    _bare_table()
+    for index in range(plan.api_repeats + 1):
+        batch = simulator.generate_metrics_batch(
+            index * size, size, job.total_steps, job.steps_per_epoch
+        )
+        body = json.dumps(
+            {
+                "points": [
+                    {"step": s, "epoch": e, "loss": lo, "accuracy": a, "learning_rate": r}
+                    for s, e, lo, a, r in zip(
+                        batch.steps.tolist(),
+                        batch.epochs.tolist(),
+                        batch.losses.tolist(),
+                        batch.accuracies.tolist(),
+                        batch.learning_rates.tolist(),
+                        strict=True,
+                    )
+                ]
+            }
+        ).encode()
+        started = time.perf_counter()
+        status, _, answer = client.request("POST", path, body)
+        seconds = time.perf_counter() - started
+        if status != 200 or json.loads(answer)["created"] != size:
+            raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
+        if index == 0:
+            continue  # warm-up
+        figure.samples.append(size / seconds)
+        _truncate_bare()
+        figure.baseline_samples.append(
+            size / copy_binary_baseline([(job.pk, batch)], timezone.now())
+        )
+    client.close()
+    figure.met = figure.ratio is not None and figure.ratio >= 0.2
+    figure.notes += [
+        f"POST of {size:,}-point JSON batches (~{len(body) / 1e6:.1f} MB) over HTTP to gunicorn "
+        "with 2 workers, one client, keep-alive, Bearer token",
+        "baseline: binary COPY of the same rows into the bare table, + commit",
+    ]
+    return figure
+
+
+def export_figure(plan: Plan, data: Data, env: dict[str, str]) -> Figure:
+    figure = Figure("export_mb_1m", "MB (peak)", f"< {EXPORT_LIMIT_MB} MB")
+    probe = [sys.executable, "-m", "bench.export_probe", str(data.big_job.pk)]
+    runs = []
+    for _ in range(plan.export_repeats):
+        finished = subprocess.run(
+            probe, cwd=BASE_DIR, env=env, capture_output=True, text=True, check=False
+        )
+        if finished.returncode != 0:
+            raise RuntimeError(f"export probe failed: {finished.stderr.strip()[-500:]}")
+        run = json.loads(finished.stdout)
+        runs.append(run)
+        figure.samples.append(run["peak_mb"])
+    figure.met = _below(figure.median, EXPORT_LIMIT_MB)
+    seconds = statistics.median(run["seconds"] for run in runs)
+    figure.extra |= {
+        "rows": runs[0]["rows"],
+        "csv_mb": runs[0]["bytes"] / 1e6,
+        "seconds": seconds,
+        "rows_per_s": runs[0]["rows"] / seconds,
+    }
+    figure.notes += [
+        "export_csv_chunks(job) consumed to the end in a fresh process: its peak RSS "
+        "(ru_maxrss) minus its resident size just before the export started",
+        f"{runs[0]['rows']:,} rows, {runs[0]['bytes'] / 1e6:.0f} MB of CSV in {seconds:.1f} s",
+    ]
+    return figure
+
+
+def guarded(name: str, unit: str, target: str, build: Callable[[], Any]) -> list[Figure]:
+    """Run a figure; a failure becomes a line that says so instead of ending the run."""
+    try:
+        result = build()
+    except Exception as error:
+        figure = Figure(name, unit, target, error=f"{type(error).__name__}: {error}")
+        figure.notes.append(f"could not be measured: {figure.error}")
+        return [figure]
+    return result if isinstance(result, list) else [result]

@@ -1,0 +1,253 @@
+"""What the benchmark needs around the figures: its own database, a web server, a table."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SERVER_START_SECONDS = 60
+SERVER_STOP_SECONDS = 15
+
+
+class BenchError(Exception):
+    """Something the benchmark cannot run with; str() is the message for the user."""
+
+
+# --- the database -----------------------------------------------------------------------------
+
+
+def bench_database_url(database_url: str) -> tuple[str, str, str]:
+    """(URL of the bench's own database, its name, URL of the server's maintenance database).
+
+    Refuses anything but PostgreSQL: the figures are about the production database.
+    """
+    parts = urlsplit(database_url)
+    if parts.scheme not in {"postgres", "postgresql", "pgsql", "postgis"}:
+        raise BenchError(
+            "make bench needs PostgreSQL: set DATABASE_URL=postgres://USER@HOST:PORT/NAME "
+            f"(got {parts.scheme or 'no'} database URL; SQLite is not benchmarked). The "
+            "benchmark creates and drops its own database NAME_bench on that server."
+        )
+    name = parts.path.lstrip("/") or "trainmon"
+    bench_name = f"{name}_bench"
+    bench_url = urlunsplit(parts._replace(path=f"/{bench_name}"))
+    admin_url = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
+    return bench_url, bench_name, admin_url
+
+
+@contextmanager
+def own_database(admin_url: str, name: str) -> Iterator[None]:
+    """Create the database `name` (dropping a leftover of a crashed run), drop it afterwards."""
+    import psycopg
+
+    def run(sql: str) -> None:
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(sql)
+
+    try:
+        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        run(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as error:
+        raise BenchError(f"cannot create the bench database {name}: {error}") from error
+    try:
+        yield
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- the web server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[int]:
+    """Serve trainmon with gunicorn on a free loopback port; yields the port; stops it."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "trainmon.wsgi:application",
+        f"--workers={workers}",
+        f"--bind=127.0.0.1:{port}",
+        "--log-level=warning",
+        "--timeout=120",
+    ]
+    # Its own session (process group), so stopping it also stops its workers.
+    server = subprocess.Popen(command, cwd=BASE_DIR, env=env, start_new_session=True)
+    try:
+        _wait_until_serving(server, port)
+        yield port
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(SERVER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def _wait_until_serving(server: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise BenchError(f"gunicorn exited with status {server.returncode} at start-up")
+        try:
+            status, _, _ = Http(port).request("GET", "/healthz")
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise BenchError(f"gunicorn did not answer on port {port} within {SERVER_START_SECONDS} s")
+
+
+class Http:
+    """A keep-alive HTTP/1.1 client for one loopback server, cookie and headers fixed."""
+
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.headers = {"Host": "127.0.0.1", **(headers or {})}
+        self._connection: http.client.HTTPConnection | None = None
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            self._connection.request(method, path, body, {**self.headers, **(headers or {})})
+            response = self._connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        except (http.client.HTTPException, OSError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = function()
+    return time.perf_counter() - started, result
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[index]
+
+
+@dataclass
+class Figure:
+    """One line of the table. `ratio` = median / baseline median (None without a baseline)."""
+
+    name: str
+    unit: str
+    target: str
+    samples: list[float] = field(default_factory=list)
+    baseline_samples: list[float] = field(default_factory=list)
+    met: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+    @property
+    def baseline(self) -> float | None:
+        return statistics.median(self.baseline_samples) if self.baseline_samples else None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.median is None or not self.baseline:
+            return None
+        return self.median / self.baseline
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "median": self.median,
+            "min": min(self.samples) if self.samples else None,
+            "max": max(self.samples) if self.samples else None,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "unit": self.unit,
+            "target": self.target,
+            "met": self.met,
+            "samples": self.samples,
+            "baseline_samples": self.baseline_samples,
+            "notes": self.notes,
+            **({"error": self.error} if self.error else {}),
+            **self.extra,
+        }
+
+
+def number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:,.2f}"
+    return f"{value:.3g}"
+
+
+def table(figures: list[Figure]) -> str:
+    header = ("name", "unit", "median", "min-max", "baseline", "ratio", "target", "met?")
+    rows = [header]
+    for f in figures:
+        spread = f"{number(min(f.samples))}-{number(max(f.samples))}" if f.samples else "—"
+        met = "error" if f.error else {True: "yes", False: "NO", None: "—"}[f.met]
+        rows.append(
+            (
+                f.name,
+                f.unit,
+                number(f.median),
+                spread,
+                number(f.baseline),
+                number(f.ratio),
+                f.target,
+                met,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_results(path: Path, figures: list[Figure], meta: dict[str, Any]) -> None:
+    data = {"figures": {f.name: f.as_json() for f in figures}, **meta}
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
