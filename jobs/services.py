@@ -27,6 +27,12 @@ Status = TrainingJob.Status
 
 DECAY_SPAN = 5.0  # loss is within exp(-5) ≈ 0.7 % of its floor by the job's last step
 MAX_SEED = 2**63 - 1
+# Bounds that keep every count inside the database's integer columns and a job's history
+# within what one machine can chart; forms and the API show the same limits.
+MAX_EPOCHS = 10_000
+MAX_STEPS_PER_EPOCH = 1_000_000
+MAX_TOTAL_STEPS = 100_000_000
+MAX_STEPS_PER_TICK = 10_000
 # A gap longer than this between two reports is a pause, not a slow step: keep the old rate.
 RATE_GAP_SECONDS = 60.0
 RATE_SMOOTHING = 0.3
@@ -92,13 +98,21 @@ def job_create(
     errors: dict[str, str] = {}
     if not isinstance(name, str) or not name.strip():
         errors["name"] = "Give the job a name."
-    for field, value in (
-        ("total_epochs", total_epochs),
-        ("steps_per_epoch", steps_per_epoch),
-        ("steps_per_tick", steps_per_tick),
+    for field, value, most in (
+        ("total_epochs", total_epochs, MAX_EPOCHS),
+        ("steps_per_epoch", steps_per_epoch, MAX_STEPS_PER_EPOCH),
+        ("steps_per_tick", steps_per_tick, MAX_STEPS_PER_TICK),
     ):
+        label = field.replace("_", " ").capitalize()
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            errors[field] = f"{field.replace('_', ' ').capitalize()} must be a positive integer."
+            errors[field] = f"{label} must be a positive integer."
+        elif value > most:
+            errors[field] = f"{label} can be at most {most:,}."
+    if not errors and total_epochs * steps_per_epoch > MAX_TOTAL_STEPS:
+        errors["steps_per_epoch"] = (
+            f"That is {total_epochs * steps_per_epoch:,} steps in all; the most is "
+            f"{MAX_TOTAL_STEPS:,}."
+        )
     if not (_finite(initial_loss) and _finite(final_loss)):
         errors["initial_loss"] = "Losses must be finite numbers."
     elif final_loss < 0:

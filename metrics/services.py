@@ -94,7 +94,7 @@ def _optional(value: float) -> float | None:
 
 
 _COLUMNS = "job_id, epoch, step, loss, accuracy, learning_rate, created_at"
-# PostgreSQL stages the points by binary COPY; NaN marks "not reported" and becomes NULL.
+# PostgreSQL stages the points by binary COPY (NaN, "not reported", travels as NULL).
 _STAGED_POINTS = (
     ("job_id", "bigint"),
     ("epoch", "bigint"),
@@ -148,8 +148,8 @@ def _points_source(
         # Binary COPY into a temporary table: no per-value Python objects or SQL literals.
         pgcopy.stage_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
         return (
-            f"SELECT job_id, epoch, step, loss, NULLIF(accuracy, 'NaN'),"
-            f" NULLIF(learning_rate, 'NaN'), %s FROM {_POINTS_STAGING_TABLE}",
+            f"SELECT job_id, epoch, step, loss, accuracy, learning_rate, %s"
+            f" FROM {_POINTS_STAGING_TABLE}",
             [db_now],
         )
     rows = [

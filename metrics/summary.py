@@ -60,12 +60,6 @@ _VALUE_COLUMNS = (
     ("last_learning_rate", "double precision"),
 )
 _COLUMNS = _KEY_COLUMNS + _VALUE_COLUMNS
-# NaN stands for "not reported" while rows travel as numbers; stored as NULL.
-_NULLABLE = frozenset(
-    f"{prefix}_{name}"
-    for prefix in ("min", "max", "last")
-    for name in ("accuracy", "learning_rate")
-)
 _STAGING_TABLE = "trainmon_summary_in"
 
 
@@ -88,12 +82,9 @@ def summary_add(created: Sequence[tuple[int, MetricBatch]]) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             pgcopy.stage_rows(cursor, _STAGING_TABLE, _COLUMNS, [rows[name] for name in names])
-            select = ", ".join(
-                f"NULLIF({name}, 'NaN')" if name in _NULLABLE else name for name in names
-            )
             cursor.execute(
                 f"INSERT INTO {table} AS s ({', '.join(names)})"
-                f" SELECT {select} FROM {_STAGING_TABLE} {conflict} {update}"
+                f" SELECT {', '.join(names)} FROM {_STAGING_TABLE} {conflict} {update}"
             )
             return
         select = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))

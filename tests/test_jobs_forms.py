@@ -57,7 +57,11 @@ def test_advanced_values_reach_the_job(user):
         hyperparameters='{"batch_size": 32, "optimizer": "adamw"}',
     )
     assert (job.seed, job.decay_rate, job.warmup_steps, job.diverge_at_step) == (42, 0.01, 7, 300)
-    assert (job.model_name, job.dataset, job.description) == ("bert-base-uncased", "sst2", "baseline")
+    assert (job.model_name, job.dataset, job.description) == (
+        "bert-base-uncased",
+        "sst2",
+        "baseline",
+    )
     assert job.hyperparameters == {"batch_size": 32, "optimizer": "adamw"}
 
 

@@ -47,6 +47,9 @@ class TestJobCreate:
             ({"decay_rate": 0.0}, "decay_rate"),
             ({"seed": -1}, "seed"),
             ({"hyperparameters": [1, 2]}, "hyperparameters"),
+            ({"total_epochs": 10_001}, "total_epochs"),
+            ({"total_epochs": 10_000, "steps_per_epoch": 1_000_000}, "steps_per_epoch"),
+            ({"steps_per_tick": 10_001}, "steps_per_tick"),
         ],
     )
     def test_bad_input_names_the_field_and_writes_nothing(self, user, overrides, field):

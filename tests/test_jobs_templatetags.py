@@ -70,7 +70,9 @@ def test_number_filters(filter_name, value, expected):
     assert getattr(jobs_ui, filter_name)(value) == expected
 
 
-@pytest.mark.parametrize(("step", "expected"), [(0, "0%"), (1, "0.1%"), (999, "99.9%"), (1000, "100%")])
+@pytest.mark.parametrize(
+    ("step", "expected"), [(0, "0%"), (1, "0.1%"), (999, "99.9%"), (1000, "100%")]
+)
 def test_progress_rounds_down_so_only_done_is_100(step, expected):
     job = TrainingJobFactory.build(total_epochs=1, steps_per_epoch=1000, current_step=step)
     assert jobs_ui.progress(job) == expected

@@ -1,21 +1,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse, urlunparse
 
 import pytest
+from celery import Task
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
-from django.db import OperationalError, connection
+from celery.states import SUCCESS
+from django.db import connection
 from django.test.utils import override_settings
 from django.utils import timezone
 
 from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
 from metrics.services import tick_slot
-from metrics.tasks import advance_jobs, simulate_tick
+from metrics.tasks import ADVANCE_JOBS, SIMULATE_TICK, advance_jobs, simulate_tick
 from tests.factories import TrainingJobFactory
 from tests.services import TEST_REDIS_URL
 from trainmon.celery import app as celery_app
@@ -120,31 +122,34 @@ def use_broker(url: str) -> Iterator[None]:
 
 
 @contextmanager
-def worker_thread() -> Iterator[None]:
-    """A real worker consuming in a thread; it closes its database connection after each task
-    so the test database can be flushed and dropped afterwards."""
+def worker_thread() -> Iterator[list[tuple[str, str]]]:
+    """A real worker consuming in a thread; yields the (task, state) of each task it ran.
 
-    def close_connection(**_: object) -> None:
+    Tests wait on that list rather than polling the database while the worker writes (the
+    shared in-memory SQLite test database answers concurrent access with "table locked").
+    The worker closes its database connection after each task, so the test database can be
+    flushed and dropped afterwards.
+    """
+    finished: list[tuple[str, str]] = []
+
+    def after_task(task: Task, state: str, **_: object) -> None:
         connection.close()
+        finished.append((task.name, state))
 
-    task_postrun.connect(close_connection, weak=False)
+    task_postrun.connect(after_task, weak=False)
     try:
         with start_worker(celery_app, perform_ping_check=False, shutdown_timeout=30):
-            yield
+            yield finished
     finally:
-        task_postrun.disconnect(close_connection)
+        task_postrun.disconnect(after_task)
 
 
-def wait_until(condition: Callable[[], bool]) -> bool:
+def wait_for_tasks(finished: list[tuple[str, str]], count: int) -> list[tuple[str, str]]:
+    """Wait (bounded) until the worker has run `count` tasks; return what it ran."""
     deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except OperationalError:
-            pass  # SQLite's shared in-memory test database: the worker holds the table
+    while len(finished) < count and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-    return False
+    return list(finished)
 
 
 BROKERS = [
@@ -155,17 +160,22 @@ BROKERS = [
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("broker", BROKERS)
-@pytest.mark.parametrize("chunk_size", [500, 1], ids=["in-place", "fan-out"])
-def test_a_worker_advances_jobs_from_ticks_sent_through_the_broker(user, broker, chunk_size):
+@pytest.mark.parametrize(
+    ("chunk_size", "tasks"),
+    [(500, [SIMULATE_TICK]), (1, [SIMULATE_TICK, ADVANCE_JOBS, ADVANCE_JOBS, ADVANCE_JOBS])],
+    ids=["in-place", "fan-out"],
+)
+def test_a_worker_advances_jobs_from_ticks_sent_through_the_broker(user, broker, chunk_size, tasks):
     jobs = TrainingJobFactory.create_batch(3, owner=user)
     before = tick_slot(timezone.now())
     with (
         override_settings(TRAINMON_TICK_CHUNK_SIZE=chunk_size),
         use_broker(broker),
-        worker_thread(),
+        worker_thread() as finished,
     ):
         simulate_tick.delay()
-        assert wait_until(lambda: TrainingMetric.objects.count() == 30), "no points arrived"
+        assert wait_for_tasks(finished, len(tasks)) == [(name, SUCCESS) for name in tasks]
+    assert TrainingMetric.objects.count() == 30
     sent_in = {reload(job).last_tick for job in jobs}
     assert len(sent_in) == 1
     assert before <= sent_in.pop() <= tick_slot(timezone.now())
@@ -177,13 +187,13 @@ def test_a_worker_advances_jobs_from_ticks_sent_through_the_broker(user, broker,
 @pytest.mark.django_db(transaction=True)
 def test_a_redelivered_tick_writes_nothing_new(user):
     job = TrainingJobFactory(owner=user)
-    with use_broker("memory://"), worker_thread():
+    with use_broker("memory://"), worker_thread() as finished:
         simulate_tick.delay(tick=77)
-        assert wait_until(lambda: TrainingMetric.objects.count() == 10)
         simulate_tick.delay(tick=77)  # the same tick again, as a re-delivery would bring it
-        simulate_tick.delay(tick=78)  # delivered after it: once this one is done, so is 77
-        assert wait_until(lambda: TrainingMetric.objects.count() == 20)
+        simulate_tick.delay(tick=78)
+        assert wait_for_tasks(finished, 3) == [(SIMULATE_TICK, SUCCESS)] * 3
     assert (reload(job).current_step, job.last_tick) == (20, 78)
+    assert TrainingMetric.objects.count() == 20
 
 
 def test_each_tick_message_names_the_slot_it_was_sent_in(job):

@@ -396,10 +396,14 @@
         appendPoints(update);
       });
       poller.addEventListener("htmx:afterRequest", (event) => {
-        if (event.detail.xhr && event.detail.xhr.status === 286) {
+        const status = event.detail.xhr ? event.detail.xhr.status : 0;
+        // 286: the job finished and htmx stopped polling. 404: the job was deleted meanwhile;
+        // liveUpdatesEnabled() now says no, so polling stops too.
+        if (status === 286 || status === 404) {
           state.stopped = true;
           renderLiveToggle();
         }
+        if (status === 404) note.textContent = "This job no longer exists.";
       });
       document.addEventListener("visibilitychange", pollNow);
     }

@@ -12,32 +12,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import connection, connections
 from django.test import Client
 
+from tests.browser.support import (
+    DESKTOP,
+    LAUNCH_ARGS,
+    TICK_INTERVAL_SECONDS,
+    WAIT_MS,
+)
 from tests.services import CHROMIUM_PATH, chromium_available, missing_service
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-DESKTOP = {"width": 1400, "height": 900}
-PHONE = {"width": 375, "height": 812}
-TICK_INTERVAL_SECONDS = 0.5
-# Playwright waits (milliseconds): generous, since they only bound a wait for an event.
-WAIT_MS = 20_000
 
 
 @pytest.fixture(scope="session")
@@ -98,13 +87,6 @@ def open_page(chromium, live_server, browser_errors) -> Iterator[Callable]:
     yield open_
     for context in contexts:
         context.close()
-
-
-def screenshot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 class Ticker(threading.Thread):

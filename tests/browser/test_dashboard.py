@@ -14,9 +14,7 @@ def row(page, job):
     return page.locator(f"tr[data-job-id='{job.pk}']")
 
 
-def test_rows_update_in_place_and_polling_stops_when_done(
-    open_page, user, ticker, browser_errors
-):
+def test_rows_update_in_place_and_polling_stops_when_done(open_page, user, ticker, browser_errors):
     job = services.job_create(
         owner=user, name="dash-run", total_epochs=1, steps_per_epoch=40, steps_per_tick=4, seed=1
     )

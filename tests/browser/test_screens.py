@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jobs import services
-from tests.browser.conftest import PHONE, screenshot
+from tests.browser.support import PHONE, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -86,6 +86,8 @@ def test_screenshots(open_page, user, jobs_with_history, color_scheme, browser_e
     phone.wait_for_load_state("networkidle")
     assert screenshot(phone, f"dashboard-phone-{color_scheme}").exists()
     phone.goto(jobs_with_history[1].get_absolute_url())
-    phone.wait_for_function("() => Number(document.getElementById('charts').dataset.pointCount) > 0")
+    phone.wait_for_function(
+        "() => Number(document.getElementById('charts').dataset.pointCount) > 0"
+    )
     assert screenshot(phone, f"job-phone-{color_scheme}").exists()
     assert browser_errors.messages == []
