@@ -379,17 +379,20 @@ def chart_figure(plan: Plan, data: Data) -> Figure:
     figure.met = figure.ratio is not None and figure.ratio <= 0.2
     width = summary_width_for(job.current_step, groups)
     exact = summary_exactness(job.pk, sorted({w for w in (64, width) if w}))
+    summary_ratio = statistics.median(summary_ms) / (figure.baseline or math.inf)
     figure.extra |= {
         "shown": series.shown,
         "total": series.total,
         "summary_series_ms": statistics.median(summary_ms),
+        "summary_series_ratio": summary_ratio,
         "summary_width": width,
         "summary_exact": exact,
     }
     figure.notes += [
         f"series_downsampled(job, {max_points}) of a {job.current_step:,}-point job: "
         f"{series.shown:,} of {series.total:,} points",
-        f"summary_series alone: {statistics.median(summary_ms):.2f} ms (level width {width})",
+        f"summary_series alone: {statistics.median(summary_ms):.2f} ms (level width {width}), "
+        f"ratio {summary_ratio:.3f}: what series_downsampled takes once it delegates to it",
         f"baseline: GROUP BY step / {raw_width} (min, max, count, last) over all the job's rows",
         f"summary exact against GROUP BY over the raw rows: {exact}",
     ]
@@ -593,8 +596,8 @@ def export_figure(plan: Plan, data: Data, env: dict[str, str]) -> Figure:
         "rows_per_s": runs[0]["rows"] / seconds,
     }
     figure.notes += [
-        "export_csv_chunks(job) consumed to the end in a fresh process: its peak RSS "
-        "(ru_maxrss) minus its resident size just before the export started",
+        "export_csv_chunks(job) consumed to the end in a fresh process: its peak resident "
+        "size (VmHWM, reset first) minus its resident size just before the export started",
         f"{runs[0]['rows']:,} rows, {runs[0]['bytes'] / 1e6:.0f} MB of CSV in {seconds:.1f} s",
     ]
     return figure

@@ -224,16 +224,17 @@ def simulation_advance(
     """Advance every running simulated job (or only those in `job_ids`) by one tick.
 
     Each job gets its next `steps_per_tick` points (fewer at the end) in one transaction, with
-    a fixed number of queries however many jobs run: one SELECT claims the jobs, one INSERT
-    stores every point, one UPDATE records every job's progress (completion and divergence
-    come from there), and, for a scheduled tick, one UPDATE stamps the jobs with it.
+    a fixed number of queries however many jobs run: one SELECT claims the jobs,
+    `metric_batches_write` stores every point and every job's progress (completion and
+    divergence come from there) in bulk, and for a scheduled tick one UPDATE marks the jobs.
 
     `tick` names a scheduled tick (see `tick_slot`): a job it, or a later tick, already
     advanced is skipped, so a replayed or duplicated tick writes nothing. Without one the
-    call is an ad-hoc tick (the `simulate` command) and always advances.
+    call is an ad-hoc tick (the `simulate` command, scripts) and always advances.
 
-    On PostgreSQL jobs locked by a concurrent tick are skipped, not waited for: that tick is
-    advancing them. Pausing or cancelling a job is a status change, seen by the next tick.
+    On PostgreSQL a job locked by a concurrent tick is skipped, not waited for: that tick is
+    advancing it. So a job moves at most once per tick; if tick k is still busy with it when
+    tick k+1 claims, it sits k+1 out. Pause and cancel are status changes the next tick sees.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -247,7 +248,7 @@ def simulation_advance(
             return TickResult()
         results = metric_batches_write([(job, _next_points(job)) for job in jobs], now=now)
         if tick is not None:
-            _stamp_tick([job.pk for job in jobs], tick)
+            _record_tick([job.pk for job in jobs], tick)
     return TickResult(
         jobs_advanced=len(jobs),
         points_written=sum(result.created for result in results),
@@ -274,7 +275,7 @@ def _next_points(job: TrainingJob) -> MetricBatch:
     )
 
 
-def _stamp_tick(job_ids: list[int], tick: int) -> None:
+def _record_tick(job_ids: list[int], tick: int) -> None:
     # The ids travel as one array / JSON parameter, so the statement is the same for any count.
     table = TrainingJob._meta.db_table
     with connection.cursor() as cursor:

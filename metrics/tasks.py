@@ -28,7 +28,7 @@ ADVANCE_MAX_RETRIES = 3
 
 
 @before_task_publish.connect
-def _stamp_tick(sender: str | None = None, body: Any = None, **_: Any) -> None:
+def _stamp_tick_slot(sender: str | None = None, body: Any = None, **_: Any) -> None:
     """Give every simulate_tick message the tick slot of the moment it is sent.
 
     Beat sends no arguments; stamping at send time (not at run time) means a message that
@@ -50,7 +50,7 @@ def simulate_tick(tick: int | None = None) -> dict[str, int]:
     """
     if tick is None:
         tick = tick_slot(timezone.now())
-    chunk_size = settings.TRAINMON_TICK_CHUNK_SIZE
+    chunk_size = max(settings.TRAINMON_TICK_CHUNK_SIZE, 1)
     if len(simulation_due_job_ids(tick=tick, limit=chunk_size + 1)) <= chunk_size:
         return _summary(tick, simulation_advance(tick=tick))
     job_ids = simulation_due_job_ids(tick=tick)

@@ -49,7 +49,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["ticks"] is not None and options["until_done"]:
             raise CommandError("Give either --ticks or --until-done, not both.")
-        ticks = _positive_int(options["ticks"], "--ticks") if options["ticks"] else None
+        ticks = None if options["ticks"] is None else _positive_int(options["ticks"], "--ticks")
         interval = _interval(options["interval"])
         job_ids = [_job_id(value) for value in options["job_ids"]]
         jobs = _running_simulated_jobs(job_ids)
@@ -86,7 +86,8 @@ class Command(BaseCommand):
         finally:
             bar.close()
         if watched is not None and _any_running(watched):
-            # Cannot happen unless something resets jobs behind our back: never loop forever.
+            # Only if something kept the jobs from advancing (another process holding their
+            # rows tick after tick): stop rather than loop forever.
             raise CommandError(
                 f"Stopped after {totals.ticks} ticks with jobs still running; "
                 f"they should have been done after {expected}."
