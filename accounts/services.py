@@ -38,6 +38,9 @@ def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, st
         raise ValidationError({"name": "Give the token a name."})
     if len(name) > NAME_MAX_LENGTH:
         raise ValidationError({"name": f"Keep the name under {NAME_MAX_LENGTH} characters."})
+    if "\x00" in name:
+        # PostgreSQL cannot store NUL in text: refuse it here rather than fail in the INSERT.
+        raise ValidationError({"name": "The name cannot contain NUL characters."})
     raw = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
     token = ApiToken.objects.create(
         user=user, name=name, key_hash=token_hash(raw), prefix=raw[:PREFIX_LENGTH]

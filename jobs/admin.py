@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from jobs.forms import HyperparametersField
 from jobs.models import TrainingJob
 from jobs.services import JobTransitionError, job_create, job_delete, job_transition
 
@@ -172,6 +173,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
         # The model's CheckConstraints say "> 0"; the form says so next to the field.
         if db_field.name in POSITIVE_FIELDS:
             kwargs["min_value"] = 1
+        if db_field.name == "hyperparameters":
+            # Refuses what PostgreSQL's jsonb cannot store (NUL, NaN) with a message, not a 500.
+            kwargs["form_class"] = HyperparametersField
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_form(self, request: HttpRequest, obj: TrainingJob | None = None, **kwargs: Any):

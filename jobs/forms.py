@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django import forms
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.forms.fields import InvalidJSONInput
 
 from jobs.models import TrainingJob
 from jobs.services import MAX_SEED, job_create
@@ -18,6 +20,60 @@ MAX_STEPS_PER_TICK = 10_000
 NAME_MAX_LENGTH = TrainingJob._meta.get_field("name").max_length
 LABEL_MAX_LENGTH = TrainingJob._meta.get_field("model_name").max_length
 HYPERPARAMETERS_EXAMPLE = '{"batch_size": 128, "optimizer": "adamw"}'
+HYPERPARAMETERS_MAX_DEPTH = 16  # the API's limit too (metrics/api_schemas.py)
+
+
+class HyperparametersField(forms.JSONField):
+    """JSON that every database stores as given, refused with a message otherwise.
+
+    Python's json module takes NaN and Infinity, "\\u0000" and lone surrogates, which
+    PostgreSQL's jsonb refuses (a 500 at save time), and it raises ValueError or RecursionError,
+    not JSONDecodeError, for a number past int()'s digit limit or nesting past the recursion
+    limit, which forms.JSONField lets through (a 500 again).
+    """
+
+    default_error_messages = {"invalid": f"Enter valid JSON, e.g. {HYPERPARAMETERS_EXAMPLE}."}
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except (ValueError, RecursionError):
+            raise ValidationError(self.error_messages["invalid"], code="invalid") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # Re-show what was typed, as typed: re-encoding a parsed value may not even be possible.
+        if isinstance(data, str) and not self.disabled:
+            return InvalidJSONInput(data)
+        return super().bound_data(data, initial)
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        if problem := unstorable_json(value):
+            raise ValidationError(problem, code="unstorable")
+
+
+def unstorable_json(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be stored in every database, or None if it can."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > HYPERPARAMETERS_MAX_DEPTH:
+            return f"Nest at most {HYPERPARAMETERS_MAX_DEPTH} levels deep."
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "Text cannot contain NUL characters (\\u0000)."
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "Text must be valid Unicode (no lone surrogates such as \\ud800)."
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "Numbers must be finite (no NaN or Infinity)."
+        elif isinstance(item, dict):
+            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            pending.extend((part, depth + 1) for part in item)
+    return None
 
 ESSENTIAL_FIELDS = ("name", "total_epochs", "steps_per_epoch", "steps_per_tick", "start")
 ADVANCED_FIELDS = (
@@ -113,7 +169,7 @@ class JobCreateForm(forms.Form):
     description = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 3}), help_text="Notes for your team."
     )
-    hyperparameters = forms.JSONField(
+    hyperparameters = HyperparametersField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": HYPERPARAMETERS_EXAMPLE}),
         help_text="A JSON object; shown as a table on the job page and compared side by side.",

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -51,6 +51,11 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     if status not in TrainingJob.Status.values:
         status = ""
     search = request.GET.get("q", "").strip()[:SEARCH_MAX_LENGTH]
+    if "\x00" in search:
+        # No one types it, and PostgreSQL refuses it in a query parameter: a 400, not a 500.
+        return HttpResponseBadRequest(
+            "Search text cannot contain NUL characters.", content_type="text/plain; charset=utf-8"
+        )
     jobs = jobs_for_dashboard(request.user, status=status or None, search=search or None)
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     counts = job_status_counts(request.user)

@@ -41,6 +41,8 @@ SERIES_MAX_POINTS_PARAM = 10_000
 COMPARE_MAX_JOBS = 8
 # Eight lines on one chart: fewer points each keeps the page light and still shows shape.
 COMPARE_POINTS_PER_JOB = 1000
+MAX_JOB_ID = 2**63 - 1
+MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
 PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7
 MISSING_VALUE = "—"
 
@@ -229,15 +231,24 @@ def _job_ids(params: QueryDict) -> list[int]:
             part = piece.strip()
             if not part:
                 continue
-            if not part.isdigit() or int(part) == 0:
-                raise BadParameter(f"{part[:40]!r} is not a job id.")
-            if int(part) not in ids:
-                ids.append(int(part))
+            job_id = _job_id(part)
+            if job_id not in ids:
+                ids.append(job_id)
     if not ids:
         raise BadParameter("Choose at least one job to compare.")
     if len(ids) > COMPARE_MAX_JOBS:
         raise BadParameter(f"Compare at most {COMPARE_MAX_JOBS} jobs at a time ({len(ids)} given).")
     return ids
+
+
+def _job_id(text: str) -> int:
+    # ASCII digits only: "²".isdigit() is true yet int() refuses it. Ids are signed 64-bit;
+    # a larger number is no job, and SQLite cannot even bind it.
+    if text.isascii() and text.isdigit() and len(text) <= MAX_JOB_ID_DIGITS:
+        job_id = int(text)
+        if 0 < job_id <= MAX_JOB_ID:
+            return job_id
+    raise BadParameter(f"{text[:40]!r} is not a job id.")
 
 
 def _hyperparameter_table(jobs: list[TrainingJob]) -> tuple[list[dict], list[list[dict]]]:

@@ -264,7 +264,7 @@ def test_new_job_form_takes_any_input_without_a_5xx(user_client, overrides):
         ("decay_rate", "-1"),
         ("seed", str(10**30)),
         ("warmup_steps", str(10**30)),
-        ("diverge_at_step", str(2**31)),
+        ("diverge_at_step", str(2**63)),
         ("base_learning_rate", "-1"),
     ],
 )
@@ -318,7 +318,7 @@ def test_actions_ignore_any_body(user_client, user, action, body, htmx):
         "/jobs/-1/pause/",
         "/jobs/0/pause/",
         "/jobs/1/explode/",
-        f"/jobs/{10**30}/poll/",
+        f"/jobs/{10**30}/poll/?after=0",
         f"/jobs/{2**63}/series/",
         f"/jobs/{2**63}/metrics.csv",
         f"/jobs/{HUGE_DIGITS}/metrics.json",
@@ -389,10 +389,12 @@ def test_query_strings_never_cause_a_5xx(user_client, user, params):
         ("metrics:compare", {"jobs": "1,x"}),
         ("metrics:compare", {"jobs": ",".join(str(n) for n in range(1, 20))}),
         ("metrics:compare", {"jobs": ""}),
+        ("jobs:dashboard", {"q": "\x00"}),
+        ("jobs:dashboard", {"q": "a\x00b"}),
     ],
 )
 def test_bad_query_parameters_are_a_clear_400(user_client, job, path, params):
-    args = [] if path == "metrics:compare" else [job.pk]
+    args = [] if path in {"metrics:compare", "jobs:dashboard"} else [job.pk]
     response = user_client.get(reverse(path, args=args), params)
     assert_clear_4xx_page(response) if path != "metrics:series" else assert_clear_series(response)
     assert response.status_code == 400
@@ -411,8 +413,6 @@ def assert_clear_series(response) -> None:
         {"after": "١٢"},
         {"max_points": str(10**30)},
         {"max_points": "-5"},
-        {"q": "\x00"},
-        {"q": "a\x00b"},
         {"q": "%"},
         {"q": "_"},
         {"q": "x" * 10_000},
@@ -524,7 +524,9 @@ def test_api_endpoints_answer_raw_bodies_with_json_4xx(token, user, body, conten
     assert job_state(job) == state
 
 
-@pytest.mark.parametrize(("body", "content_type"), RAW_BODIES)
+@pytest.mark.parametrize(
+    ("body", "content_type"), [body for body in RAW_BODIES if body.id != "form-body"]
+)
 def test_browser_forms_answer_raw_bodies_with_4xx(user_client, user, body, content_type):
     job = TrainingJobFactory(owner=user)
     before, state = row_counts(), job_state(job)
@@ -682,12 +684,15 @@ def xss_jobs(user) -> list[TrainingJob]:
     return jobs
 
 
+ESCAPED = ["&lt;script&gt;alert(1)&lt;/script&gt;", "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"]
+
+
 def assert_escaped(html: str) -> None:
     for payload in XSS:
         assert payload not in html
     assert "<script>alert" not in html
     assert "<img src=x" not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html or "\\u003Cscript" in html
+    assert any(escaped in html for escaped in ESCAPED)
 
 
 def test_names_with_markup_render_escaped_on_every_page(user_client, staff_user, xss_jobs):

@@ -1,0 +1,118 @@
+"""What the reliability tests check after attacking the engine: the points tell the truth.
+
+A simulated job's stored history must be exactly what one uninterrupted run would have
+written: steps 0..current_step-1, each once, with the simulator's values for that step, and
+progress fields that agree with the points. Duplicates are impossible (UniqueConstraint), so
+gaps, overshoots, stale progress and shifted values are what a fault could leave behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from django.db import connection
+
+from jobs.models import TrainingJob
+from metrics.models import TrainingMetric
+from metrics.services import simulator_for, tick_slot
+from tests.processes import wait_until
+
+# Values travel through float8 columns unchanged; the tolerance only absorbs last-bit noise.
+VALUE_TOLERANCE = 1e-12
+
+
+def history_problems(jobs: Iterable[TrainingJob]) -> list[str]:
+    """Everything wrong with these simulated jobs' stored points and progress (fresh from the DB)."""
+    problems: list[str] = []
+    for job in TrainingJob.objects.filter(pk__in=[job.pk for job in jobs]).order_by("pk"):
+        problems += _job_problems(job)
+    return problems
+
+
+def _job_problems(job: TrainingJob) -> list[str]:
+    rows = list(
+        TrainingMetric.objects.filter(job=job)
+        .order_by("step")
+        .values_list("step", "epoch", "loss", "accuracy", "learning_rate")
+    )
+    name = f"job {job.pk} ({job.status}, current_step {job.current_step}/{job.total_steps})"
+    steps = [row[0] for row in rows]
+    if steps != list(range(job.current_step)):
+        missing = sorted(set(range(job.current_step)) - set(steps))
+        extra = sorted(set(steps) - set(range(job.current_step)))
+        return [
+            f"{name}: {len(steps)} points, missing steps {missing[:10]}, "
+            f"steps past current_step {extra[:10]}"
+        ]
+    problems = []
+    if job.current_step > job.total_steps:
+        problems.append(f"{name}: past its total steps")
+    finished = job.current_step == job.total_steps
+    if finished != (job.status == TrainingJob.Status.COMPLETED):
+        problems.append(f"{name}: completed status does not match its step count")
+    if job.status == TrainingJob.Status.COMPLETED and job.finished_at is None:
+        problems.append(f"{name}: completed without finished_at")
+    if not rows:
+        return problems
+    expected = simulator_for(job).generate_metrics_batch(
+        0, job.current_step, job.total_steps, job.steps_per_epoch
+    )
+    stored = np.array(rows, dtype=np.float64)  # NULL accuracy / learning rate become NaN
+    for column, values in enumerate(
+        (
+            expected.steps,
+            expected.epochs,
+            expected.losses,
+            expected.accuracies,
+            expected.learning_rates,
+        )
+    ):
+        if not np.allclose(stored[:, column], values, rtol=0, atol=VALUE_TOLERANCE, equal_nan=True):
+            bad = int(np.flatnonzero(~np.isclose(stored[:, column], values, equal_nan=True))[0])
+            problems.append(f"{name}: step {bad} is not the simulator's value (column {column})")
+            break
+    last, best = stored[-1], stored[:, 2].min()
+    if job.last_loss != last[2]:
+        problems.append(f"{name}: last_loss {job.last_loss} is not step {int(last[0])}'s")
+    if job.best_loss != best:
+        problems.append(f"{name}: best_loss {job.best_loss} is not the lowest, {best}")
+    return problems
+
+
+def steps_of(jobs: Iterable[TrainingJob]) -> dict[int, int]:
+    return dict(
+        TrainingJob.objects.filter(pk__in=[job.pk for job in jobs]).values_list(
+            "pk", "current_step"
+        )
+    )
+
+
+def wait_for_ticks_after(
+    jobs: Iterable[TrainingJob], moment_slot: int, *, timeout: float, what: str
+) -> None:
+    """Wait (bounded) until every job was advanced by a tick sent after slot `moment_slot`."""
+    ids = [job.pk for job in jobs]
+
+    def all_advanced() -> bool:
+        behind = TrainingJob.objects.filter(pk__in=ids).exclude(last_tick__gt=moment_slot)
+        return not behind.exists()
+
+    wait_until(all_advanced, timeout=timeout, what=what, poll=0.2)
+
+
+def current_slot() -> int:
+    from django.utils import timezone
+
+    return tick_slot(timezone.now())
+
+
+def backends_of(application_name: str) -> list[tuple[int, str]]:
+    """(pid, state) of the test database's connections tagged `application_name`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s AND pid <> pg_backend_pid()",
+            [application_name],
+        )
+        return cursor.fetchall()
