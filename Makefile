@@ -43,5 +43,9 @@ format: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench
 
+## loadtest: 100 browsers polling live jobs for 60 s on gunicorn (needs DATABASE_URL=postgres://...)
+loadtest: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.loadtest
+
 clean:
 	rm -rf $(VENV) var

@@ -14,6 +14,7 @@ from datetime import timedelta
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import ApiToken
 
@@ -31,6 +32,7 @@ def token_hash(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@sensitive_variables("raw")
 def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
     """Create a token for `user`; returns it and its plaintext, which is never stored."""
     name = name.strip() if isinstance(name, str) else ""
@@ -58,6 +60,7 @@ def api_token_revoke(*, token: ApiToken) -> ApiToken:
     return token
 
 
+@sensitive_variables("raw")
 def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
     """The active user owning the live token `raw`, or None.
 

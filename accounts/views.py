@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import ApiToken
@@ -36,6 +37,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@sensitive_variables()  # every frame below, the template's context too, holds the plaintext
 def token_create(request: HttpRequest) -> HttpResponse:
     # The page is rendered here rather than redirected to: the plaintext is shown in this
     # response only and is never stored, not even in the session.

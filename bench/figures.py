@@ -375,6 +375,7 @@ def chart_figure(plan: Plan, data: Data) -> Figure:
         figure.baseline_samples.append(seconds * 1000)
     figure.met = figure.ratio is not None and figure.ratio <= 0.2
     width = summary_width_for(job.current_step, groups)
+    kept = _extremes_kept(job, summary_series(job, max_points))
     exact = summary_exactness(job.pk, sorted({w for w in (64, width) if w}))
     summary_ratio = statistics.median(summary_ms) / (figure.baseline or math.inf)
     figure.extra |= {
@@ -384,6 +385,7 @@ def chart_figure(plan: Plan, data: Data) -> Figure:
         "summary_series_ratio": summary_ratio,
         "summary_width": width,
         "summary_exact": exact,
+        "summary_keeps_extremes": kept,
     }
     figure.notes += [
         f"series_downsampled(job, {max_points}) of a {job.current_step:,}-point job: "
@@ -392,10 +394,26 @@ def chart_figure(plan: Plan, data: Data) -> Figure:
         f"ratio {summary_ratio:.3f}: what series_downsampled takes once it delegates to it",
         f"baseline: GROUP BY step / {raw_width} (min, max, count, last) over all the job's rows",
         f"summary exact against GROUP BY over the raw rows: {exact}",
+        f"summary_series shows the job's first and last point and its global min and max "
+        f"loss: {kept}",
     ]
     if series.total != job.current_step:
         figure.notes.append("series_downsampled did not report the job's point count as total")
     return figure
+
+
+def _extremes_kept(job: TrainingJob, series: Any) -> bool:
+    if series is None:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT MIN(step), MAX(step), MIN(loss), MAX(loss) FROM metrics_trainingmetric"
+            " WHERE job_id = %s",
+            [job.pk],
+        )
+        first, last, low, high = cursor.fetchone()
+    ends = (series.steps[0], series.steps[-1]) == (first, last)
+    return ends and (min(series.loss), max(series.loss)) == (low, high)
 
 
 def summary_exactness(job_id: int, widths: list[int]) -> dict[str, Any]:

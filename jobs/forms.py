@@ -75,6 +75,7 @@ def unstorable_json(value: Any) -> str | None:
             pending.extend((part, depth + 1) for part in item)
     return None
 
+
 ESSENTIAL_FIELDS = ("name", "total_epochs", "steps_per_epoch", "steps_per_tick", "start")
 ADVANCED_FIELDS = (
     "initial_loss",

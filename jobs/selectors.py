@@ -26,6 +26,20 @@ def job_for_user(user: AbstractBaseUser | AnonymousUser, job_id: int) -> Trainin
         raise Http404(f"No job {job_id}.") from None
 
 
+def job_owned_by(user: AbstractBaseUser | AnonymousUser, job_id: int) -> TrainingJob:
+    """The job if `user` owns it, staff or not; anything else is a 404.
+
+    For API tokens: a token sits on a training machine, so it reaches its user's own jobs
+    only, and a leaked staff token does not expose everyone's.
+    """
+    if not user.is_authenticated:
+        raise Http404(f"No job {job_id}.")
+    try:
+        return TrainingJob.objects.get(pk=job_id, owner=user)
+    except TrainingJob.DoesNotExist:
+        raise Http404(f"No job {job_id}.") from None
+
+
 def jobs_for_dashboard(
     user: AbstractBaseUser | AnonymousUser,
     *,

@@ -1,6 +1,7 @@
 """The HTTP API under /api/v1/: training scripts create jobs and report their points.
 
-Authentication is `Authorization: Bearer <token>` (accounts.ApiToken). Every error is JSON
+Authentication is `Authorization: Bearer <token>` (accounts.ApiToken); a token reaches its own
+user's jobs only, staff included (staff see everyone's jobs in the web UI). Every error is JSON
 `{"error": "...", "details": ...}`; bad input is a 4xx, never a 500. Bodies are in
 metrics/api_schemas.py; the OpenAPI document is at /api/v1/openapi.json, its docs at /api/v1/docs.
 """
@@ -29,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from accounts.services import api_token_authenticate
 from jobs.models import TrainingJob
-from jobs.selectors import job_for_user
+from jobs.selectors import job_owned_by
 from jobs.services import JobTransitionError, job_complete, job_create, job_fail, jobs_lock
 from metrics.api_schemas import (
     MAX_STEP,
@@ -278,7 +279,7 @@ def create_job(request: HttpRequest, payload: JobIn) -> Status:
 @api.get("/jobs/{int:job_id}/", response=_responses({200: JobOut}), url_name="job", tags=["jobs"])
 def get_job(request: HttpRequest, job_id: int) -> JobOut:
     """A job's status and progress."""
-    return JobOut.of(job_for_user(request.auth, job_id), request)
+    return JobOut.of(job_owned_by(request.auth, job_id), request)
 
 
 @api.post(
@@ -289,7 +290,7 @@ def get_job(request: HttpRequest, job_id: int) -> JobOut:
 )
 def finish_job(request: HttpRequest, job_id: int, payload: FinishIn) -> JobOut:
     """Mark an external job completed or failed (with a reason). A finished job answers 409."""
-    job = _reportable_job(job_for_user(request.auth, job_id))
+    job = _reportable_job(job_owned_by(request.auth, job_id))
     if payload.status == "completed":
         job_complete(job=job)
     else:
@@ -309,7 +310,7 @@ def write_metrics(request: HttpRequest, job_id: int, payload: MetricsIn) -> Metr
     Steps already stored are skipped and counted as duplicates. A NaN or infinite loss fails
     the job at that step; the points after it are discarded. A finished job answers 409.
     """
-    job = _reportable_job(job_for_user(request.auth, job_id))
+    job = _reportable_job(job_owned_by(request.auth, job_id))
     batch = _batch_for(job, payload.points)
     with transaction.atomic():
         locked = jobs_lock([job.pk])
@@ -344,7 +345,7 @@ class SeriesQuery(BaseModel):
 )
 def read_metrics(request: HttpRequest, job_id: int, query: Query[SeriesQuery]) -> SeriesOut:
     """The job's points after `after`, at most `max_points` of them (downsampled if more)."""
-    job = job_for_user(request.auth, job_id)
+    job = job_owned_by(request.auth, job_id)
     series = metrics_after(job, query.after, limit=query.max_points)
     return SeriesOut(
         steps=series.steps,

@@ -266,7 +266,7 @@ def summary_series(job: TrainingJob, max_points: int) -> Series | None:
     None means the summary cannot give a better answer than the raw rows: the job has at
     most `max_points` points (they are all shown), or fewer steps than the finest level
     can split into enough buckets, or no summary rows (points loaded around the write
-    path). One query, two when the answer is None because of the point count.
+    path). One query; after a None the caller's raw read is a second one.
     """
     from metrics.selectors import MIN_DOWNSAMPLED_POINTS, POINTS_PER_BUCKET, Series
 

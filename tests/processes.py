@@ -1,15 +1,17 @@
-"""trainmon's real processes (Celery worker and beat, gunicorn, a private redis-server), for tests.
+"""trainmon's real processes (Celery worker and beat, gunicorn, redis-server), for tests.
 
 A test starts them against its PostgreSQL test database (mark it
-`django_db(transaction=True)` so they see what it writes) and gets them back as `Process`
-objects it may kill, restart or inspect. Each process runs in a process group of its own, so
-stopping it also stops what it forked (the worker's pool, its embedded beat); `running_processes`
-stops every one of them when the test ends, passed or failed.
+`django_db(transaction=True)` so they see what it writes), with a redis-server of their own as
+the broker, and gets them back as `Process` objects it may kill, restart or inspect. Each
+process runs in a process group of its own, so stopping it also stops what it forked (the
+worker's pool, its embedded beat); `running_processes` stops every one of them when the test
+ends, passed or failed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +20,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import quote, urlencode, urlparse, urlunparse
+from urllib.parse import quote, urlencode, urlunparse
 
-from tests.services import TEST_REDIS_URL
+from tests.services import missing_service
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
@@ -63,24 +65,6 @@ def shared_database_url(*, application_name: str | None = None) -> str:
     netloc = f"{credentials}@{host}" + (f":{db['PORT']}" if db["PORT"] else "")
     query = urlencode({"application_name": application_name}) if application_name else ""
     return urlunparse(("postgres", netloc, "/" + quote(db["NAME"]), "", query, ""))
-
-
-def redis_url(db: int, *, port: int | None = None) -> str:
-    """The tests' Redis server (or the one on `port` of the same host), database `db`."""
-    url = urlparse(TEST_REDIS_URL)
-    netloc = url.netloc if port is None else f"{url.hostname or '127.0.0.1'}:{port}"
-    return urlunparse(url._replace(netloc=netloc, path=f"/{db}"))
-
-
-def redis_purge(url: str) -> None:
-    """Empty the Redis database of `url`: no message from an earlier run is consumed."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
 
 
 def free_port() -> int:
@@ -238,6 +222,7 @@ class Processes:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = directory
+        self.broker_url = broker_url
         self.var_dir = directory / "var"
         self.var_dir.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if k not in _CONTROLLED_ENV}
@@ -253,6 +238,8 @@ class Processes:
             **(env or {}),
         }
         self.started: list[Process] = []
+        self.redis: Process | None = None  # the private broker, see `running_processes`
+        self.redis_port = 0
 
     def process(
         self, name: str, args: Sequence[str], *, env: Mapping[str, str] | None = None
@@ -272,10 +259,12 @@ class Processes:
         concurrency: int = 2,
         application_name: str | None = None,
         env: Mapping[str, str] | None = None,
+        wait: bool = True,
     ) -> Process:
         """A Celery worker as the Procfile runs it: with an embedded beat unless `beat=False`.
 
-        Started and ready (consuming) when this returns. Each beat keeps its own schedule.
+        Started, and ready (consuming) when this returns unless `wait=False` (then call
+        `wait_for_worker`). Each beat keeps its own schedule file.
         """
         args = [
             str(BIN_DIR / "celery"),
@@ -294,8 +283,8 @@ class Processes:
         env = {"DJANGO_SETTINGS_MODULE": WORKER_SETTINGS, **(env or {})}
         if application_name:
             env["DATABASE_URL"] = shared_database_url(application_name=application_name)
-        process = self.process(name, args, env=env)
-        return start_worker(process)
+        process = self.process(name, args, env=env).start()
+        return wait_for_worker(process) if wait else process
 
     def beat(self, name: str) -> Process:
         """A stand-alone `celery beat` with its own schedule file; started when this returns."""
@@ -370,9 +359,8 @@ class Processes:
         return "\n".join(process.log_tail() for process in self.started)
 
 
-def start_worker(process: Process) -> Process:
-    """(Re)start a worker made by `Processes.worker` and wait until it consumes."""
-    process.start()
+def wait_for_worker(process: Process) -> Process:
+    """Wait until a worker's current run consumes from the broker."""
     process.wait_for_log(" ready.")
     return process
 
@@ -393,18 +381,22 @@ def _alive_or_fail(process: Process) -> bool:
 
 @contextmanager
 def running_processes(
-    directory: Path,
-    *,
-    broker_url: str,
-    tick_seconds: float,
-    env: Mapping[str, str] | None = None,
+    directory: Path, *, tick_seconds: float, env: Mapping[str, str] | None = None
 ) -> Iterator[Processes]:
-    """A `Processes` whose members are all stopped when the block ends, however it ends.
+    """A `Processes` with a broker of its own, all stopped when the block ends, however it ends.
 
-    A failure inside the block gets the tail of every process's log attached.
+    The broker is a private redis-server (`processes.redis`): no other test run, and no message
+    left over from one, can reach these processes, and a test may stop it. A failure inside the
+    block gets the tail of every process's log attached.
     """
-    processes = Processes(directory, broker_url=broker_url, tick_seconds=tick_seconds, env=env)
+    if shutil.which("redis-server") is None:
+        missing_service("redis", "needs the redis-server program (Debian package redis-server)")
+    port = free_port()
+    processes = Processes(
+        directory, broker_url=f"redis://127.0.0.1:{port}/0", tick_seconds=tick_seconds, env=env
+    )
     try:
+        processes.redis, processes.redis_port = processes.redis_server("redis", port=port), port
         yield processes
     except BaseException as error:
         error.add_note(processes.log_tails())

@@ -8,7 +8,11 @@ gaps, overshoots, stale progress and shifted values are what a fault could leave
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
+from contextlib import suppress
+from pathlib import Path
 
 import numpy as np
 from django.db import connection
@@ -20,10 +24,13 @@ from tests.processes import wait_until
 
 # Values travel through float8 columns unchanged; the tolerance only absorbs last-bit noise.
 VALUE_TOLERANCE = 1e-12
+# pg_stat_activity states of a connection inside a transaction (a tick writing).
+IN_TRANSACTION = {"active", "idle in transaction"}
+AIM_POLL_SECONDS = 0.005
 
 
 def history_problems(jobs: Iterable[TrainingJob]) -> list[str]:
-    """Everything wrong with these simulated jobs' stored points and progress (fresh from the DB)."""
+    """All that is wrong with these simulated jobs' points and progress (read afresh)."""
     problems: list[str] = []
     for job in TrainingJob.objects.filter(pk__in=[job.pk for job in jobs]).order_by("pk"):
         problems += _job_problems(job)
@@ -107,12 +114,45 @@ def current_slot() -> int:
     return tick_slot(timezone.now())
 
 
-def backends_of(application_name: str) -> list[tuple[int, str]]:
-    """(pid, state) of the test database's connections tagged `application_name`."""
+def backends_of(application_name: str) -> list[tuple[int, str, int | None]]:
+    """(pid, state, client port) of the test database's connections tagged `application_name`."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s AND pid <> pg_backend_pid()",
+            "SELECT pid, state, client_port FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s"
+            " AND pid <> pg_backend_pid()",
             [application_name],
         )
         return cursor.fetchall()
+
+
+def in_transaction_client_port(application_name: str, *, timeout: float) -> int | None:
+    """Wait (bounded) until a connection tagged `application_name` is inside a transaction.
+
+    Returns its client's TCP port (see `pid_of_client_port`), or None if none was seen.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, state, port in backends_of(application_name):
+            if state in IN_TRANSACTION:
+                return port
+        time.sleep(AIM_POLL_SECONDS)
+    return None
+
+
+def pid_of_client_port(port: int, candidates: Iterable[int]) -> int | None:
+    """Which of the `candidates` processes holds the local TCP socket on `port` (Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in candidates:
+        with suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return pid
+    return None

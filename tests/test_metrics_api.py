@@ -249,9 +249,12 @@ def test_another_users_job_is_a_404_like_a_missing_one(other_api, ext_job):
     assert not ext_job.metrics.exists()
 
 
-def test_staff_see_every_job(staff_user, ext_job):
+def test_staff_tokens_reach_only_their_own_jobs(staff_user, ext_job):
+    # Staff see every job in the web UI; a token (which lives on a training machine) does not.
     api = Api(api_token_create(user=staff_user, name="t")[1])
-    assert api.get(f"/jobs/{ext_job.pk}/").status_code == 200
+    assert_error(api.get(f"/jobs/{ext_job.pk}/"), 404)
+    own = TrainingJobFactory(owner=staff_user, source=TrainingJob.Source.EXTERNAL)
+    assert api.get(f"/jobs/{own.pk}/").status_code == 200
 
 
 def test_unknown_paths_and_methods_answer_json(api, ext_job):

@@ -567,9 +567,7 @@ VALID_JOB = {"name": "ext", "total_epochs": 2, "steps_per_epoch": 10}
 
 
 @EXAMPLES
-@given(
-    overrides=st.dictionaries(st.sampled_from(JOB_FIELDS) | nasty_text, json_values, min_size=1)
-)
+@given(overrides=st.dictionaries(st.sampled_from(JOB_FIELDS) | nasty_text, json_values, min_size=1))
 def test_api_create_job_takes_any_body_without_a_5xx(token, overrides):
     with rolled_back():
         before = row_counts()
@@ -750,3 +748,15 @@ def test_our_scripts_insert_text_never_html():
         assert not HTML_SINKS.search(source), f"{script.name} writes HTML from a string"
     toasts = (Path(django_settings.BASE_DIR) / "static" / "trainmon" / "toasts.js").read_text()
     assert "textContent = text" in toasts
+
+
+@pytest.mark.parametrize("name", ["😀 run \u202eevil", "שלום", "a\r\nSet-Cookie: x=1", "é" * 200])
+def test_any_name_travels_in_the_toast_header_as_ascii_json(user_client, user, name):
+    job = TrainingJobFactory(owner=user, name=name)
+    response = user_client.post(reverse("jobs:action", args=[job.pk, "pause"]), headers=HTMX)
+    assert response.status_code == 200
+    header = response["HX-Trigger"]
+    assert header.isascii()
+    assert "\r" not in header
+    assert "\n" not in header
+    assert name in json.loads(header)["toast"]["message"]

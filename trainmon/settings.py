@@ -157,11 +157,17 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# Error pages and reports hide passwords, tokens and secret settings, even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "trainmon.error_reports.SecretsHiddenFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("TRAINMON_LOG_LEVEL", "INFO")},
+    # With DEBUG on, Django logs every SQL statement with its parameters at DEBUG level:
+    # session keys and password hashes among them. Never, whatever TRAINMON_LOG_LEVEL says.
+    "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
 # --- Celery -------------------------------------------------------------------------------
@@ -178,6 +184,11 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A lost broker is retried forever, once a second (Celery would give up and exit after 100
+# tries, ~45 min, and back off to 30 s between tries): the engine resumes a tick or two after
+# the broker is back, however long it was away.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CONSUMER = "trainmon.celery_worker:SteadyRetryConsumer"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 # At-least-once: a task is acknowledged after it ran, and re-delivered if its worker died.
