@@ -9,7 +9,13 @@ from jobs.models import TrainingJob
 
 class TrainingMetric(models.Model):
     # The (job, step) unique index leads with job_id, so the FK needs no index of its own.
-    job = models.ForeignKey(TrainingJob, models.CASCADE, related_name="metrics", db_index=False)
+    # No database FK either: its per-row check was half the cost of storing a point, and
+    # integrity holds without it: points are written only under a lock on their job's row
+    # (metrics.services), a job's deletion takes that lock first (jobs.signals), and Django
+    # cascades the delete.
+    job = models.ForeignKey(
+        TrainingJob, models.CASCADE, related_name="metrics", db_index=False, db_constraint=False
+    )
     epoch = models.PositiveIntegerField()
     step = models.PositiveBigIntegerField()
     loss = models.FloatField()
