@@ -244,6 +244,8 @@ async def watch_job(
     browser: Browser, job_id: int, stats: Stats, *, deadline: float, interval: float, every: int
 ) -> None:
     """What a job page does: load, fetch the series, poll for new points until the deadline."""
+    # People open their pages at different moments: spread the loads over one interval.
+    await asyncio.sleep(random.uniform(0, interval))
     await timed(browser, stats, "page", "GET", f"/jobs/{job_id}/")
     series = await timed(browser, stats, "series", "GET", f"/jobs/{job_id}/series/")
     after, status = -1, "running"
@@ -251,12 +253,13 @@ async def watch_job(
         data = json.loads(series.body)
         after = data["last_step"] if data["last_step"] is not None else -1
         status = data["status"]
-    # Pages are opened at different moments: spread the first polls over one interval.
-    await asyncio.sleep(random.uniform(0, interval))
     htmx = {"HX-Request": "true", "HX-Trigger": "poll", "HX-Current-URL": f"/jobs/{job_id}/"}
     cycle = 0
-    while time.monotonic() + interval < deadline:
-        started = time.monotonic()
+    # htmx polls every `interval` from the page load; the last poll ends before the deadline.
+    next_poll = time.monotonic() + interval
+    while next_poll + interval <= deadline:
+        await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
+        next_poll = max(next_poll + interval, time.monotonic())
         cycle += 1
         query = urlencode({"after": after, "status": status})
         poll = await timed(
@@ -269,7 +272,6 @@ async def watch_job(
         if every and cycle % every == 0:
             # Now and then the user looks at the dashboard, whose table refreshes by htmx.
             await timed(browser, stats, "dashboard", "GET", "/", headers={"HX-Request": "true"})
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
 async def run_pollers(port: int, password: str, job_ids: list[int], args) -> tuple[Stats, dict]:
@@ -279,7 +281,7 @@ async def run_pollers(port: int, password: str, job_ids: list[int], args) -> tup
     started = time.monotonic()
     logged_in = await asyncio.gather(*(log_in(b, password, stats, gate) for b in browsers))
     login_seconds = time.monotonic() - started
-    window_start = time.monotonic()
+    window_start, client_cpu = time.monotonic(), time.process_time()
     deadline = window_start + args.duration
     watchers = [
         watch_job(
@@ -295,10 +297,15 @@ async def run_pollers(port: int, password: str, job_ids: list[int], args) -> tup
     ]
     await asyncio.gather(*watchers)
     window = time.monotonic() - window_start
+    client_cpu = time.process_time() - client_cpu
     for browser in browsers:
         stats.reconnects += browser.reconnects
         await browser.close()
-    return stats, {"login_seconds": login_seconds, "window_seconds": window}
+    return stats, {
+        "login_seconds": login_seconds,
+        "window_seconds": window,
+        "client_cpu_seconds": client_cpu,
+    }
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -495,6 +502,10 @@ def report(args: argparse.Namespace, engine: str, stats: Stats, timing: dict, st
         f"engine: {steps} steps simulated across the jobs; pollers received "
         f"{stats.points_seen} new points (all pollers together); "
         f"{stats.reconnects} idle connections reopened"
+    )
+    lines.append(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"this client used {timing['client_cpu_seconds']:.1f} s of CPU in the window"
     )
     errors = sum(stats.errors.values())
     lines.append(

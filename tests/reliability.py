@@ -1,9 +1,11 @@
 """What the reliability tests check after attacking the engine: the points tell the truth.
 
 A simulated job's stored history must be exactly what one uninterrupted run would have
-written: steps 0..current_step-1, each once, with the simulator's values for that step, and
-progress fields that agree with the points. Duplicates are impossible (UniqueConstraint), so
-gaps, overshoots, stale progress and shifted values are what a fault could leave behind.
+written: steps 0..current_step-1, each once, with the simulator's values for that step,
+progress fields that agree with the points, and a chart summary equal to an aggregate of the
+points. Duplicates are impossible (UniqueConstraint), so gaps, overshoots, stale progress,
+shifted values and a summary that counted a point twice or not at all are what a fault could
+leave behind.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import numpy as np
 from django.db import connection
 
 from jobs.models import TrainingJob
-from metrics.models import TrainingMetric
+from metrics.models import MetricSummary, TrainingMetric
 from metrics.services import simulator_for, tick_slot
+from metrics.summary import rebuild_sql
 from tests.processes import wait_until
 
 # Values travel through float8 columns unchanged; the tolerance only absorbs last-bit noise.
@@ -27,14 +30,54 @@ VALUE_TOLERANCE = 1e-12
 # pg_stat_activity states of a connection inside a transaction (a tick writing).
 IN_TRANSACTION = {"active", "idle in transaction"}
 AIM_POLL_SECONDS = 0.005
+# Summation order differs between the maintained summary and a fresh aggregate.
+SUM_TOLERANCE = 1e-9
+_EXPECTED_SUMMARY = "reliability_expected_summary"
 
 
 def history_problems(jobs: Iterable[TrainingJob]) -> list[str]:
-    """All that is wrong with these simulated jobs' points and progress (read afresh)."""
+    """All that is wrong with these simulated jobs' points, progress and chart summary."""
     problems: list[str] = []
-    for job in TrainingJob.objects.filter(pk__in=[job.pk for job in jobs]).order_by("pk"):
+    ids = [job.pk for job in jobs]
+    for job in TrainingJob.objects.filter(pk__in=ids).order_by("pk"):
         problems += _job_problems(job)
-    return problems
+    return problems + summary_problems(ids)
+
+
+def summary_problems(job_ids: list[int]) -> list[str]:
+    """Summary buckets (what charts show) that differ from an aggregate of the stored points."""
+    summary = MetricSummary._meta.db_table
+    columns = [f.column for f in MetricSummary._meta.concrete_fields if not f.primary_key]
+    key = ("job_id", "width", "bucket")
+    exact = [c for c in columns if c not in key and c != "sum_loss"]  # a float sum: see below
+    differs = " OR ".join(f"e.{column} IS DISTINCT FROM s.{column}" for column in exact)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {_EXPECTED_SUMMARY} AS"
+            f" SELECT {', '.join(columns)} FROM {summary} WITH NO DATA"
+        )
+        try:
+            where = "WHERE m.job_id = ANY(%s)"
+            metrics = TrainingMetric._meta.db_table
+            cursor.execute(rebuild_sql(_EXPECTED_SUMMARY, metrics, where), [job_ids])
+            cursor.execute(
+                f"SELECT coalesce(e.job_id, s.job_id), coalesce(e.width, s.width),"
+                f" coalesce(e.bucket, s.bucket), e.count, s.count"
+                f" FROM {_EXPECTED_SUMMARY} e FULL JOIN"
+                f" (SELECT * FROM {summary} WHERE job_id = ANY(%s)) s"
+                f" ON {' AND '.join(f'e.{column} = s.{column}' for column in key)}"
+                f" WHERE e.job_id IS NULL OR s.job_id IS NULL OR {differs}"
+                f" OR abs(e.sum_loss - s.sum_loss) > %s * greatest(1, abs(e.sum_loss))",
+                [job_ids, SUM_TOLERANCE],
+            )
+            wrong = cursor.fetchall()
+        finally:
+            cursor.execute(f"DROP TABLE {_EXPECTED_SUMMARY}")
+    return [
+        f"job {job_id}: summary bucket {bucket} of width {width} holds {got} points, not {want}"
+        f" (or other values than its points)"
+        for job_id, width, bucket, want, got in wrong
+    ]
 
 
 def _job_problems(job: TrainingJob) -> list[str]:

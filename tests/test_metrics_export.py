@@ -46,7 +46,8 @@ def test_csv_has_the_header_and_one_row_per_stored_point(job_with_points):
     assert rows[0] == list(EXPORT_COLUMNS)
     assert len(rows) - 1 == TrainingMetric.objects.filter(job=job_with_points).count() == 23
     step, epoch, loss, accuracy, rate, created = rows[1]
-    assert (step, epoch, loss, accuracy, rate) == ("0", "1", "2.0", "", "1e-05")
+    # Numbers as numbers: PostgreSQL's COPY writes 2.0 as "2", Python as "2.0".
+    assert (int(step), int(epoch), float(loss), accuracy, float(rate)) == (0, 1, 2.0, "", 1e-05)
     assert created.startswith(str(job_with_points.last_reported_at.date()))
     assert [int(row[0]) for row in rows[1:]] == list(range(23))
     assert float(rows[-1][2]) == 1.0
@@ -67,11 +68,12 @@ def test_pages_cover_every_point_once_in_order(job_with_points, page_size):
     assert csv_steps == json_steps == list(range(23))
 
 
-def test_export_reads_page_by_page(job_with_points, django_assert_num_queries):
+def test_export_reads_page_by_page(job_with_points, django_assert_num_queries, monkeypatch):
     # 23 points in pages of 5: five full-or-partial pages, and never the whole table at once.
     with django_assert_num_queries(5):
         pages = list(export_pages(job_with_points, page_size=5))
     assert [len(page) for page in pages] == [5, 5, 5, 5, 3]
+    monkeypatch.setattr("metrics.export.connection.vendor", "portable")  # PostgreSQL uses COPY
     with django_assert_num_queries(5):
         chunks = list(export_csv_chunks(job_with_points, page_size=5))
     assert len(chunks) == 1 + 5  # the header, then one chunk per page
@@ -152,3 +154,33 @@ def test_export_view_gzips_when_asked(client, user, job_with_points):
     assert response["Content-Encoding"] == "gzip"
     rows = csv_rows(gzip.decompress(b"".join(response.streaming_content)).decode())
     assert len(rows) == 24
+
+
+@pytest.mark.postgres
+def test_the_postgres_copy_path_writes_the_same_values_as_the_portable_path(user, monkeypatch):
+    import datetime
+
+    from metrics import export
+
+    job = TrainingJobFactory(owner=user, total_epochs=3, steps_per_epoch=100)
+    points_write(
+        job,
+        list(range(250)),
+        np.linspace(2.5, 0.3, 250),
+        accuracies=[np.nan if step % 7 == 0 else step / 250 for step in range(250)],
+    )
+    TrainingMetric.objects.filter(job=job, step=3).update(
+        created_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)  # no microseconds
+    )
+    copied = "".join(export.export_csv_chunks(job))
+    monkeypatch.setattr(export.connection, "vendor", "portable")
+    paged = "".join(export.export_csv_chunks(job, page_size=64))
+
+    def values(text: str) -> list[list]:
+        header, *rows = csv_rows(text)
+        return [header] + [
+            [int(r[0]), int(r[1]), *(float(x) if x else None for x in r[2:5]), r[5]] for r in rows
+        ]
+
+    assert values(copied) == values(paged)
+    assert len(values(copied)) == 251
