@@ -77,8 +77,8 @@ def _postgres_csv_rows(job: TrainingJob) -> Iterator[str]:
         "COPY (SELECT step, epoch, loss, accuracy, learning_rate, "
         "to_char(created_at AT TIME ZONE 'UTC', "
         "CASE WHEN date_part('microseconds', created_at)::bigint % 1000000 = 0 "
-        "THEN 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"' "
-        "ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"' END) "
+        'THEN \'YYYY-MM-DD"T"HH24:MI:SS"+00:00"\' '
+        'ELSE \'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\' END) '
         f"FROM {table} WHERE job_id = {int(job.pk)} ORDER BY step) TO STDOUT WITH (FORMAT csv)"
     )
     with connection.cursor() as cursor, cursor.copy(sql) as copy:
