@@ -255,9 +255,9 @@ async def watch_job(
         status = data["status"]
     htmx = {"HX-Request": "true", "HX-Trigger": "poll", "HX-Current-URL": f"/jobs/{job_id}/"}
     cycle = 0
-    # htmx polls every `interval` from the page load; the last poll ends before the deadline.
+    # htmx polls every `interval` from the page load, until the deadline.
     next_poll = time.monotonic() + interval
-    while next_poll + interval <= deadline:
+    while next_poll < deadline:
         await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
         next_poll = max(next_poll + interval, time.monotonic())
         cycle += 1

@@ -8,12 +8,13 @@ that advanced it, so a re-delivered or duplicated tick writes nothing.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from celery import shared_task
 from celery.signals import before_task_publish
 from django.conf import settings
-from django.db import OperationalError
+from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from metrics.services import TickResult, simulation_advance, simulation_due_job_ids, tick_slot
@@ -56,7 +57,14 @@ def simulate_tick(tick: int | None = None) -> dict[str, int]:
     job_ids = simulation_due_job_ids(tick=tick)
     chunks = [job_ids[start : start + chunk_size] for start in range(0, len(job_ids), chunk_size)]
     for chunk in chunks:
-        advance_jobs.delay_on_commit(chunk, tick=tick)
+        transaction.on_commit(
+            partial(
+                advance_jobs.apply_async,
+                (chunk,),
+                {"tick": tick},
+                expires=settings.TRAINMON_TICK_EXPIRES_SECONDS,
+            )
+        )
     logger.info("tick %s: %d jobs split into %d subtasks", tick, len(job_ids), len(chunks))
     return {"tick": tick, "jobs_due": len(job_ids), "subtasks": len(chunks)}
 

@@ -111,7 +111,8 @@ def test_api_calls_log_no_token(logs, owner, monkeypatch):
     )
     # An invalid token, and a 400, a 404 and a 500 with the valid one: all logged, none with it.
     wrong = raw[:-4] + "XXXX"
-    assert client.get("/api/v1/jobs/", headers={"Authorization": f"Bearer {wrong}"}).status_code
+    wrong_headers = {"Authorization": f"Bearer {wrong}"}
+    assert client.get(f"/api/v1/jobs/{job['id']}/", headers=wrong_headers).status_code == 401
     client.post("/api/v1/jobs/", "{", "application/json", headers=headers)
     client.get("/api/v1/jobs/999999/", headers=headers)
 

@@ -189,6 +189,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # the broker is back, however long it was away.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_CONSUMER = "trainmon.celery_worker:SteadyRetryConsumer"
+# Safe with idempotent ticks, and the default from Celery 6 on: a task whose broker
+# connection is lost is cancelled and re-delivered rather than finished unacknowledged.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 # At-least-once: a task is acknowledged after it ran, and re-delivered if its worker died.
@@ -209,12 +212,14 @@ TRAINMON_API_MAX_POINTS = env_int("TRAINMON_API_MAX_POINTS", 10_000)
 # A 10,000-point batch is ~1 MB of JSON; leave headroom, refuse anything far larger.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TRAINMON_MAX_BODY_BYTES", 5 * 1024 * 1024)
 
+# A tick (or its subtasks) still queued this long after it was sent is superseded by later
+# ticks; dropping it costs nothing, running it would only find its jobs already advanced.
+TRAINMON_TICK_EXPIRES_SECONDS = max(TRAINMON_TICK_SECONDS * 5, 5)
 CELERY_BEAT_SCHEDULE = {
     "simulate-tick": {
         "task": "metrics.tasks.simulate_tick",
         "schedule": TRAINMON_TICK_SECONDS,
-        # A tick that waited longer than its period is superseded by the next one.
-        "options": {"expires": max(TRAINMON_TICK_SECONDS * 5, 5)},
+        "options": {"expires": TRAINMON_TICK_EXPIRES_SECONDS},
     },
     "mark-stalled": {
         "task": "jobs.tasks.mark_stalled",
