@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from django import forms
@@ -9,18 +8,19 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.fields import InvalidJSONInput
 
 from jobs.models import TrainingJob
-from jobs.services import MAX_SEED, job_create
+from jobs.services import (
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_STEPS_PER_EPOCH,
+    MAX_STEPS_PER_TICK,
+    MAX_TOTAL_STEPS,
+    job_create,
+    unstorable_json,
+)
 
-# Upper bounds keep a typo from creating a job that runs for years, and keep
-# total_epochs * steps_per_epoch inside a 32-bit integer in the database.
-MAX_EPOCHS = 10_000
-MAX_STEPS_PER_EPOCH = 1_000_000
-MAX_TOTAL_STEPS = 100_000_000
-MAX_STEPS_PER_TICK = 10_000
 NAME_MAX_LENGTH = TrainingJob._meta.get_field("name").max_length
 LABEL_MAX_LENGTH = TrainingJob._meta.get_field("model_name").max_length
 HYPERPARAMETERS_EXAMPLE = '{"batch_size": 128, "optimizer": "adamw"}'
-HYPERPARAMETERS_MAX_DEPTH = 16  # the API's limit too (metrics/api_schemas.py)
 
 
 class HyperparametersField(forms.JSONField):
@@ -50,30 +50,6 @@ class HyperparametersField(forms.JSONField):
         super().validate(value)
         if problem := unstorable_json(value):
             raise ValidationError(problem, code="unstorable")
-
-
-def unstorable_json(value: Any) -> str | None:
-    """Why a parsed JSON value cannot be stored in every database, or None if it can."""
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > HYPERPARAMETERS_MAX_DEPTH:
-            return f"Nest at most {HYPERPARAMETERS_MAX_DEPTH} levels deep."
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "Text cannot contain NUL characters (\\u0000)."
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return "Text must be valid Unicode (no lone surrogates such as \\ud800)."
-        elif isinstance(item, float) and not math.isfinite(item):
-            return "Numbers must be finite (no NaN or Infinity)."
-        elif isinstance(item, dict):
-            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
-        elif isinstance(item, list):
-            pending.extend((part, depth + 1) for part in item)
-    return None
 
 
 ESSENTIAL_FIELDS = ("name", "total_epochs", "steps_per_epoch", "steps_per_tick", "start")

@@ -33,6 +33,7 @@ MAX_EPOCHS = 10_000
 MAX_STEPS_PER_EPOCH = 1_000_000
 MAX_TOTAL_STEPS = 100_000_000
 MAX_STEPS_PER_TICK = 10_000
+HYPERPARAMETERS_MAX_DEPTH = 16
 # A gap longer than this between two reports is a pause, not a slow step: keep the old rate.
 RATE_GAP_SECONDS = 60.0
 RATE_SMOOTHING = 0.3
@@ -133,6 +134,16 @@ def job_create(
         errors["diverge_at_step"] = "The divergence step must be an integer >= 0."
     if hyperparameters is not None and not isinstance(hyperparameters, dict):
         errors["hyperparameters"] = "Hyperparameters must be a JSON object."
+    elif problem := unstorable_json(hyperparameters):
+        errors["hyperparameters"] = problem
+    for field, text in (
+        ("name", name),
+        ("description", description),
+        ("model_name", model_name),
+        ("dataset", dataset),
+    ):
+        if field not in errors and isinstance(text, str) and (problem := unstorable_text(text)):
+            errors[field] = problem
     if errors:
         raise ValidationError(errors)
 
@@ -162,6 +173,41 @@ def job_create(
     job.full_clean()
     job.save()
     return job
+
+
+def unstorable_text(text: str) -> str | None:
+    """Why every database cannot store `text` as given, or None if it can."""
+    if "\x00" in text:
+        return "Text cannot contain NUL characters (\\u0000)."  # PostgreSQL refuses them
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "Text must be valid Unicode (no lone surrogates such as \\ud800)."
+    return None
+
+
+def unstorable_json(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be stored in every database, or None if it can.
+
+    Python's json module accepts NaN, Infinity, "\\u0000" and lone surrogates, all of
+    which PostgreSQL's jsonb refuses; deep nesting is capped so no reader recurses too far.
+    """
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > HYPERPARAMETERS_MAX_DEPTH:
+            return f"Nest at most {HYPERPARAMETERS_MAX_DEPTH} levels deep."
+        if isinstance(item, str):
+            if problem := unstorable_text(item):
+                return problem
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "Numbers must be finite (no NaN or Infinity)."
+        elif isinstance(item, dict):
+            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            pending.extend((part, depth + 1) for part in item)
+    return None
 
 
 def _finite(value: object) -> bool:

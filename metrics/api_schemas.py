@@ -27,8 +27,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobs.forms import MAX_EPOCHS, MAX_STEPS_PER_EPOCH, MAX_TOTAL_STEPS
 from jobs.models import JobStatus, TrainingJob
+from jobs.services import (
+    MAX_EPOCHS,
+    MAX_STEPS_PER_EPOCH,
+    MAX_TOTAL_STEPS,
+    unstorable_json,
+    unstorable_text,
+)
 
 # Databases store steps as signed 64-bit and epochs as signed 32-bit integers.
 MAX_STEP = 2**63 - 1
@@ -36,7 +42,6 @@ MAX_EPOCH = 2**31 - 1
 LABEL_MAX_LENGTH = 200  # TrainingJob.name / model_name / dataset
 DESCRIPTION_MAX_LENGTH = 10_000
 REASON_MAX_LENGTH = 2_000
-HYPERPARAMETERS_MAX_DEPTH = 16
 TOO_MANY_POINTS = "too_many_points"
 
 # JSON has no NaN: a diverged loss may be sent as one of these strings.
@@ -47,15 +52,8 @@ NON_FINITE_LOSSES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.i
 
 
 def _storable_text(value: str) -> str:
-    # PostgreSQL refuses NUL in text and jsonb; a lone surrogate cannot be encoded as UTF-8.
-    if "\x00" in value:
-        raise PydanticCustomError("nul_character", "Text cannot contain NUL characters.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError(
-            "invalid_unicode", "Text must be valid Unicode (no lone surrogates)."
-        ) from None
+    if problem := unstorable_text(value):
+        raise PydanticCustomError("unstorable_text", problem)
     return value
 
 
@@ -63,26 +61,9 @@ def _none_as_empty(value: object) -> object:
     return "" if value is None else value
 
 
-def _check_json_value(value: Any, depth: int = 0) -> None:
-    if depth > HYPERPARAMETERS_MAX_DEPTH:
-        raise PydanticCustomError(
-            "too_deep",
-            "Hyperparameters nest deeper than {max_depth} levels.",
-            {"max_depth": HYPERPARAMETERS_MAX_DEPTH},
-        )
-    if isinstance(value, str):
-        _storable_text(value)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise PydanticCustomError(
-            "non_finite", "Hyperparameter values must be finite numbers (no NaN or Infinity)."
-        )
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_json_value(key, depth + 1)
-            _check_json_value(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json_value(item, depth + 1)
+def _check_json_value(value: Any) -> None:
+    if problem := unstorable_json(value):
+        raise PydanticCustomError("unstorable_json", problem)
 
 
 Text = Annotated[StrictStr, BeforeValidator(_none_as_empty)]

@@ -338,3 +338,12 @@ class TestDelete:
         )
         assert not TrainingJob.objects.exists()
         assert not TrainingMetric.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "url", ["admin:jobs_trainingjob_changelist", "admin:accounts_apitoken_changelist"]
+)
+def test_a_nul_in_the_admin_search_is_not_a_500(admin_client, staff_user, url):
+    TrainingJobFactory(owner=staff_user, name="bert")
+    response = admin_client.get(reverse(url) + "?q=ber%00t")
+    assert response.status_code == 200

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.forms import MAX_TOTAL_STEPS, JobCreateForm
+from jobs.forms import JobCreateForm
 from jobs.models import TrainingJob
+from jobs.services import MAX_TOTAL_STEPS
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db

@@ -128,3 +128,38 @@ class TestVisibility:
         assert job_for_user(user, mine.pk) == mine
         with pytest.raises(Http404):
             job_for_user(user, theirs.pk)
+
+
+def nested(depth: int) -> list:
+    value: list = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class TestStorableValues:
+    """job_create refuses what a database would refuse later, whoever calls it."""
+
+    @pytest.mark.parametrize(
+        ("overrides", "field"),
+        [
+            ({"name": "bad\x00name"}, "name"),
+            ({"description": "lone \ud800 surrogate"}, "description"),
+            ({"model_name": "\x00"}, "model_name"),
+            ({"hyperparameters": {"lr": float("nan")}}, "hyperparameters"),
+            ({"hyperparameters": {"note": "a\x00b"}}, "hyperparameters"),
+            ({"hyperparameters": {"k\x00": 1}}, "hyperparameters"),
+            ({"hyperparameters": {"deep": nested(20)}}, "hyperparameters"),
+        ],
+    )
+    def test_unstorable_values_are_refused_with_the_field(self, user, overrides, field):
+        with pytest.raises(ValidationError) as error:
+            create(user, **overrides)
+        assert field in error.value.message_dict
+        assert not TrainingJob.objects.exists()
+
+    def test_unicode_that_stores_is_kept(self, user):
+        job = create(user, name="résnet ✓ 训练", hyperparameters={"λ": [1, {"ok": "✓"}]})
+        job.refresh_from_db()
+        assert job.name == "résnet ✓ 训练"
+        assert job.hyperparameters == {"λ": [1, {"ok": "✓"}]}

@@ -184,18 +184,6 @@ TABLE: dict[str, list[Probe]] = {
         Probe("get", lambda w: reverse("password_change_done"), logged_in(200))
     ],
     # No mail is configured: the reset pages answer, but nothing is sent (see the report).
-    "password_reset": [Probe("get", lambda w: reverse("password_reset"), same(200))],
-    "password_reset_done": [Probe("get", lambda w: reverse("password_reset_done"), same(200))],
-    "password_reset_confirm": [
-        Probe(
-            "get",
-            lambda w: reverse("password_reset_confirm", args=["MQ", "bad-token"]),
-            same(200),  # "The password reset link was invalid"
-        )
-    ],
-    "password_reset_complete": [
-        Probe("get", lambda w: reverse("password_reset_complete"), same(200))
-    ],
     "healthz": [Probe("get", lambda w: reverse("healthz"), same(200))],
     # --- the API: Bearer tokens only ----------------------------------------------------------
     "api:job_create": [
