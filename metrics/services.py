@@ -48,10 +48,11 @@ def metric_batches_write(
 ) -> list[WriteResult]:
     """Store each job's batch and bring the jobs' progress up to date, atomically.
 
-    Points at steps a job already has are ignored and counted as duplicates, so a retried
-    batch changes nothing. Points from the first non-finite loss on are not stored: that
-    step fails the job. The jobs must be locked by the caller (`jobs_lock`) inside
-    `transaction.atomic()`. A fixed number of statements, however many jobs and points.
+    One batch per job. Points at steps a job already has are ignored and counted as
+    duplicates, so a retried batch changes nothing. Points from the first non-finite loss on
+    are not stored: that step fails the job. The jobs must be locked by the caller
+    (`jobs_lock`) inside `transaction.atomic()`. A fixed number of statements, however many
+    jobs and points.
     """
     now = now or timezone.now()
     stored: list[tuple[TrainingJob, MetricBatch, int | None]] = []
@@ -64,7 +65,16 @@ def metric_batches_write(
     with transaction.atomic():
         created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
         summary_add(created)
-        jobs_record_progress([_summary(*item) for item in stored], now=now)
+        # Progress follows what was stored: a retried batch's duplicates may carry other
+        # values, and the stored ones win.
+        created_points = dict(created)
+        jobs_record_progress(
+            [
+                _summary(job, created_points.get(job.pk, MetricBatch.empty()), diverged_step)
+                for job, _, diverged_step in stored
+            ],
+            now=now,
+        )
     created_by_job = Counter({job_id: len(points) for job_id, points in created})
     return [
         WriteResult(created=created_by_job[job.pk], duplicates=len(batch) - created_by_job[job.pk])

@@ -121,3 +121,24 @@ def test_simulated_points_are_the_simulators(job):
 def test_locking_needs_a_transaction(job):
     with pytest.raises(RuntimeError, match="transaction"):
         jobs_lock([job.pk])
+
+
+def test_progress_follows_the_stored_points_not_the_ignored_duplicates(job):
+    write((job, batch([0, 1], losses=[2.0, 1.5])))
+    # A retry whose duplicates carry other values: only step 2 is new, and only it counts.
+    write((job, batch([0, 1, 2], losses=[0.1, 0.1, 1.4])))
+    job.refresh_from_db()
+    assert [row[2] for row in stored(job)] == [2.0, 1.5, 1.4]
+    assert (job.best_loss, job.best_loss_step) == (1.4, 2)
+    assert (job.last_loss, job.current_step) == (1.4, 3)
+
+
+def test_a_batch_of_only_duplicates_still_counts_as_a_report(user):
+    job = TrainingJobFactory(owner=user, status=Status.STALLED, source=TrainingJob.Source.EXTERNAL)
+    write((job, batch([0, 1])))
+    TrainingJob.objects.filter(pk=job.pk).update(status=Status.STALLED)
+    job.refresh_from_db()
+    assert write((job, batch([0, 1]))) == [WriteResult(created=0, duplicates=2)]
+    job.refresh_from_db()
+    assert job.status == Status.RUNNING
+    assert job.current_step == 2
