@@ -32,9 +32,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
-from bench.support import BASE_DIR, BenchError, free_port, percentile
+from bench.support import (
+    BASE_DIR,
+    BenchError,
+    free_port,
+    own_database,
+    own_database_url,
+    percentile,
+)
 
 HOST = "127.0.0.1"  # loopback only: this tool never sends load anywhere else
 USERNAME = "loadtest"
@@ -312,41 +319,12 @@ async def run_pollers(port: int, password: str, job_ids: list[int], args) -> tup
 
 
 def loadtest_database_url(database_url: str) -> tuple[str, str, str]:
-    """(URL of the load test's own database, its name, URL of the maintenance database)."""
-    parts = urlsplit(database_url)
-    if parts.scheme not in {"postgres", "postgresql", "pgsql", "postgis"}:
-        raise BenchError(
-            "the load test needs PostgreSQL: set DATABASE_URL=postgres://USER@HOST:PORT/NAME "
-            f"(got {parts.scheme or 'no'} database URL). SQLite takes one writer at a time, "
-            "so 100 pollers and a ticking engine would measure its lock waits. The load test "
-            "creates and drops its own database NAME_loadtest on that server."
-        )
-    name = f"{parts.path.lstrip('/') or 'trainmon'}_loadtest"
-    own_url = urlunsplit(parts._replace(path=f"/{name}"))
-    admin_url = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    return own_url, name, admin_url
-
-
-@contextmanager
-def own_database(admin_url: str, name: str) -> Iterator[None]:
-    import psycopg
-
-    def run(sql: str) -> None:
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(sql)
-
-    try:
-        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        run(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as error:
-        raise BenchError(f"cannot create the database {name}: {error}") from error
-    try:
-        yield
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return own_database_url(
+        database_url,
+        "loadtest",
+        "SQLite takes one writer at a time, so 100 pollers and a ticking engine would "
+        "measure its lock waits.",
+    )
 
 
 @dataclass

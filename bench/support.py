@@ -31,23 +31,27 @@ class BenchError(Exception):
 # --- the database -----------------------------------------------------------------------------
 
 
-def bench_database_url(database_url: str) -> tuple[str, str, str]:
-    """(URL of the bench's own database, its name, URL of the server's maintenance database).
+def own_database_url(database_url: str, suffix: str, why: str) -> tuple[str, str, str]:
+    """(URL of a tool's own database NAME_suffix, its name, URL of the maintenance database).
 
-    Refuses anything but PostgreSQL: the figures are about the production database.
+    Refuses anything but PostgreSQL, saying `why`: the figures are about the production
+    database, and the tools create and drop their own database next to NAME.
     """
     parts = urlsplit(database_url)
     if parts.scheme not in {"postgres", "postgresql", "pgsql", "postgis"}:
         raise BenchError(
-            "make bench needs PostgreSQL: set DATABASE_URL=postgres://USER@HOST:PORT/NAME "
-            f"(got {parts.scheme or 'no'} database URL; SQLite is not benchmarked). The "
-            "benchmark creates and drops its own database NAME_bench on that server."
+            f"this needs PostgreSQL: set DATABASE_URL=postgres://USER@HOST:PORT/NAME (got "
+            f"{parts.scheme or 'no'} database URL). {why} It creates and drops its own "
+            f"database NAME_{suffix} on that server."
         )
-    name = parts.path.lstrip("/") or "trainmon"
-    bench_name = f"{name}_bench"
-    bench_url = urlunsplit(parts._replace(path=f"/{bench_name}"))
+    name = f"{parts.path.lstrip('/') or 'trainmon'}_{suffix}"
+    own_url = urlunsplit(parts._replace(path=f"/{name}"))
     admin_url = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    return bench_url, bench_name, admin_url
+    return own_url, name, admin_url
+
+
+def bench_database_url(database_url: str) -> tuple[str, str, str]:
+    return own_database_url(database_url, "bench", "SQLite is not benchmarked.")
 
 
 @contextmanager
@@ -63,7 +67,7 @@ def own_database(admin_url: str, name: str) -> Iterator[None]:
         run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         run(f'CREATE DATABASE "{name}"')
     except psycopg.Error as error:
-        raise BenchError(f"cannot create the bench database {name}: {error}") from error
+        raise BenchError(f"cannot create the database {name}: {error}") from error
     try:
         yield
     finally:

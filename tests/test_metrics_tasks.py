@@ -3,7 +3,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlparse, urlunparse
 
 import pytest
 from celery import Task
@@ -24,9 +23,9 @@ from trainmon.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
 
-# The engine's tests use their own Redis database, so no other run's messages are consumed.
-ENGINE_REDIS_DB = 5
-ENGINE_REDIS_URL = urlunparse(urlparse(TEST_REDIS_URL)._replace(path=f"/{ENGINE_REDIS_DB}"))
+# The tests' own Redis database (TRAINMON_TEST_REDIS_URL), purged before each test, so no
+# other run's messages are consumed.
+ENGINE_REDIS_URL = TEST_REDIS_URL
 # Bounds for waiting on a worker thread; the loop returns as soon as the condition holds.
 DELIVERY_TIMEOUT_SECONDS = 30
 POLL_SECONDS = 0.05
