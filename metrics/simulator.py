@@ -6,8 +6,6 @@ import numpy as np
 
 from metrics.points import MetricBatch
 
-# Loss reaches within exp(-DECAY_SPAN) of its final value by the last step.
-DECAY_SPAN = 5.0
 LOSS_FLOOR = 0.05
 LOSS_NOISE_STD = 0.1
 # The noise std shrinks linearly to (1 - this) of its start value by the end.
@@ -28,12 +26,6 @@ SPLITMIX_MUL2 = 0x94D049BB133111EB
 UINT64_MASK = (1 << 64) - 1
 
 _U64 = np.uint64
-
-
-def decay_rate_spanning(total_steps: int) -> float:
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}")
-    return DECAY_SPAN / total_steps
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -9,14 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.simulator_baseline import generate_metrics_python
+from jobs.services import DECAY_SPAN
 from metrics.points import MetricBatch
-from metrics.simulator import (
-    DECAY_SPAN,
-    DIVERGENCE_BLOWUP_STEPS,
-    LOSS_FLOOR,
-    TrainingSimulator,
-    decay_rate_spanning,
-)
+from metrics.simulator import DIVERGENCE_BLOWUP_STEPS, LOSS_FLOOR, TrainingSimulator
 
 FIELDS = ("steps", "epochs", "losses", "accuracies", "learning_rates")
 
@@ -112,14 +107,12 @@ def test_loss_decreases_towards_final() -> None:
     assert batch.losses[-50:].mean() == pytest.approx(0.3, abs=0.02)
 
 
-def test_decay_rate_spanning() -> None:
-    assert decay_rate_spanning(1000) == DECAY_SPAN / 1000
+def test_a_jobs_default_decay_spans_its_length() -> None:
+    """job_create's default decay (DECAY_SPAN / total steps) ends within exp(-5) of the floor."""
     total = 500
-    sim = TrainingSimulator(decay_rate=decay_rate_spanning(total), seed=0)
+    sim = TrainingSimulator(decay_rate=DECAY_SPAN / total, seed=0)
     gap = expected_loss(sim, np.array([total]))[0] - sim.final_loss
     assert gap / (sim.initial_loss - sim.final_loss) == pytest.approx(math.exp(-5))
-    with pytest.raises(ValueError):
-        decay_rate_spanning(0)
 
 
 # --- accuracy ---------------------------------------------------------------
