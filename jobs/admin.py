@@ -7,7 +7,6 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.db import transaction
 from django.db.models import Count, F, FloatField, QuerySet
 from django.db.models.functions import Cast
 from django.http import HttpRequest
@@ -19,7 +18,13 @@ from django.utils.safestring import SafeString
 
 from jobs.forms import HyperparametersField
 from jobs.models import TrainingJob
-from jobs.services import JobTransitionError, job_create, job_delete, job_transition
+from jobs.services import (
+    JobTransitionError,
+    job_build,
+    job_create,
+    job_delete,
+    job_transition,
+)
 
 # The change page shows this many of the newest points: one indexed query, never the history.
 LATEST_POINTS = 20
@@ -54,10 +59,6 @@ SIMULATION_FIELDS = (
 POSITIVE_FIELDS = ("total_epochs", "steps_per_epoch", "steps_per_tick")
 # Left blank on the add form, job_create chooses them from the job's length.
 SERVICE_DEFAULTS = ("decay_rate", "seed", "warmup_steps")
-
-
-class _DryRun(Exception):
-    pass
 
 
 class TrainingJobAddForm(forms.ModelForm):
@@ -99,14 +100,10 @@ class TrainingJobAddForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned_data = super().clean()
         if not self.errors:
-            # The service is the validator: run it and roll back, so the admin refuses exactly
-            # what the web form, the API and createjob refuse. save_model creates for real.
+            # The service is the validator, so the admin refuses exactly what the web form,
+            # the API and createjob refuse; save_model then creates the job through it.
             try:
-                with transaction.atomic():
-                    job_create(**self.service_arguments())
-                    raise _DryRun
-            except _DryRun:
-                pass
+                job_build(**self.service_arguments())
             except ValidationError as error:
                 for field, field_errors in error.message_dict.items():
                     target = field if field in self.fields else NON_FIELD_ERRORS

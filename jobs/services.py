@@ -70,7 +70,18 @@ def job_allowed_actions(job: TrainingJob) -> list[str]:
     return [action for action, (sources, _) in TRANSITIONS.items() if job.status in sources]
 
 
-def job_create(
+def job_create(**fields: Any) -> TrainingJob:
+    """Create a job (see `job_build` for the fields), running at once unless `start` is false.
+
+    Raises ValidationError, with a message per field, for anything out of range; nothing is
+    written then.
+    """
+    job = job_build(**fields)
+    job.save()
+    return job
+
+
+def job_build(
     *,
     owner: AbstractBaseUser,
     name: str,
@@ -91,10 +102,10 @@ def job_create(
     diverge_at_step: int | None = None,
     start: bool = True,
 ) -> TrainingJob:
-    """Create a job, running at once unless `start` is false (then it waits, queued).
+    """A new, validated, unsaved job: every rule `job_create` applies, without the write.
 
-    Raises ValidationError, with a message per field, for anything out of range; nothing is
-    written then.
+    Raises ValidationError with a message per field. Unset simulator parameters get defaults
+    that span the job's length; `start=False` leaves it queued.
     """
     errors: dict[str, str] = {}
     if not isinstance(name, str) or not name.strip():
@@ -171,7 +182,6 @@ def job_create(
         job.status = Status.RUNNING
         job.started_at = job.created_at
     job.full_clean()
-    job.save()
     return job
 
 
@@ -261,7 +271,8 @@ def job_fail(*, job: TrainingJob, reason: str) -> TrainingJob:
 
 
 def job_delete(*, job: TrainingJob) -> None:
-    # TrainingMetric has no signals, so the cascade is one DELETE, not a row-by-row collect.
+    # The job's row lock is taken first (jobs.signals), so a write in flight lands before the
+    # cascade; TrainingMetric has no signals, so the cascade is one DELETE per related table.
     job.delete()
 
 
@@ -326,7 +337,6 @@ def jobs_record_progress(summaries: Sequence[BatchSummary], *, now: datetime) ->
         f"last_reported_at = %s, updated_at = %s, "
         f"finished_at = CASE WHEN u.finished THEN %s ELSE {table}.finished_at END"
     )
-    payload = json.dumps([list(row) for row in rows])
     if connection.vendor == "postgresql":
         record = ", ".join(f"{name} {sql_type}" for name, sql_type in _PROGRESS_COLUMNS)
         sql = (
@@ -345,6 +355,7 @@ def jobs_record_progress(summaries: Sequence[BatchSummary], *, now: datetime) ->
             f"UPDATE {table} SET {assignments}, {sql_tail} "
             f"FROM (SELECT {columns} FROM json_each(%s)) AS u WHERE {table}.id = u.id"
         )
+        payload = json.dumps([list(row) for row in rows])
     db_now = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.execute(sql, [db_now, db_now, db_now, payload])

@@ -163,3 +163,12 @@ class TestStorableValues:
         job.refresh_from_db()
         assert job.name == "résnet ✓ 训练"
         assert job.hyperparameters == {"λ": [1, {"ok": "✓"}]}
+
+
+def test_job_build_validates_without_writing(user):
+    job = services.job_build(owner=user, name="dry", total_epochs=2, steps_per_epoch=10)
+    assert job.pk is None
+    assert job.decay_rate == pytest.approx(5.0 / 20)
+    assert not TrainingJob.objects.exists()
+    with pytest.raises(ValidationError):
+        services.job_build(owner=user, name="dry", total_epochs=0, steps_per_epoch=10)
