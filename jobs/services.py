@@ -65,6 +65,11 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
 }
 
 
+# What a person may ask for from a page or the command line; "complete" and "fail" belong to
+# the engine and the API.
+USER_ACTIONS = ("start", "pause", "resume", "cancel")
+
+
 def job_allowed_actions(job: TrainingJob) -> list[str]:
     """The transitions a user may ask for now, in the order buttons show them."""
     return [action for action, (sources, _) in TRANSITIONS.items() if job.status in sources]

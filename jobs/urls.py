@@ -3,11 +3,12 @@ from __future__ import annotations
 from django.urls import path, register_converter
 
 from jobs import views
+from jobs.services import USER_ACTIONS
 
 
 class JobActionConverter:
     # Only the user's actions route; anything else under /jobs/<id>/ is someone else's or a 404.
-    regex = "|".join(views.ACTIONS)
+    regex = "|".join(USER_ACTIONS)
 
     def to_python(self, value: str) -> str:
         return value

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -30,8 +28,8 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
-# The actions a user may ask for from the job page, with their service, the toast they
-# answer with and its level. "complete" and "fail" belong to the engine and the API.
+# The job page's actions (services.USER_ACTIONS): their service, and the toast they answer
+# with and its level.
 ACTIONS: dict[str, tuple[Callable[..., TrainingJob], str, str]] = {
     "start": (services.job_start, "Started", "success"),
     "pause": (services.job_pause, "Paused", "info"),
@@ -126,9 +124,8 @@ def _action_answer(
         if status == HTTP_CONFLICT:
             return render(request, "jobs/detail.html", {"job": job}, status=status)
         return redirect(job, permanent=False)
-    context: dict[str, Any] = {"job": job}
-    html = render_to_string("jobs/_job_header.html", context, request=request)
-    html += render_to_string("jobs/_job_progress.html", context | {"oob": True}, request=request)
-    html += render_to_string("jobs/_job_stats.html", context | {"oob": True}, request=request)
-    response = HttpResponse(html, status=status)
+    # The header is the buttons' hx-target; progress and stats follow out of band.
+    response = render(
+        request, "jobs/_job_live.html", {"job": job, "header_oob": False}, status=status
+    )
     return trigger_client_event(response, "toast", {"message": message, "level": level})

@@ -24,7 +24,6 @@ from django_htmx.middleware import HtmxDetails
 
 from jobs.models import TrainingJob
 from jobs.selectors import job_for_user, jobs_visible_to
-from jobs.services import job_allowed_actions
 from metrics.export import FORMATS, export_csv_chunks, export_filename, export_json_chunks
 from metrics.selectors import (
     POLL_MAX_POINTS,
@@ -103,12 +102,7 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
         "status": job.status,
         "terminal": job.is_terminal,
     }
-    context = {
-        "job": job,
-        "oob": True,
-        "actions": job_allowed_actions(job),
-        "poll_json": _script_json(data),
-    }
+    context = {"job": job, "poll_json": _script_json(data)}
     html = render_to_string("metrics/_poll.html", context, request=request)
     # htmx 2 stops polling on 286 and still swaps the body: the final points and partials.
     response = HttpResponseStopPolling(html) if job.is_terminal else HttpResponse(html)

@@ -517,3 +517,16 @@ class TestCsrf:
         )
         assert response.status_code == 403
         assert not TrainingJob.objects.exists()
+
+
+def test_every_user_action_has_a_view_and_only_those_route():
+    from django.urls import NoReverseMatch
+
+    from jobs.services import USER_ACTIONS
+    from jobs.views import ACTIONS
+
+    assert tuple(ACTIONS) == USER_ACTIONS
+    for action in USER_ACTIONS:
+        reverse("jobs:action", args=[1, action])
+    with pytest.raises(NoReverseMatch):
+        reverse("jobs:action", args=[1, "complete"])

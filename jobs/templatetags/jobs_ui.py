@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 
 from jobs.models import TrainingJob
-from jobs.services import job_allowed_actions
+from jobs.services import USER_ACTIONS, job_allowed_actions
 
 register = template.Library()
 
@@ -127,6 +127,4 @@ def hyperparameter(value: Any) -> str:
 @register.filter
 def user_actions(job: TrainingJob) -> list[str]:
     """The job page's buttons: the legal transitions a user may ask for (not complete/fail)."""
-    from jobs.views import ACTIONS
-
-    return [action for action in job_allowed_actions(job) if action in ACTIONS]
+    return [action for action in job_allowed_actions(job) if action in USER_ACTIONS]
