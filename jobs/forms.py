@@ -13,7 +13,6 @@ from jobs.services import (
     MAX_SEED,
     MAX_STEPS_PER_EPOCH,
     MAX_STEPS_PER_TICK,
-    MAX_TOTAL_STEPS,
     job_create,
     unstorable_json,
 )
@@ -159,16 +158,6 @@ class JobCreateForm(forms.Form):
         if not isinstance(value, dict):
             raise ValidationError('Enter a JSON object, e.g. {"batch_size": 128}.')
         return value
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
-        epochs, steps = cleaned.get("total_epochs"), cleaned.get("steps_per_epoch")
-        if epochs and steps and epochs * steps > MAX_TOTAL_STEPS:
-            self.add_error(
-                "steps_per_epoch",
-                f"That is {epochs * steps:,} steps in all; the most is {MAX_TOTAL_STEPS:,}.",
-            )
-        return cleaned
 
     @property
     def essential_fields(self) -> list[forms.BoundField]:

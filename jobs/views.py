@@ -4,28 +4,24 @@ from collections.abc import Callable
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
-from django_htmx.middleware import HtmxDetails
 
 from jobs import services
 from jobs.forms import JobCreateForm
 from jobs.models import TrainingJob
 from jobs.selectors import job_for_user, job_status_counts, jobs_for_dashboard
 from jobs.services import JobTransitionError
+from trainmon.http import HtmxHttpRequest
 
 JOBS_PER_PAGE = 50
 DASHBOARD_POLL_SECONDS = 2
 SEARCH_MAX_LENGTH = 200
 HTTP_CONFLICT = 409
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 # The job page's actions (services.USER_ACTIONS): their service, and the toast they answer

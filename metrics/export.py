@@ -13,6 +13,7 @@ import io
 import json
 import math
 from collections.abc import Iterator
+from typing import Any
 
 from django.db import connection
 from django.utils.text import slugify
@@ -130,16 +131,23 @@ def _drain(buffer: io.StringIO) -> str:
 
 
 def _json_list_items(points: list[dict]) -> str:
+    return dumps_finite(points)[1:-1]
+
+
+def dumps_finite(data: Any) -> str:
+    """Compact JSON; JSON has no NaN, so a non-finite float (which no write path stores)
+    becomes null rather than invalid JSON."""
     try:
-        text = json.dumps(points, separators=(",", ":"), allow_nan=False)
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        # The write paths never store a non-finite value, but JSON has no NaN: write null.
-        text = json.dumps([_finite_only(point) for point in points], separators=(",", ":"))
-    return text[1:-1]
+        return json.dumps(_finite_only(data), separators=(",", ":"))
 
 
-def _finite_only(point: dict) -> dict:
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in point.items()
-    }
+def _finite_only(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite_only(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite_only(value) for value in data]
+    return data

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.http import (
     Http404,
-    HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
     QueryDict,
@@ -20,11 +18,16 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
-from django_htmx.middleware import HtmxDetails
 
 from jobs.models import TrainingJob
 from jobs.selectors import job_for_user, jobs_visible_to
-from metrics.export import FORMATS, export_csv_chunks, export_filename, export_json_chunks
+from metrics.export import (
+    FORMATS,
+    dumps_finite,
+    export_csv_chunks,
+    export_filename,
+    export_json_chunks,
+)
 from metrics.selectors import (
     POLL_MAX_POINTS,
     SERIES_MAX_POINTS,
@@ -32,6 +35,7 @@ from metrics.selectors import (
     metrics_after,
     series_downsampled,
 )
+from trainmon.http import HtmxHttpRequest
 
 Status = TrainingJob.Status
 
@@ -61,10 +65,6 @@ _RESUMED_VERBS = {
 
 # Escapes as Django's json_script does, so data can sit inside a <script> element.
 _SCRIPT_ESCAPES = {ord("<"): "\\u003C", ord(">"): "\\u003E", ord("&"): "\\u0026"}
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 class BadParameter(ValueError):
@@ -283,30 +283,12 @@ def _compact_series(points: Series) -> dict[str, Any]:
     return {"steps": points.steps, "loss": points.loss, "total": points.total}
 
 
-def _dumps(data: Any) -> str:
-    try:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        # No write path stores a non-finite value; should one slip in, JSON gets null.
-        return json.dumps(_finite_only(data), separators=(",", ":"))
-
-
-def _finite_only(data: Any) -> Any:
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {key: _finite_only(value) for key, value in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite_only(value) for value in data]
-    return data
-
-
 def _json_response(data: dict[str, Any], *, status: int = 200) -> HttpResponse:
-    return HttpResponse(_dumps(data), content_type="application/json", status=status)
+    return HttpResponse(dumps_finite(data), content_type="application/json", status=status)
 
 
 def _script_json(data: dict[str, Any]) -> SafeString:
-    return mark_safe(_dumps(data).translate(_SCRIPT_ESCAPES))
+    return mark_safe(dumps_finite(data).translate(_SCRIPT_ESCAPES))
 
 
 def _export(
