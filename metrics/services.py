@@ -18,10 +18,10 @@ from django.utils import timezone
 
 from jobs.models import TrainingJob
 from jobs.services import BatchSummary, jobs_record_progress
-from metrics import pgcopy
 from metrics.models import TrainingMetric
 from metrics.points import MetricBatch
 from metrics.simulator import TrainingSimulator
+from metrics.staging import staged_rows
 from metrics.summary import summary_add
 
 
@@ -154,27 +154,11 @@ def _points_source(
         job_ids,
         *(np.concatenate([getattr(b, n) for _, b in batches]) for n in _BATCH_COLUMNS),
     ]
-    if connection.vendor == "postgresql":
-        # Binary COPY into a temporary table: no per-value Python objects or SQL literals.
-        pgcopy.stage_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
-        return (
-            f"SELECT job_id, epoch, step, loss, accuracy, learning_rate, %s"
-            f" FROM {_POINTS_STAGING_TABLE}",
-            [db_now],
-        )
-    rows = [
-        [job, epoch, step, loss, _json_float(accuracy), _json_float(rate)]
-        for job, epoch, step, loss, accuracy, rate in zip(
-            *(column.tolist() for column in columns), strict=True
-        )
-    ]
+    source, params = staged_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
     # "WHERE true" tells SQLite's parser that a following ON CONFLICT belongs to the INSERT.
     return (
-        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-        " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
-        " json_extract(value, '$[4]'), json_extract(value, '$[5]'), %s"
-        " FROM json_each(%s) WHERE true",
-        [db_now, json.dumps(rows)],
+        f"SELECT job_id, epoch, step, loss, accuracy, learning_rate, %s {source} WHERE true",
+        [db_now, *params],
     )
 
 
@@ -193,10 +177,6 @@ def _only_created(
             (job_id, MetricBatch(**{name: getattr(batch, name)[keep] for name in _BATCH_COLUMNS}))
         )
     return result
-
-
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 # --- the simulation tick ----------------------------------------------------------------------

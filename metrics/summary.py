@@ -21,17 +21,15 @@ are never stored, so never summarised.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from django.db import connection
 
-from metrics import pgcopy
 from metrics.models import MetricSummary, TrainingMetric
 from metrics.points import MetricBatch
+from metrics.staging import staged_rows
 
 if TYPE_CHECKING:
     from jobs.models import TrainingJob
@@ -80,25 +78,14 @@ def summary_add(created: Sequence[tuple[int, MetricBatch]]) -> None:
     update = _upsert_assignments()
     conflict = "ON CONFLICT (job_id, width, bucket) DO UPDATE SET"
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            pgcopy.stage_rows(cursor, _STAGING_TABLE, _COLUMNS, [rows[name] for name in names])
-            cursor.execute(
-                f"INSERT INTO {table} AS s ({', '.join(names)})"
-                f" SELECT {', '.join(names)} FROM {_STAGING_TABLE} {conflict} {update}"
-            )
-            return
-        select = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))
-        payload = json.dumps(
-            [
-                [None if isinstance(v, float) and math.isnan(v) else v for v in row]
-                for row in zip(*(rows[name].tolist() for name in names), strict=True)
-            ]
+        source, params = staged_rows(
+            cursor, _STAGING_TABLE, _COLUMNS, [rows[name] for name in names]
         )
         # "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the INSERT.
         cursor.execute(
             f"INSERT INTO {table} AS s ({', '.join(names)})"
-            f" SELECT {select} FROM json_each(%s) WHERE true {conflict} {update}",
-            [payload],
+            f" SELECT {', '.join(names)} {source} WHERE true {conflict} {update}",
+            params,
         )
 
 

@@ -1,0 +1,41 @@
+"""Hand numpy columns to the database as a table the next statement can read from.
+
+PostgreSQL gets them by binary COPY into a temporary table (metrics.pgcopy); SQLite as one
+JSON parameter unpacked by json_each. Either way one statement reads every row, however many.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from django.db import connection
+from django.db.backends.utils import CursorWrapper
+
+from metrics import pgcopy
+
+
+def staged_rows(
+    cursor: CursorWrapper,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    values: Sequence[np.ndarray],
+) -> tuple[str, list]:
+    """A FROM clause yielding the rows, with `columns`' names, and its parameters.
+
+    `columns` are (name, PostgreSQL type) pairs; `values[i]` fills columns[i]. NaN in a float
+    column arrives as NULL. On PostgreSQL `table` names the temporary staging table.
+    """
+    if connection.vendor == "postgresql":
+        pgcopy.stage_rows(cursor, table, columns, values)
+        return f"FROM {table}", []
+    select = ", ".join(
+        f"json_extract(value, '$[{index}]') AS {name}" for index, (name, _) in enumerate(columns)
+    )
+    rows = [
+        [None if isinstance(value, float) and math.isnan(value) else value for value in row]
+        for row in zip(*(column.tolist() for column in values), strict=True)
+    ]
+    return f"FROM (SELECT {select} FROM json_each(%s))", [json.dumps(rows)]
