@@ -16,7 +16,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("username", metavar="USER")
+        parser.add_argument("username", metavar="USER", help="The user the token acts as.")
         parser.add_argument("--name", default=DEFAULT_NAME, help="What the token is for.")
 
     def handle(self, *args: object, **options: object) -> None:

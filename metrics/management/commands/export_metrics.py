@@ -17,7 +17,9 @@ class Command(BaseCommand):
     help = "Export a job's metric points at full resolution as CSV or JSON (to stdout or a file)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("job_id", type=int, metavar="JOB_ID")
+        parser.add_argument(
+            "job_id", type=int, metavar="JOB_ID", help="The job, as `jobs` lists it."
+        )
         # Checked in handle(), not by argparse `choices`, so a bad value is one CommandError line.
         parser.add_argument("--format", default="csv", help="csv (default) or json")
         parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
