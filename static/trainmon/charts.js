@@ -343,8 +343,10 @@
         renderLiveToggle();
       }
       state.status = update.status;
-      // A refetch in flight brings these points too; and never plot a step twice.
-      if (state.fetching || !state.loaded) return;
+      // A refetch in flight brings these points too; and never plot a step twice. A poll that
+      // was in flight when the user paused is dropped: the chart holds still, and resuming
+      // asks again from the last plotted step, so nothing is lost.
+      if (state.fetching || !state.loaded || state.paused) return;
       let start = 0;
       while (start < update.steps.length && update.steps[start] <= state.lastStep) start++;
       const steps = update.steps.slice(start);

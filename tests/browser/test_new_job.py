@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from jobs.models import TrainingJob
@@ -21,8 +23,9 @@ def test_create_a_job_through_the_form(open_page, user, browser_errors):
     page.fill("#id_hyperparameters", '{"batch_size": 64}')
     page.click("button:has-text('Create job')")
 
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))  # the redirect: the job exists by now
     job = TrainingJob.objects.get(name="browser-run")
-    page.wait_for_url(f"**/jobs/{job.pk}/")
+    assert page.url.endswith(f"/jobs/{job.pk}/")
     assert page.locator("#job-header h1").inner_text() == "browser-run"
     assert page.locator("#job-header .badge").inner_text() == "Running"
     assert "Started “browser-run”." in page.locator("#toasts").inner_text()
