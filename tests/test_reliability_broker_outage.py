@@ -86,7 +86,6 @@ class NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 @pytest.mark.postgres
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_web_and_api_answer_through_a_broker_outage_and_the_engine_resumes(
     user, client, settings, tmp_path

@@ -40,7 +40,6 @@ def htmx_action(client, job: TrainingJob, action: str) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_and_two_beats_write_every_step_exactly_once(user, client, settings, tmp_path):
     settings.TRAINMON_TICK_SECONDS = TICK_SECONDS

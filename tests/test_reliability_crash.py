@@ -56,7 +56,6 @@ def strike_a_tick(children: list[int]) -> int | None:
 
 
 @pytest.mark.postgres
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_tick_loses_and_doubles_nothing(user, settings, tmp_path):
     settings.TRAINMON_TICK_SECONDS = TICK_SECONDS
@@ -116,4 +115,5 @@ def test_a_worker_killed_mid_tick_loses_and_doubles_nothing(user, settings, tmp_
     assert history_problems(running + finishing) == []
     after = steps_of(running)
     assert all(after[pk] > before[pk] for pk in before)
-    print(f"{mid_tick} of {len(KILLS)} kills struck while a tick's transaction was open")
+    # Otherwise the test proved recovery from kills between ticks only.
+    assert mid_tick >= 1, f"no kill of {len(KILLS)} struck while a tick's transaction was open"

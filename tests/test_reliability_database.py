@@ -51,7 +51,6 @@ def terminate_mid_tick() -> int:
 
 
 @pytest.mark.postgres
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_survives_its_database_connections_being_dropped(user, settings, tmp_path):
     settings.TRAINMON_TICK_SECONDS = TICK_SECONDS
