@@ -122,6 +122,9 @@ def _action_answer(
         return redirect(job, permanent=False)
     # The header is the buttons' hx-target; progress and stats follow out of band.
     response = render(
-        request, "jobs/_job_live.html", {"job": job, "header_oob": False}, status=status
+        request,
+        "jobs/_job_live.html",
+        {"job": job, "with_header": True, "header_oob": False},
+        status=status,
     )
     return trigger_client_event(response, "toast", {"message": message, "level": level})

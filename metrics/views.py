@@ -102,11 +102,13 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
         "status": job.status,
         "terminal": job.is_terminal,
     }
-    context = {"job": job, "poll_json": _script_json(data)}
+    status_changed = known_status != job.status
+    # The header (badge, buttons) changes only with the status: re-sent then, not every poll.
+    context = {"job": job, "poll_json": _script_json(data), "with_header": status_changed}
     html = render_to_string("metrics/_poll.html", context, request=request)
     # htmx 2 stops polling on 286 and still swaps the body: the final points and partials.
     response = HttpResponseStopPolling(html) if job.is_terminal else HttpResponse(html)
-    if known_status and known_status != job.status:
+    if known_status and status_changed:
         trigger_client_event(response, "toast", status_toast(job, known_status))
     return response
 

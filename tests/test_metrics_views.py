@@ -135,9 +135,17 @@ def test_poll_sends_only_the_new_points_and_the_partials_out_of_band(client_in, 
     assert data["catch_up"] is False
     assert (data["status"], data["terminal"]) == ("running", False)
     html = response.content.decode()
-    for element_id in ("job-progress", "job-stats", "job-header"):
+    for element_id in ("job-progress", "job-stats"):
         assert re.search(rf'id="{element_id}"[^>]*hx-swap-oob="true"', html), element_id
+    assert 'id="job-header"' not in html  # unchanged status: the buttons keep their focus
     assert "HX-Trigger" not in response
+
+
+def test_poll_resends_the_header_when_the_status_changed(client_in, running):
+    job = points_write(running, range(10))
+    html = client_in.get(poll_url(job, after=9, status="paused")).content.decode()
+    assert re.search(r'id="job-header"[^>]*hx-swap-oob="true"', html)
+    assert "badge-running" in html
 
 
 def test_poll_with_nothing_new_keeps_the_clients_last_step(client_in, running):
