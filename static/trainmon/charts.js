@@ -13,27 +13,12 @@
   const RETRY_MS = 5000;
   const RAW_ALPHA = 0.28; // the raw line sits faint behind the smoothed one
   const PALETTE_SIZE = 8;
-  const FALLBACK = {
-    "--chart-loss": "#2563eb",
-    "--chart-accuracy": "#16a34a",
-    "--chart-lr": "#9333ea",
-    "--chart-grid": "rgba(127, 127, 127, 0.2)",
-    "--chart-text": "#6b7280",
-    "--series-0": "#2563eb",
-    "--series-1": "#dc2626",
-    "--series-2": "#16a34a",
-    "--series-3": "#d97706",
-    "--series-4": "#9333ea",
-    "--series-5": "#0891b2",
-    "--series-6": "#db2777",
-    "--series-7": "#65a30d",
-  };
 
   // --- shared helpers ------------------------------------------------------------------------
 
   function cssVar(name) {
     const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-    return value || FALLBACK[name] || "#888";
+    return value || "#888"; // app.css defines every colour this asks for
   }
 
   // Any CSS colour (hex, rgb(), hsl(), oklch()...) at an opacity, via the canvas's own parser.
@@ -318,6 +303,13 @@
           headers: { Accept: "application/json" },
           credentials: "same-origin",
         });
+        if (response.status >= 400 && response.status < 500) {
+          // Gone or not ours (deleted, logged out): asking again will not change the answer.
+          state.stopped = true;
+          renderLiveToggle();
+          note.textContent = "These metrics are no longer available.";
+          return;
+        }
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         const series = await response.json();
         data.steps = series.steps;
@@ -331,7 +323,13 @@
         redrawAll();
       } catch (error) {
         note.textContent = `Could not load the metrics (${error.message}); retrying…`;
-        window.setTimeout(loadSeries, RETRY_MS);
+        if (!state.retryPending) {
+          state.retryPending = true;
+          window.setTimeout(() => {
+            state.retryPending = false;
+            loadSeries();
+          }, RETRY_MS);
+        }
       } finally {
         state.fetching = false;
       }

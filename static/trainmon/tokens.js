@@ -4,7 +4,9 @@ document.addEventListener("click", async (event) => {
   if (!button) return;
   const source = document.getElementById(button.dataset.copyTarget);
   if (!source) return;
-  const label = button.textContent;
+  // The first label, not whatever a click two seconds ago left there ("Copied").
+  button.dataset.label ??= button.textContent;
+  const label = button.dataset.label;
   try {
     await navigator.clipboard.writeText(source.textContent.trim());
     button.textContent = "Copied";
