@@ -499,8 +499,8 @@ def poll_figure(plan: Plan, data: Data, port: int) -> Figure:
         "healthz_ms": statistics.median(floor),
     }
     figure.notes += [
-        f"GET /jobs/{job.pk}/poll/?after=last-{POLL_BEHIND} over HTTP (gunicorn, 2 workers, "
-        "session cookie, gzip accepted), p50 of "
+        f"GET /jobs/{job.pk}/poll/?after=last-{POLL_BEHIND} over HTTP (gunicorn as in the "
+        "Procfile, session cookie, gzip accepted), p50 of "
         f"{plan.poll_requests} after {WARM_UP_REQUESTS} warm-up requests",
         "baseline: the raw indexed SELECT of those 50 rows on an open connection, p50",
         f"in process, metrics_after() takes {statistics.median(in_process):.2f} ms: "
@@ -595,7 +595,7 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
     figure.met = figure.ratio is not None and figure.ratio >= 0.2
     figure.notes += [
         f"POST of {size:,}-point JSON batches (~{len(body) / 1e6:.1f} MB) over HTTP to gunicorn "
-        "with 2 workers, one client, keep-alive, Bearer token",
+        "as in the Procfile, one client, keep-alive, Bearer token",
         "baseline: psycopg 3 COPY (write_row per row) of the same rows into the bare table, "
         "+ commit",
     ]

@@ -41,6 +41,7 @@ from bench.support import (
     own_database,
     own_database_url,
     percentile,
+    procfile_web_options,
 )
 
 HOST = "127.0.0.1"  # loopback only: this tool never sends load anywhere else
@@ -459,7 +460,7 @@ def report(args: argparse.Namespace, engine: str, stats: Stats, timing: dict, st
     count = len(latencies)
     lines = [
         f"loadtest: {args.pollers} pollers on {args.jobs} jobs, every {args.interval:g} s, "
-        f"for {window:.1f} s; gunicorn 2 workers x 4 threads; engine: {engine}",
+        f"for {window:.1f} s; gunicorn {' '.join(procfile_web_options())}; engine: {engine}",
         f"logins: {len(stats.latencies.get('login', []))} in {timing['login_seconds']:.1f} s",
         f"requests: {count} in {window:.1f} s = {count / window:.1f} requests/s ("
         + ", ".join(f"{kind} {len(values)}" for kind, values in sorted(measured.items()))
@@ -593,7 +594,8 @@ def run(
     port = free_port()
     web = [
         *(sys.executable, "-m", "gunicorn", "trainmon.wsgi:application"),
-        *("--bind", f"{HOST}:{port}", "--workers", "2", "--threads", "4"),
+        *procfile_web_options(),
+        *("--bind", f"{HOST}:{port}"),
         *("--access-logfile", str(var_dir / "access.log"), "--log-level", "warning"),
     ]
     engine_log = var_dir / "engine.log"

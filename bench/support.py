@@ -6,6 +6,7 @@ import http.client
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -86,8 +87,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def procfile_web_options() -> list[str]:
+    """The Procfile's gunicorn options (workers, threads, keep-alive), so the tools measure the
+    server `make run` starts; --bind and the access log are each tool's own."""
+    for line in (BASE_DIR / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            words = shlex.split(line.removeprefix("web:"))
+            options = words[words.index("trainmon.wsgi:application") + 1 :]
+            kept = []
+            while options:
+                option = options.pop(0)
+                if option in {"--bind", "--access-logfile"}:
+                    options.pop(0)
+                else:
+                    kept.append(option)
+            return kept
+    raise BenchError("the Procfile has no web: line")
+
+
 @contextmanager
-def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[int]:
+def gunicorn(env: dict[str, str]) -> Iterator[int]:
     """Serve trainmon with gunicorn on a free loopback port; yields the port; stops it."""
     port = free_port()
     command = [
@@ -95,7 +114,7 @@ def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[int]:
         "-m",
         "gunicorn",
         "trainmon.wsgi:application",
-        f"--workers={workers}",
+        *procfile_web_options(),
         f"--bind=127.0.0.1:{port}",
         "--log-level=warning",
         "--timeout=120",
