@@ -248,7 +248,7 @@ def _job_id(text: str) -> int:
 
 
 def _hyperparameter_table(jobs: list[TrainingJob]) -> tuple[list[dict], list[list[dict]]]:
-    """Columns (key, differs) and per job the cells (value, differs), keys sorted."""
+    """Columns (key, differs) and per job the cells (present, value, differs), keys sorted."""
     params = [job.hyperparameters if isinstance(job.hyperparameters, dict) else {} for job in jobs]
     keys = sorted({key for p in params for key in p})
     differs = {
@@ -257,16 +257,12 @@ def _hyperparameter_table(jobs: list[TrainingJob]) -> tuple[list[dict], list[lis
     }
     rows = [
         [
-            {"value": _display(p[key]) if key in p else MISSING_VALUE, "differs": differs[key]}
+            {"present": key in p, "value": p.get(key), "differs": differs[key]}
             for key in keys
         ]
         for p in params
     ]
     return [{"key": key, "differs": differs[key]} for key in keys], rows
-
-
-def _display(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _series_json(points: Series) -> dict[str, Any]:

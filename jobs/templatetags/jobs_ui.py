@@ -121,7 +121,8 @@ def rate(value: float | None) -> str:
 
 @register.filter
 def hyperparameter(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """A hyperparameter's value as its JSON, but strings bare: 0.1, [64, 128], adamw."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 @register.filter

@@ -2,6 +2,11 @@
 // poll while the tab is hidden (it catches up on the next tick once visible).
 (function () {
   "use strict";
+  // htmx re-runs body scripts when it restores a page from history (Back): listen once.
+  if (window.trainmonDashboard) {
+    window.trainmonDashboard.updateCompareButton();
+    return;
+  }
 
   const MIN_TO_COMPARE = 2;
 
@@ -14,6 +19,8 @@
     button.textContent = ticked ? `Compare selected (${ticked})` : "Compare selected";
     button.title = ticked < MIN_TO_COMPARE ? "Tick two or more jobs to compare them" : "";
   }
+
+  window.trainmonDashboard = { updateCompareButton };
 
   document.addEventListener("change", (event) => {
     if (event.target.matches('input[name="jobs"]')) updateCompareButton();
