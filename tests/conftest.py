@@ -43,3 +43,15 @@ def staff_user(db):
 @pytest.fixture
 def job(user):
     return TrainingJobFactory(owner=user)
+
+
+@pytest.fixture
+def user_client(client, user):
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    client.force_login(staff_user)
+    return client

@@ -14,12 +14,6 @@ pytestmark = pytest.mark.django_db
 TOKENS = "/accounts/tokens/"
 
 
-@pytest.fixture
-def logged_in(client, user) -> Client:
-    client.force_login(user)
-    return client
-
-
 def new_token_on(page: str) -> str:
     match = re.search(r'<code id="new-token">([^<]+)</code>', page)
     assert match, "no new token shown"
@@ -38,10 +32,10 @@ def test_anonymous_users_are_sent_to_log_in(client):
     assert not ApiToken.objects.exists()
 
 
-def test_the_page_lists_only_my_tokens(logged_in, user, other_user):
+def test_the_page_lists_only_my_tokens(user_client, user, other_user):
     mine, _ = api_token_create(user=user, name="my laptop")
     theirs, _ = api_token_create(user=other_user, name="their cluster")
-    page = logged_in.get(TOKENS).content.decode()
+    page = user_client.get(TOKENS).content.decode()
     assert "my laptop" in page
     assert f"{mine.prefix}…" in page
     assert "their cluster" not in page
@@ -49,20 +43,20 @@ def test_the_page_lists_only_my_tokens(logged_in, user, other_user):
     assert "never" in page  # last used
 
 
-def test_creating_shows_the_token_once(logged_in, user):
-    response = logged_in.post(reverse("accounts:token_create"), {"name": "gpu-1"})
+def test_creating_shows_the_token_once(user_client, user):
+    response = user_client.post(reverse("accounts:token_create"), {"name": "gpu-1"})
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
     raw = new_token_on(response.content.decode())
     assert api_token_authenticate(raw) == user
     assert ApiToken.objects.get(user=user).name == "gpu-1"
     # Never again: not on the list page, not in the database.
-    assert raw not in logged_in.get(TOKENS).content.decode()
+    assert raw not in user_client.get(TOKENS).content.decode()
     assert not ApiToken.objects.filter(key_hash=raw).exists()
 
 
-def test_a_blank_name_is_refused_and_nothing_is_created(logged_in):
-    response = logged_in.post(reverse("accounts:token_create"), {"name": "  "})
+def test_a_blank_name_is_refused_and_nothing_is_created(user_client):
+    response = user_client.post(reverse("accounts:token_create"), {"name": "  "})
     assert response.status_code == 400
     page = response.content.decode()
     assert "Give the token a name." in page
@@ -70,9 +64,9 @@ def test_a_blank_name_is_refused_and_nothing_is_created(logged_in):
     assert not ApiToken.objects.exists()
 
 
-def test_revoke_my_token(logged_in, user):
+def test_revoke_my_token(user_client, user):
     token, raw = api_token_create(user=user, name="old")
-    response = logged_in.post(reverse("accounts:token_revoke", args=[token.pk]), follow=True)
+    response = user_client.post(reverse("accounts:token_revoke", args=[token.pk]), follow=True)
     assert response.redirect_chain == [(TOKENS, 302)]
     token.refresh_from_db()
     assert token.revoked_at is not None
@@ -82,16 +76,16 @@ def test_revoke_my_token(logged_in, user):
     assert "revoked" in page
 
 
-def test_another_users_token_cannot_be_revoked(logged_in, other_user):
+def test_another_users_token_cannot_be_revoked(user_client, other_user):
     token, raw = api_token_create(user=other_user, name="theirs")
-    response = logged_in.post(reverse("accounts:token_revoke", args=[token.pk]))
+    response = user_client.post(reverse("accounts:token_revoke", args=[token.pk]))
     assert response.status_code == 404
     assert api_token_authenticate(raw) == other_user
 
 
-def test_revoke_needs_post(logged_in, user):
+def test_revoke_needs_post(user_client, user):
     token, _ = api_token_create(user=user, name="t")
-    assert logged_in.get(reverse("accounts:token_revoke", args=[token.pk])).status_code == 405
+    assert user_client.get(reverse("accounts:token_revoke", args=[token.pk])).status_code == 405
     token.refresh_from_db()
     assert token.revoked_at is None
 

@@ -6,7 +6,6 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -28,12 +27,6 @@ def change_url(job: TrainingJob) -> str:
     return reverse("admin:jobs_trainingjob_change", args=[job.pk])
 
 
-@pytest.fixture
-def admin_client(client: Client, staff_user) -> Client:
-    client.force_login(staff_user)
-    return client
-
-
 def messages_of(response) -> list[str]:
     return [str(message) for message in get_messages(response.wsgi_request)]
 
@@ -53,9 +46,9 @@ class TestAccess:
         assert response["Location"].startswith(reverse("admin:login"))
         assert client.get(change_url(job)).status_code == 302
 
-    def test_staff_sees_the_list(self, admin_client, job):
+    def test_staff_sees_the_list(self, staff_client, job):
         TrainingJobFactory(owner=job.owner, current_step=30, last_loss=0.4242)
-        response = admin_client.get(CHANGELIST)
+        response = staff_client.get(CHANGELIST)
         assert response.status_code == 200
         html = response.content.decode()
         assert job.name in html
@@ -67,7 +60,7 @@ class TestAccess:
 class TestChangelist:
     @pytest.mark.parametrize("jobs", [10, 500])
     def test_query_count_does_not_grow_with_jobs(
-        self, admin_client, django_assert_num_queries, jobs
+        self, staff_client, django_assert_num_queries, jobs
     ):
         owners = UserFactory.create_batch(5)
         TrainingJob.objects.bulk_create(
@@ -75,46 +68,46 @@ class TestChangelist:
             for i in range(jobs)
         )
         with django_assert_num_queries(CHANGELIST_QUERIES):
-            response = admin_client.get(CHANGELIST)
+            response = staff_client.get(CHANGELIST)
         assert response.status_code == 200
         assert response.content.decode().count("<progress ") == min(jobs, 100)
 
-    def test_filters_and_search(self, admin_client, user):
+    def test_filters_and_search(self, staff_client, user):
         TrainingJobFactory(owner=user, name="bert-large", status=Status.PAUSED)
         TrainingJobFactory(owner=user, name="gpt-small")
         TrainingJobFactory(owner=user, name="bert-tiny", source=TrainingJob.Source.EXTERNAL)
-        paused = admin_client.get(CHANGELIST, {"status__exact": "paused"}).content.decode()
+        paused = staff_client.get(CHANGELIST, {"status__exact": "paused"}).content.decode()
         assert "bert-large" in paused
         assert "gpt-small" not in paused
-        found = admin_client.get(CHANGELIST, {"q": "bert"}).content.decode()
+        found = staff_client.get(CHANGELIST, {"q": "bert"}).content.decode()
         assert "bert-large" in found and "bert-tiny" in found
         assert "gpt-small" not in found
-        external = admin_client.get(CHANGELIST, {"source__exact": "external"}).content.decode()
+        external = staff_client.get(CHANGELIST, {"source__exact": "external"}).content.decode()
         assert "bert-tiny" in external
         assert "bert-large" not in external
-        mine = admin_client.get(CHANGELIST, {"owner__id__exact": user.pk})
+        mine = staff_client.get(CHANGELIST, {"owner__id__exact": user.pk})
         assert mine.status_code == 200
         assert "gpt-small" in mine.content.decode()
 
     @pytest.mark.parametrize("order", ["4", "-4", "5"])  # progress, descending, last loss
-    def test_sortable_columns(self, admin_client, user, order):
+    def test_sortable_columns(self, staff_client, user, order):
         TrainingJobFactory(owner=user, current_step=10, last_loss=0.5)
         TrainingJobFactory(owner=user, current_step=50, last_loss=0.1)
-        assert admin_client.get(CHANGELIST, {"o": order}).status_code == 200
+        assert staff_client.get(CHANGELIST, {"o": order}).status_code == 200
 
 
 class TestActions:
-    def act(self, admin_client, action, *jobs):
-        return admin_client.post(
+    def act(self, staff_client, action, *jobs):
+        return staff_client.post(
             CHANGELIST,
             {"action": action, "_selected_action": [job.pk for job in jobs]},
             follow=True,
         )
 
-    def test_pause_reports_changes_and_refusals(self, admin_client, user):
+    def test_pause_reports_changes_and_refusals(self, staff_client, user):
         running = TrainingJobFactory.create_batch(2, owner=user)
         done = TrainingJobFactory(owner=user, status=Status.COMPLETED, name="done")
-        response = self.act(admin_client, "pause_jobs", *running, done)
+        response = self.act(staff_client, "pause_jobs", *running, done)
         assert response.status_code == 200
         assert messages_of(response) == [
             "Paused 2 jobs.",
@@ -124,15 +117,15 @@ class TestActions:
         assert [statuses[job.pk] for job in running] == [Status.PAUSED, Status.PAUSED]
         assert statuses[done.pk] == Status.COMPLETED
 
-    def test_resume_start_and_cancel(self, admin_client, user):
+    def test_resume_start_and_cancel(self, staff_client, user):
         paused = TrainingJobFactory(owner=user, status=Status.PAUSED)
         queued = TrainingJobFactory(owner=user, status=Status.QUEUED, started_at=None)
-        assert messages_of(self.act(admin_client, "resume_jobs", paused)) == ["Resumed 1 job."]
-        assert messages_of(self.act(admin_client, "start_jobs", queued)) == ["Started 1 job."]
+        assert messages_of(self.act(staff_client, "resume_jobs", paused)) == ["Resumed 1 job."]
+        assert messages_of(self.act(staff_client, "start_jobs", queued)) == ["Started 1 job."]
         queued.refresh_from_db()
         assert queued.status == Status.RUNNING
         assert queued.started_at is not None
-        assert messages_of(self.act(admin_client, "cancel_jobs", paused, queued)) == [
+        assert messages_of(self.act(staff_client, "cancel_jobs", paused, queued)) == [
             "Cancelled 2 jobs."
         ]
         assert set(TrainingJob.objects.values_list("status", flat=True)) == {Status.CANCELLED}
@@ -147,19 +140,19 @@ class TestActions:
         job.refresh_from_db()
         assert job.status == Status.RUNNING
 
-    def test_only_refusals(self, admin_client, user):
+    def test_only_refusals(self, staff_client, user):
         cancelled = TrainingJobFactory.create_batch(7, owner=user, status=Status.CANCELLED)
-        (message,) = messages_of(self.act(admin_client, "resume_jobs", *cancelled))
+        (message,) = messages_of(self.act(staff_client, "resume_jobs", *cancelled))
         assert message.startswith("7 jobs not resumed: Cannot resume job")
         assert message.endswith("(and 2 more)")
         assert message.count("Cannot resume") == 5
 
 
 class TestChangePage:
-    def test_shows_only_the_latest_points(self, admin_client, job):
+    def test_shows_only_the_latest_points(self, staff_client, job):
         for step in range(100):
             TrainingMetricFactory(job=job, step=step, loss=0.75)
-        response = admin_client.get(change_url(job))
+        response = staff_client.get(change_url(job))
         assert response.status_code == 200
         html = response.content.decode()
         steps = [int(step) for step in re.findall(r"<tr><td>([\d,]+)</td>", html)]
@@ -167,23 +160,23 @@ class TestChangePage:
         assert "View live" in html
         assert f'href="/jobs/{job.pk}/"' in html
 
-    def test_query_count_does_not_grow_with_points(self, admin_client):
+    def test_query_count_does_not_grow_with_points(self, staff_client):
         counts = []
         for points in (5, 200):
             job = TrainingJobFactory(total_epochs=10)
             TrainingMetricFactory.create_batch(points, job=job)
             with CaptureQueriesContext(connection) as captured:
-                assert admin_client.get(change_url(job)).status_code == 200
+                assert staff_client.get(change_url(job)).status_code == 200
             counts.append(len(captured))
         assert counts[0] == counts[1]
 
-    def test_no_points_yet(self, admin_client, job):
-        assert "No points yet." in admin_client.get(change_url(job)).content.decode()
+    def test_no_points_yet(self, staff_client, job):
+        assert "No points yet." in staff_client.get(change_url(job)).content.decode()
 
-    def test_status_and_progress_are_read_only(self, admin_client, job):
+    def test_status_and_progress_are_read_only(self, staff_client, job):
         job.current_step = 40
         job.save()
-        response = admin_client.post(
+        response = staff_client.post(
             change_url(job),
             {
                 "name": "renamed",
@@ -210,7 +203,7 @@ class TestChangePage:
         assert job.current_step == 40
         assert job.seed != 1
 
-    def test_an_edit_never_writes_back_stale_progress(self, admin_client, job, monkeypatch):
+    def test_an_edit_never_writes_back_stale_progress(self, staff_client, job, monkeypatch):
         get_object = TrainingJobAdmin.get_object
 
         def read_then_tick(self, request, object_id, from_field=None):
@@ -220,7 +213,7 @@ class TestChangePage:
             return loaded
 
         monkeypatch.setattr(TrainingJobAdmin, "get_object", read_then_tick)
-        response = admin_client.post(
+        response = staff_client.post(
             change_url(job),
             {
                 "name": "renamed",
@@ -233,8 +226,8 @@ class TestChangePage:
         job.refresh_from_db()
         assert (job.name, job.current_step, job.status) == ("renamed", 50, Status.PAUSED)
 
-    def test_descriptive_edit_validates(self, admin_client, job):
-        response = admin_client.post(
+    def test_descriptive_edit_validates(self, staff_client, job):
+        response = staff_client.post(
             change_url(job),
             {"name": "", "owner": job.owner_id, "hyperparameters": "{}", "steps_per_tick": 0},
         )
@@ -269,8 +262,8 @@ class TestAdd:
         }
         return data | overrides
 
-    def test_creates_through_the_service(self, admin_client, user):
-        response = admin_client.post(ADD, self.form_data(user))
+    def test_creates_through_the_service(self, staff_client, user):
+        response = staff_client.post(ADD, self.form_data(user))
         assert response.status_code == 302
         job = TrainingJob.objects.get()
         assert job.status == Status.RUNNING
@@ -280,10 +273,10 @@ class TestAdd:
         assert job.seed is not None
         assert (job.owner, job.hyperparameters) == (user, {"lr": 0.01})
 
-    def test_unchecked_start_leaves_it_queued(self, admin_client, user):
+    def test_unchecked_start_leaves_it_queued(self, staff_client, user):
         data = self.form_data(user)
         del data["start"]
-        admin_client.post(ADD, data)
+        staff_client.post(ADD, data)
         assert TrainingJob.objects.get().status == Status.QUEUED
 
     @pytest.mark.parametrize(
@@ -296,39 +289,39 @@ class TestAdd:
             ({"hyperparameters": "[1, 2]"}, "hyperparameters"),
         ],
     )
-    def test_refuses_what_the_service_refuses(self, admin_client, user, overrides, field):
-        response = admin_client.post(ADD, self.form_data(user, **overrides))
+    def test_refuses_what_the_service_refuses(self, staff_client, user, overrides, field):
+        response = staff_client.post(ADD, self.form_data(user, **overrides))
         assert response.status_code == 200
         assert field in response.context["adminform"].form.errors
         assert not TrainingJob.objects.exists()
 
-    def test_add_page_loads(self, admin_client):
-        response = admin_client.get(ADD)
+    def test_add_page_loads(self, staff_client):
+        response = staff_client.get(ADD)
         assert response.status_code == 200
         assert 'name="start"' in response.content.decode()
 
 
 class TestDelete:
-    def test_confirmation_counts_points_instead_of_listing_them(self, admin_client, job):
+    def test_confirmation_counts_points_instead_of_listing_them(self, staff_client, job):
         TrainingMetricFactory.create_batch(150, job=job)
-        response = admin_client.get(reverse("admin:jobs_trainingjob_delete", args=[job.pk]))
+        response = staff_client.get(reverse("admin:jobs_trainingjob_delete", args=[job.pk]))
         html = response.content.decode()
         assert "150 metric points" in html
         assert "loss 1" not in html  # no line per point
 
-        admin_client.post(reverse("admin:jobs_trainingjob_delete", args=[job.pk]), {"post": "yes"})
+        staff_client.post(reverse("admin:jobs_trainingjob_delete", args=[job.pk]), {"post": "yes"})
         assert not TrainingJob.objects.exists()
         assert not TrainingMetric.objects.exists()
 
-    def test_bulk_delete(self, admin_client, user):
+    def test_bulk_delete(self, staff_client, user):
         jobs = TrainingJobFactory.create_batch(3, owner=user)
         TrainingMetricFactory.create_batch(10, job=jobs[0])
-        response = admin_client.post(
+        response = staff_client.post(
             CHANGELIST,
             {"action": "delete_selected", "_selected_action": [job.pk for job in jobs]},
         )
         assert "10 metric points" in response.content.decode()
-        admin_client.post(
+        staff_client.post(
             CHANGELIST,
             {
                 "action": "delete_selected",
@@ -343,7 +336,7 @@ class TestDelete:
 @pytest.mark.parametrize(
     "url", ["admin:jobs_trainingjob_changelist", "admin:accounts_apitoken_changelist"]
 )
-def test_a_nul_in_the_admin_search_is_not_a_500(admin_client, staff_user, url):
+def test_a_nul_in_the_admin_search_is_not_a_500(staff_client, staff_user, url):
     TrainingJobFactory(owner=staff_user, name="bert")
-    response = admin_client.get(reverse(url) + "?q=ber%00t")
+    response = staff_client.get(reverse(url) + "?q=ber%00t")
     assert response.status_code == 200

@@ -22,12 +22,6 @@ HTMX = {"HX-Request": "true"}
 POLLING = 'hx-trigger="every 2s"'
 
 
-@pytest.fixture
-def user_client(client, user):
-    client.force_login(user)
-    return client
-
-
 def row_ids(response) -> list[int]:
     return [int(pk) for pk in re.findall(r'data-job-id="(\d+)"', response.content.decode())]
 

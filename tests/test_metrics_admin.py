@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.admin.sites import site
 from django.db import connection
-from django.test import Client, RequestFactory
+from django.test import RequestFactory
 from django.urls import reverse
 
 from jobs.models import TrainingJob
@@ -16,12 +16,6 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = reverse("admin:metrics_trainingmetric_changelist")
 # session, user, count, the page of points with their jobs
 CHANGELIST_QUERIES = 4
-
-
-@pytest.fixture
-def admin_client(client: Client, staff_user) -> Client:
-    client.force_login(staff_user)
-    return client
 
 
 def add_points(job: TrainingJob, count: int, start: int = 0) -> None:
@@ -47,7 +41,7 @@ class TestAccess:
 class TestChangelist:
     @pytest.mark.parametrize("points", [10, 500])
     def test_query_count_does_not_grow_with_points(
-        self, admin_client, django_assert_num_queries, points
+        self, staff_client, django_assert_num_queries, points
     ):
         jobs = TrainingJobFactory.create_batch(3, total_epochs=10, steps_per_epoch=100)
         for index, job in enumerate(jobs):
@@ -55,15 +49,15 @@ class TestChangelist:
         # PostgreSQL reads the planner's estimate first; a table this small is then counted.
         expected = CHANGELIST_QUERIES + (connection.vendor == "postgresql")
         with django_assert_num_queries(expected):
-            response = admin_client.get(CHANGELIST)
+            response = staff_client.get(CHANGELIST)
         assert response.status_code == 200
         assert len(response.context["cl"].result_list) == min(points, 100)
 
-    def test_newest_job_and_latest_step_first(self, admin_client):
+    def test_newest_job_and_latest_step_first(self, staff_client):
         old, new = TrainingJobFactory.create_batch(2)
         add_points(old, 3)
         add_points(new, 3)
-        changelist = admin_client.get(CHANGELIST).context["cl"]
+        changelist = staff_client.get(CHANGELIST).context["cl"]
         assert [(p.job_id, p.step) for p in changelist.result_list] == [
             (new.pk, 2),
             (new.pk, 1),
@@ -73,24 +67,24 @@ class TestChangelist:
             (old.pk, 0),
         ]
 
-    def test_filter_by_job_status(self, admin_client):
+    def test_filter_by_job_status(self, staff_client):
         running = TrainingJobFactory(name="still-going")
         failed = TrainingJobFactory(name="blew-up", status=TrainingJob.Status.FAILED)
         add_points(running, 2)
         add_points(failed, 3)
-        changelist = admin_client.get(CHANGELIST, {"job__status__exact": "failed"}).context["cl"]
+        changelist = staff_client.get(CHANGELIST, {"job__status__exact": "failed"}).context["cl"]
         assert {point.job_id for point in changelist.result_list} == {failed.pk}
         assert changelist.result_count == 3
 
-    def test_points_are_read_only(self, admin_client, job):
+    def test_points_are_read_only(self, staff_client, job):
         add_points(job, 1)
         point = TrainingMetric.objects.get()
-        assert admin_client.get(reverse("admin:metrics_trainingmetric_add")).status_code == 403
+        assert staff_client.get(reverse("admin:metrics_trainingmetric_add")).status_code == 403
         change = reverse("admin:metrics_trainingmetric_change", args=[point.pk])
-        response = admin_client.get(change)
+        response = staff_client.get(change)
         assert response.status_code == 200
         assert 'name="_save"' not in response.content.decode()
-        admin_client.post(change, {"loss": 9.0, "job": job.pk, "step": 0, "epoch": 1})
+        staff_client.post(change, {"loss": 9.0, "job": job.pk, "step": 0, "epoch": 1})
         point.refresh_from_db()
         assert point.loss == 1.0
 

@@ -25,12 +25,6 @@ POLL_DATA = re.compile(
 
 
 @pytest.fixture
-def client_in(client, user):
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def running(user):
     return TrainingJobFactory(owner=user, total_epochs=100, steps_per_epoch=1000)
 
@@ -54,11 +48,11 @@ def poll_data(response) -> dict:
 # --- series -----------------------------------------------------------------------------------
 
 
-def test_series_is_compact_json_of_every_point(client_in, running):
+def test_series_is_compact_json_of_every_point(user_client, running):
     job = points_write(
         running, range(5), losses=[5, 4, 3, 2, 1], accuracies=[np.nan, 0.2, 0.3, 0.4, 0.5]
     )
-    response = client_in.get(series_url(job))
+    response = user_client.get(series_url(job))
     assert response.status_code == 200
     assert response["Content-Type"] == "application/json"
     assert b", " not in response.content  # compact separators
@@ -74,35 +68,35 @@ def test_series_is_compact_json_of_every_point(client_in, running):
     }
 
 
-def test_series_of_an_empty_job(client_in, running):
-    body = client_in.get(series_url(running)).json()
+def test_series_of_an_empty_job(user_client, running):
+    body = user_client.get(series_url(running)).json()
     assert (body["steps"], body["total"], body["shown"], body["last_step"]) == ([], 0, 0, None)
 
 
 @pytest.mark.parametrize(
     ("asked", "at_most"), [("1", 10), ("-5", 10), ("50", 50), ("999999", 10000)]
 )
-def test_series_max_points_is_clamped(client_in, running, asked, at_most):
+def test_series_max_points_is_clamped(user_client, running, asked, at_most):
     job = points_write(running, range(20_000))
-    body = client_in.get(series_url(job, max_points=asked)).json()
+    body = user_client.get(series_url(job, max_points=asked)).json()
     assert body["total"] == 20_000
     assert at_most // 2 <= body["shown"] <= at_most
     assert body["last_step"] == 19_999
 
 
 @pytest.mark.parametrize("bad", ["abc", "1.5", "1e3"])
-def test_series_rejects_a_non_integer_max_points(client_in, running, bad):
-    response = client_in.get(series_url(running, max_points=bad))
+def test_series_rejects_a_non_integer_max_points(user_client, running, bad):
+    response = user_client.get(series_url(running, max_points=bad))
     assert response.status_code == 400
     assert "max_points must be an integer" in response.json()["error"]
 
 
-def test_series_and_poll_of_another_users_or_a_missing_job_are_404(client_in, other_user):
+def test_series_and_poll_of_another_users_or_a_missing_job_are_404(user_client, other_user):
     theirs = TrainingJobFactory(owner=other_user)
     for url in (series_url(theirs), poll_url(theirs, after=-1)):
-        assert client_in.get(url).status_code == 404
-    assert client_in.get("/jobs/999999/series/").status_code == 404
-    assert client_in.get("/jobs/999999/poll/?after=-1").status_code == 404
+        assert user_client.get(url).status_code == 404
+    assert user_client.get("/jobs/999999/series/").status_code == 404
+    assert user_client.get("/jobs/999999/poll/?after=-1").status_code == 404
 
 
 def test_staff_may_chart_anyones_job(client, staff_user, running):
@@ -116,17 +110,17 @@ def test_anonymous_users_are_sent_to_log_in(client, running):
     assert response["Location"].startswith(reverse("login"))
 
 
-def test_series_and_poll_answer_get_only(client_in, running):
-    assert client_in.post(series_url(running)).status_code == 405
-    assert client_in.post(poll_url(running, after=-1)).status_code == 405
+def test_series_and_poll_answer_get_only(user_client, running):
+    assert user_client.post(series_url(running)).status_code == 405
+    assert user_client.post(poll_url(running, after=-1)).status_code == 405
 
 
 # --- poll -------------------------------------------------------------------------------------
 
 
-def test_poll_sends_only_the_new_points_and_the_partials_out_of_band(client_in, running):
+def test_poll_sends_only_the_new_points_and_the_partials_out_of_band(user_client, running):
     job = points_write(running, range(10), losses=np.arange(10, 0, -1))
-    response = client_in.get(poll_url(job, after=6, status="running"))
+    response = user_client.get(poll_url(job, after=6, status="running"))
     assert response.status_code == 200
     data = poll_data(response)
     assert data["steps"] == [7, 8, 9]
@@ -141,30 +135,30 @@ def test_poll_sends_only_the_new_points_and_the_partials_out_of_band(client_in, 
     assert "HX-Trigger" not in response
 
 
-def test_poll_resends_the_header_when_the_status_changed(client_in, running):
+def test_poll_resends_the_header_when_the_status_changed(user_client, running):
     job = points_write(running, range(10))
-    html = client_in.get(poll_url(job, after=9, status="paused")).content.decode()
+    html = user_client.get(poll_url(job, after=9, status="paused")).content.decode()
     assert re.search(r'id="job-header"[^>]*hx-swap-oob="true"', html)
     assert "badge-running" in html
 
 
-def test_poll_with_nothing_new_keeps_the_clients_last_step(client_in, running):
+def test_poll_with_nothing_new_keeps_the_clients_last_step(user_client, running):
     job = points_write(running, range(10))
-    data = poll_data(client_in.get(poll_url(job, after=9)))
+    data = poll_data(user_client.get(poll_url(job, after=9)))
     assert (data["steps"], data["last_step"], data["total"]) == ([], 9, 0)
 
 
-def test_poll_json_cannot_break_out_of_its_script_element(client_in, user):
+def test_poll_json_cannot_break_out_of_its_script_element(user_client, user):
     job = TrainingJobFactory(owner=user, name="</script><b>x</b>", status=Status.PAUSED)
-    response = client_in.get(poll_url(job, after=-1, status="running"))
+    response = user_client.get(poll_url(job, after=-1, status="running"))
     match = POLL_DATA.search(response.content.decode())
     assert "</script>" not in match.group(1)
     assert "<b>" not in response.content.decode()
 
 
-def test_a_client_far_behind_gets_a_catch_up(client_in, running):
+def test_a_client_far_behind_gets_a_catch_up(user_client, running):
     job = points_write(running, range(5000))
-    data = poll_data(client_in.get(poll_url(job, after=-1)))
+    data = poll_data(user_client.get(poll_url(job, after=-1)))
     assert data["catch_up"] is True
     assert data["total"] == 5000
     assert data["shown"] <= 2000
@@ -175,17 +169,17 @@ def test_a_client_far_behind_gets_a_catch_up(client_in, running):
     "query",
     ["", "after=", "after=abc", "after=1.5", "after=-2", "after=3&status=bogus"],
 )
-def test_poll_rejects_bad_parameters(client_in, running, query):
-    response = client_in.get(reverse("metrics:poll", args=[running.pk]) + "?" + query)
+def test_poll_rejects_bad_parameters(user_client, running, query):
+    response = user_client.get(reverse("metrics:poll", args=[running.pk]) + "?" + query)
     assert response.status_code == 400
     assert response.content  # a message saying what is wrong
 
 
-def test_a_finished_job_answers_286_with_its_final_points(client_in, user):
+def test_a_finished_job_answers_286_with_its_final_points(user_client, user):
     job = TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=20)
     job = points_write(job, range(20))  # the last step completes a simulated job
     assert job.status == Status.COMPLETED
-    response = client_in.get(poll_url(job, after=14, status="running"))
+    response = user_client.get(poll_url(job, after=14, status="running"))
     assert response.status_code == 286
     data = poll_data(response)
     assert data["steps"] == [15, 16, 17, 18, 19]
@@ -196,26 +190,26 @@ def test_a_finished_job_answers_286_with_its_final_points(client_in, user):
     }
 
 
-def test_a_failure_toast_carries_the_reason(client_in, running):
+def test_a_failure_toast_carries_the_reason(user_client, running):
     job_fail(job=running, reason="out of memory")
-    response = client_in.get(poll_url(running, after=-1, status="running"))
+    response = user_client.get(poll_url(running, after=-1, status="running"))
     assert response.status_code == 286
     toast = json.loads(response["HX-Trigger"])["toast"]
     assert toast == {"message": f"{running.name} failed: out of memory", "level": "error"}
 
 
-def test_a_status_change_toasts_once_the_client_knows_it(client_in, running):
+def test_a_status_change_toasts_once_the_client_knows_it(user_client, running):
     job_pause(job=running)
-    changed = client_in.get(poll_url(running, after=-1, status="running"))
+    changed = user_client.get(poll_url(running, after=-1, status="running"))
     assert changed.status_code == 200  # paused jobs may resume: keep polling
     assert json.loads(changed["HX-Trigger"])["toast"]["message"] == f"{running.name} paused"
-    same = client_in.get(poll_url(running, after=-1, status="paused"))
+    same = user_client.get(poll_url(running, after=-1, status="paused"))
     assert "HX-Trigger" not in same
-    unknown = client_in.get(poll_url(running, after=-1))
+    unknown = user_client.get(poll_url(running, after=-1))
     assert "HX-Trigger" not in unknown
 
 
-def test_poll_query_count_does_not_grow_with_points(client_in, user, django_assert_num_queries):
+def test_poll_query_count_does_not_grow_with_points(user_client, user, django_assert_num_queries):
     small = points_write(
         TrainingJobFactory(owner=user, total_epochs=10, steps_per_epoch=1000), range(10)
     )
@@ -223,23 +217,23 @@ def test_poll_query_count_does_not_grow_with_points(client_in, user, django_asse
         TrainingJobFactory(owner=user, total_epochs=10, steps_per_epoch=1000), range(5000)
     )
     with CaptureQueriesContext(connection) as baseline:
-        assert len(poll_data(client_in.get(poll_url(small, after=-1)))["steps"]) == 10
+        assert len(poll_data(user_client.get(poll_url(small, after=-1)))["steps"]) == 10
     metric_queries = [q for q in baseline.captured_queries if "trainingmetric" in q["sql"]]
     assert len(metric_queries) == 1
     for after in (-1, 4000, 4998):  # catch-up, a full page, one point
         with django_assert_num_queries(len(baseline.captured_queries)):
-            client_in.get(poll_url(large, after=after))
+            user_client.get(poll_url(large, after=after))
 
 
-def test_series_query_count_does_not_grow_with_points(client_in, user, django_assert_num_queries):
+def test_series_query_count_does_not_grow_with_points(user_client, user, django_assert_num_queries):
     small = points_write(TrainingJobFactory(owner=user), range(10))
     large = points_write(
         TrainingJobFactory(owner=user, total_epochs=10, steps_per_epoch=1000), range(5000)
     )
     with CaptureQueriesContext(connection) as baseline:
-        client_in.get(series_url(small))
+        user_client.get(series_url(small))
     with django_assert_num_queries(len(baseline.captured_queries)):
-        client_in.get(series_url(large, max_points=100))
+        user_client.get(series_url(large, max_points=100))
 
 
 # --- the charts partial -----------------------------------------------------------------------
@@ -298,12 +292,12 @@ def two_runs(user):
 
 
 @pytest.mark.parametrize("style", ["comma", "repeated"])
-def test_compare_overlays_the_jobs_in_the_order_asked(client_in, two_runs, style):
+def test_compare_overlays_the_jobs_in_the_order_asked(user_client, two_runs, style):
     first, second = two_runs
     query = (
         f"jobs={second.pk},{first.pk}" if style == "comma" else f"jobs={second.pk}&jobs={first.pk}"
     )
-    response = compare(client_in, query)
+    response = compare(user_client, query)
     assert response.status_code == 200
     data = compare_data(response)
     assert [job["id"] for job in data] == [second.pk, first.pk]
@@ -314,9 +308,9 @@ def test_compare_overlays_the_jobs_in_the_order_asked(client_in, two_runs, style
     assert html.index(second.name) < html.index(first.name)
 
 
-def test_compare_table_highlights_differing_hyperparameters(client_in, two_runs):
+def test_compare_table_highlights_differing_hyperparameters(user_client, two_runs):
     first, second = two_runs
-    html = compare(client_in, f"jobs={first.pk},{second.pk}").content.decode()
+    html = compare(user_client, f"jobs={first.pk},{second.pk}").content.decode()
     header = re.search(r"<thead>(.*?)</thead>", html, re.S).group(1)
     assert re.search(r'<th scope="col" class="differs"[^>]*>lr</th>', header)
     assert re.search(r'<th scope="col" class="differs"[^>]*>opt</th>', header)  # missing in one
@@ -329,10 +323,10 @@ def test_compare_table_highlights_differing_hyperparameters(client_in, two_runs)
     assert '<td class="differs"><code>—</code></td>' in second_row
 
 
-def test_compare_skips_jobs_that_are_not_yours_and_says_so(client_in, two_runs, other_user):
+def test_compare_skips_jobs_that_are_not_yours_and_says_so(user_client, two_runs, other_user):
     first, _ = two_runs
     theirs = TrainingJobFactory(owner=other_user, name="secret-run")
-    response = compare(client_in, f"jobs={first.pk},{theirs.pk},999999")
+    response = compare(user_client, f"jobs={first.pk},{theirs.pk},999999")
     assert response.status_code == 200
     assert [job["id"] for job in compare_data(response)] == [first.pk]
     html = response.content.decode()
@@ -340,9 +334,9 @@ def test_compare_skips_jobs_that_are_not_yours_and_says_so(client_in, two_runs, 
     assert f"#{theirs.pk}" in html and "#999999" in html
 
 
-def test_compare_with_nothing_visible_is_404(client_in, other_user):
+def test_compare_with_nothing_visible_is_404(user_client, other_user):
     theirs = TrainingJobFactory(owner=other_user)
-    assert compare(client_in, f"jobs={theirs.pk}").status_code == 404
+    assert compare(user_client, f"jobs={theirs.pk}").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -356,14 +350,14 @@ def test_compare_with_nothing_visible_is_404(client_in, other_user):
         ("jobs=" + ",".join(str(i) for i in range(1, COMPARE_MAX_JOBS + 2)), "at most"),
     ],
 )
-def test_compare_rejects_bad_ids_with_a_clear_page(client_in, query, message):
-    response = compare(client_in, query)
+def test_compare_rejects_bad_ids_with_a_clear_page(user_client, query, message):
+    response = compare(user_client, query)
     assert response.status_code == 400
     assert message in response.content.decode()
 
 
 def test_compare_queries_are_bounded_by_the_job_count(
-    client_in, user, django_assert_max_num_queries
+    user_client, user, django_assert_max_num_queries
 ):
     jobs = [
         points_write(
@@ -373,7 +367,7 @@ def test_compare_queries_are_bounded_by_the_job_count(
     ]
     # session, user, the jobs, then one series query per job
     with django_assert_max_num_queries(3 + len(jobs)):
-        response = compare(client_in, "jobs=" + ",".join(str(job.pk) for job in jobs))
+        response = compare(user_client, "jobs=" + ",".join(str(job.pk) for job in jobs))
     assert all(job["steps"][-1] == job["total"] - 1 for job in compare_data(response))
 
 

@@ -160,12 +160,6 @@ def as_form_value(value: Any) -> str:
 
 
 @pytest.fixture
-def user_client(client, user) -> Client:
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def token(user) -> str:
     return api_token_create(user=user, name="hostile")[1]
 
