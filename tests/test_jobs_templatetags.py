@@ -23,8 +23,10 @@ from tests.factories import TrainingJobFactory
         (3 * 86400, "3 d ago"),
     ],
 )
-def test_ago(seconds, expected):
-    assert jobs_ui.ago(timezone.now() - timedelta(seconds=seconds)) == expected
+def test_ago(seconds, expected, monkeypatch):
+    now = timezone.now()
+    monkeypatch.setattr(jobs_ui.timezone, "now", lambda: now)  # no clock between the two reads
+    assert jobs_ui.ago(now - timedelta(seconds=seconds)) == expected
 
 
 def test_ago_past_a_week_is_a_date():
