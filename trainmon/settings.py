@@ -165,9 +165,13 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("TRAINMON_LOG_LEVEL", "INFO")},
-    # With DEBUG on, Django logs every SQL statement with its parameters at DEBUG level:
-    # session keys and password hashes among them. Never, whatever TRAINMON_LOG_LEVEL says.
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    # At DEBUG, Django logs every SQL statement with its parameters (session keys, password
+    # hashes) and every unresolved template variable with the whole template context (a new
+    # API token, a form's password). Never, whatever TRAINMON_LOG_LEVEL says.
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "django.template": {"level": "INFO"},
+    },
 }
 
 # --- Celery -------------------------------------------------------------------------------
