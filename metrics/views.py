@@ -256,10 +256,7 @@ def _hyperparameter_table(jobs: list[TrainingJob]) -> tuple[list[dict], list[lis
         for key in keys
     }
     rows = [
-        [
-            {"present": key in p, "value": p.get(key), "differs": differs[key]}
-            for key in keys
-        ]
+        [{"present": key in p, "value": p.get(key), "differs": differs[key]} for key in keys]
         for p in params
     ]
     return [{"key": key, "differs": differs[key]} for key in keys], rows
