@@ -2,58 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from django.db import connection
 
 from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
+from metrics.series import (
+    MIN_DOWNSAMPLED_POINTS,
+    POINTS_PER_BUCKET,
+    POLL_MAX_POINTS,
+    SERIES_MAX_POINTS,
+    Series,
+    check_max_points,
+)
 from metrics.summary import summary_series
 
-# A chart is at most a few thousand pixels wide: more points than this add nothing visible.
-SERIES_MAX_POINTS = 2000
-# A poll answers with at most this many points; a client further behind gets a catch-up.
-POLL_MAX_POINTS = 2000
-# A downsampled bucket keeps its lowest loss, its highest loss and its last step, and the
-# series keeps its first step: max_points = POINTS_PER_BUCKET * buckets + 1.
-POINTS_PER_BUCKET = 3
-MIN_DOWNSAMPLED_POINTS = POINTS_PER_BUCKET + 1
-
-
-@dataclass(frozen=True)
-class Series:
-    """Column lists of metric points in step order; None where accuracy / lr was not reported.
-
-    `total` is how many points are stored in the range asked for and `shown` how many these
-    lists hold; `shown < total` means the range was downsampled.
-    """
-
-    steps: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    accuracy: list[float | None] = field(default_factory=list)
-    learning_rate: list[float | None] = field(default_factory=list)
-    total: int = 0
-
-    @property
-    def shown(self) -> int:
-        return len(self.steps)
-
-    @property
-    def downsampled(self) -> bool:
-        return self.shown < self.total
-
-    @property
-    def last_step(self) -> int | None:
-        return self.steps[-1] if self.steps else None
-
-    @classmethod
-    def from_rows(cls, rows: list[tuple], total: int | None = None) -> Series:
-        """From (step, loss, accuracy, learning_rate) rows in step order."""
-        if not rows:
-            return cls(total=total or 0)
-        steps, loss, accuracy, learning_rate = (list(column) for column in zip(*rows, strict=True))
-        total = len(rows) if total is None else total
-        return cls(steps, loss, accuracy, learning_rate, total=total)
+__all__ = [
+    "MIN_DOWNSAMPLED_POINTS",
+    "POLL_MAX_POINTS",
+    "SERIES_MAX_POINTS",
+    "Series",
+    "metrics_after",
+    "series_downsampled",
+]
 
 
 def metrics_after(job: TrainingJob, after_step: int, limit: int = POLL_MAX_POINTS) -> Series:
@@ -64,21 +34,24 @@ def metrics_after(job: TrainingJob, after_step: int, limit: int = POLL_MAX_POINT
     either case: the job's `current_step` (last step + 1) says beforehand whether the range
     can exceed `limit`; only if it is out of date does a second query follow.
     """
-    _check_max_points(limit)
+    check_max_points(limit)
     if job.current_step - 1 - after_step > limit:
-        return _downsampled_range(job.pk, after_step, limit)
+        return series_downsampled(job, limit, after_step=after_step)
     rows = list(
         TrainingMetric.objects.filter(job_id=job.pk, step__gt=after_step)
         .order_by("step")
         .values_list("step", "loss", "accuracy", "learning_rate")[: limit + 1]
     )
     if len(rows) > limit:
-        return _downsampled_range(job.pk, after_step, limit)
+        return series_downsampled(job, limit, after_step=after_step)
     return Series.from_rows(rows)
 
 
-def series_downsampled(job: TrainingJob, max_points: int = SERIES_MAX_POINTS) -> Series:
-    """All of the job's points, or at most `max_points` of them chosen so the shape survives.
+def series_downsampled(
+    job: TrainingJob, max_points: int = SERIES_MAX_POINTS, *, after_step: int = -1
+) -> Series:
+    """The job's points after `after_step` (all of them by default), or at most `max_points`
+    of them chosen so the shape survives.
 
     The step range is cut into equal-width buckets (bucket = (step - first) // width); each
     bucket keeps its lowest-loss point, its highest-loss point and its last point, and the
@@ -88,18 +61,14 @@ def series_downsampled(job: TrainingJob, max_points: int = SERIES_MAX_POINTS) ->
     `max_points` points is returned whole. `total` is the number of points stored.
 
     Long series are answered from the pre-aggregated summary (`metrics.summary`), which reads
-    about a thousand bucket rows instead of the job's raw points; short ones from the points.
+    about a thousand bucket rows instead of the job's raw points, however far back the range
+    starts; short ones from the points.
     """
-    _check_max_points(max_points)
-    summarised = summary_series(job, max_points)
+    check_max_points(max_points)
+    summarised = summary_series(job, max_points, after_step=after_step)
     if summarised is not None:
         return summarised
-    return _downsampled_range(job.pk, -1, max_points)
-
-
-def _check_max_points(max_points: int) -> None:
-    if max_points < MIN_DOWNSAMPLED_POINTS:
-        raise ValueError(f"max_points must be at least {MIN_DOWNSAMPLED_POINTS}, got {max_points}")
+    return _downsampled_range(job.pk, after_step, max_points)
 
 
 def _downsampled_range(job_id: int, after_step: int, max_points: int) -> Series:

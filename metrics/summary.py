@@ -29,11 +29,11 @@ from django.db import connection
 
 from metrics.models import MetricSummary, TrainingMetric
 from metrics.points import MetricBatch
+from metrics.series import POINTS_PER_BUCKET, Series, check_max_points
 from metrics.staging import staged_rows
 
 if TYPE_CHECKING:
     from jobs.models import TrainingJob
-    from metrics.selectors import Series
 
 # Steps per bucket, finest first; each divides the next (a bucket lies inside one bucket of
 # every coarser level), which lets each level be computed from the one below it.
@@ -239,34 +239,42 @@ def summary_width_for(current_step: int, buckets: int) -> int | None:
     return max(fitting) if fitting else None
 
 
-def summary_series(job: TrainingJob, max_points: int) -> Series | None:
-    """The job's downsampled series read from the summary, or None where raw rows should answer.
+def summary_series(job: TrainingJob, max_points: int, *, after_step: int = -1) -> Series | None:
+    """The job's points after `after_step`, downsampled from the summary, or None where raw
+    rows should answer.
 
     Same shape as `metrics.selectors.series_downsampled`: the steps are cut into
     (max_points - 1) // 3 groups; each keeps its lowest-loss point (lowest step on ties),
     its highest-loss point (highest step on ties) and its last point, and the series keeps
-    its first point; `total` is the number of points stored. The groups are runs of
-    consecutive buckets of the coarsest level that still has at least that many buckets,
-    so a million-point job reads ~1,000 summary rows. Every point returned is a stored
-    point, with its own accuracy and learning rate.
+    its first point; `total` is the number of points stored after `after_step`. The groups
+    are runs of consecutive buckets of the coarsest level that still has at least that many
+    buckets over the range, so a million-point range reads ~1,000 summary rows. The bucket
+    that `after_step` cuts in two is read as raw rows (fewer than one bucket's width), so a
+    catch-up from any step costs the same as the whole series. Every point returned is a
+    stored point, with its own accuracy and learning rate.
 
-    None means the summary cannot give a better answer than the raw rows: the job has at
+    None means the summary cannot give a better answer than the raw rows: the range has at
     most `max_points` points (they are all shown), or fewer steps than the finest level
     can split into enough buckets, or no summary rows (points loaded around the write
     path). One query; after a None the caller's raw read is a second one.
     """
-    from metrics.selectors import MIN_DOWNSAMPLED_POINTS, POINTS_PER_BUCKET, Series
-
-    if max_points < MIN_DOWNSAMPLED_POINTS:
-        raise ValueError(f"max_points must be at least {MIN_DOWNSAMPLED_POINTS}, got {max_points}")
+    check_max_points(max_points)
     groups = (max_points - 1) // POINTS_PER_BUCKET
-    width = summary_width_for(job.current_step, groups)
+    width = summary_width_for(job.current_step - (after_step + 1), groups)
     if width is None:
         return None
     with connection.cursor() as cursor:
         cursor.execute(
             _series_sql(MetricSummary._meta.db_table, TrainingMetric._meta.db_table),
-            {"job": job.pk, "width": width, "groups": groups, "max_points": max_points},
+            {
+                "job": job.pk,
+                "width": width,
+                "groups": groups,
+                "max_points": max_points,
+                "after": after_step,
+                # The first bucket whose steps all lie after `after_step`.
+                "first_bucket": -(-(after_step + 1) // width),
+            },
         )
         rows = cursor.fetchall()
     total = max((row[4] or 0 for row in rows), default=0)
@@ -277,18 +285,41 @@ def summary_series(job: TrainingJob, max_points: int) -> Series | None:
 
 
 def _series_sql(summary_table: str, metric_table: str) -> str:
-    # Groups split the level's bucket range evenly: group = (bucket - lo) * groups // span,
-    # which yields exactly min(groups, span) groups. If the job turns out to have at most
-    # max_points points, only the total comes back and the caller reads raw rows instead.
+    # Groups split the range of slots evenly: group = (slot - lo) * groups // span, which
+    # yields exactly min(groups, span) groups. A slot is a bucket of the level; the raw rows
+    # of the bucket `after` cuts in two share the slot before the first whole bucket. If the
+    # range turns out to hold at most max_points points, only the total comes back and the
+    # caller reads raw rows instead.
+    picked = ", ".join(
+        f"{prefix}_{name}"
+        for prefix in ("min", "max", "last")
+        for name in ("loss", "step", "accuracy", "learning_rate")
+    )
+    raw_as_bucket = ", ".join(
+        name
+        for _ in ("min", "max", "last")
+        for name in ("loss", "step", "accuracy", "learning_rate")
+    )
     ranked = f"""
         WITH level AS (
-            SELECT *, MIN(bucket) OVER () AS lo, MAX(bucket) OVER () AS hi,
-                   CAST(SUM(count) OVER () AS BIGINT) AS total
-            FROM {summary_table} WHERE job_id = %(job)s AND width = %(width)s
+            SELECT bucket AS slot, count, {picked}
+            FROM {summary_table}
+            WHERE job_id = %(job)s AND width = %(width)s AND bucket >= %(first_bucket)s
+            UNION ALL
+            SELECT CAST(%(first_bucket)s AS BIGINT) - 1, 1, {raw_as_bucket}
+            FROM {metric_table}
+            WHERE job_id = %(job)s AND step > %(after)s
+              AND step < CAST(%(first_bucket)s AS BIGINT) * %(width)s
+        ),
+        bounds AS (
+            SELECT MIN(slot) AS lo, MAX(slot) AS hi, CAST(SUM(count) AS BIGINT) AS total
+            FROM level
         ),
         grouped AS (
-            SELECT *, (bucket - lo) * %(groups)s / (hi - lo + 1) AS grp FROM level
-            WHERE total > %(max_points)s
+            SELECT level.*, bounds.total,
+                   (slot - bounds.lo) * %(groups)s / (bounds.hi - bounds.lo + 1) AS grp
+            FROM level CROSS JOIN bounds
+            WHERE bounds.total > %(max_points)s
         ),
         ranked AS (
             SELECT *,
@@ -296,7 +327,7 @@ def _series_sql(summary_table: str, metric_table: str) -> str:
                    ROW_NUMBER() OVER (
                        PARTITION BY grp ORDER BY max_loss DESC, max_step DESC
                    ) AS max_rank,
-                   ROW_NUMBER() OVER (PARTITION BY grp ORDER BY bucket DESC) AS last_rank
+                   ROW_NUMBER() OVER (PARTITION BY grp ORDER BY last_step DESC) AS last_rank
             FROM grouped
         )
     """
@@ -309,12 +340,11 @@ def _series_sql(summary_table: str, metric_table: str) -> str:
         SELECT * FROM (
             SELECT step, loss, accuracy, learning_rate, CAST(NULL AS BIGINT)
             FROM {metric_table}
-            WHERE job_id = %(job)s AND EXISTS (SELECT 1 FROM grouped)
+            WHERE job_id = %(job)s AND step > %(after)s AND EXISTS (SELECT 1 FROM grouped)
             ORDER BY step LIMIT 1
         ) first_point
     """
     total_only = """
-        SELECT NULL, NULL, NULL, NULL, MAX(total) FROM level
-        HAVING MAX(total) <= %(max_points)s
+        SELECT NULL, NULL, NULL, NULL, total FROM bounds WHERE total <= %(max_points)s
     """
     return f"{ranked} {picks} UNION ALL {first} UNION ALL {total_only}"

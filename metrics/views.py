@@ -81,7 +81,7 @@ def series(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     max_points = min(max(max_points, SERIES_MIN_POINTS_PARAM), SERIES_MAX_POINTS_PARAM)
     job = job_for_user(request.user, job_id)
     points = series_downsampled(job, max_points)
-    return _json_response({**_series_json(points), "status": job.status})
+    return _json_response({**points.columns(), "shown": points.shown, "status": job.status})
 
 
 @never_cache
@@ -96,7 +96,8 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = job_for_user(request.user, job_id)
     points = metrics_after(job, after, POLL_MAX_POINTS)
     data = {
-        **_series_json(points),
+        **points.columns(),
+        "shown": points.shown,
         "last_step": after if points.last_step is None else points.last_step,
         "catch_up": points.downsampled,
         "status": job.status,
@@ -260,18 +261,6 @@ def _hyperparameter_table(jobs: list[TrainingJob]) -> tuple[list[dict], list[lis
         for p in params
     ]
     return [{"key": key, "differs": differs[key]} for key in keys], rows
-
-
-def _series_json(points: Series) -> dict[str, Any]:
-    return {
-        "steps": points.steps,
-        "loss": points.loss,
-        "accuracy": points.accuracy,
-        "learning_rate": points.learning_rate,
-        "total": points.total,
-        "shown": points.shown,
-        "last_step": points.last_step,
-    }
 
 
 def _compact_series(points: Series) -> dict[str, Any]:

@@ -289,6 +289,42 @@ class TestSeries:
             expected.add(rows[-1].last_step)
         assert set(series.steps) == expected
 
+    @pytest.mark.parametrize("after", [0, 999, FINEST * 10 - 1, FINEST * 10 + 17])
+    def test_a_catch_up_from_any_step_is_read_from_the_summary(self, user, after):
+        job = big_job(user)
+        losses = np.random.default_rng(5).random(BIG_JOB_STEPS) + 1.0
+        losses[3001] = 50.0  # a spike inside the summarised range
+        losses[after + 1] = 0.01  # a dip at the first step after the cursor (raw head)
+        write((job, points(range(BIG_JOB_STEPS), losses=losses)))
+        job.refresh_from_db()
+        # Raw rows of whole buckets are dropped (the points table has no FK): only the
+        # summary still knows them, so any pick from there proves no raw scan happened.
+        groups = (MAX_POINTS - 1) // 3
+        width = summary_width_for(BIG_JOB_STEPS - (after + 1), groups)
+        assert width is not None
+        first_bucket = -(-(after + 1) // width)
+        TrainingMetric.objects.filter(
+            job=job, step__gte=first_bucket * width + width, step__lt=BIG_JOB_STEPS - width
+        ).delete()
+
+        series = summary_series(job, MAX_POINTS, after_step=after)
+
+        assert series is not None
+        assert series.total == BIG_JOB_STEPS - (after + 1)  # counted by the summary
+        assert 0 < series.shown <= MAX_POINTS
+        assert series.steps[0] == after + 1
+        assert min(series.steps) > after
+        assert series.steps == sorted(set(series.steps))
+        assert series.steps[-1] == BIG_JOB_STEPS - 1
+        assert 3001 in series.steps and max(series.loss) == 50.0
+        assert min(series.loss) == 0.01
+
+    def test_a_catch_up_equals_the_whole_series_when_it_starts_at_the_beginning(self, user):
+        job = big_job(user)
+        write((job, points(range(BIG_JOB_STEPS), seed=8)))
+        job.refresh_from_db()
+        assert summary_series(job, MAX_POINTS, after_step=-1) == summary_series(job, MAX_POINTS)
+
     def test_small_jobs_are_left_to_the_raw_rows(self, user, job):
         write((job, points(range(job.total_steps))))
         job.refresh_from_db()
