@@ -6,7 +6,6 @@ as "a cancelled job never runs again" is written once.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from jobs.models import TrainingJob
+from trainmon.bulk import json_rows
 
 Status = TrainingJob.Status
 
@@ -338,32 +338,15 @@ def jobs_record_progress(summaries: Sequence[BatchSummary], *, now: datetime) ->
     assignments = ", ".join(
         f"{name} = u.{name}" for name, _ in _PROGRESS_COLUMNS if name not in {"id", "finished"}
     )
-    sql_tail = (
-        f"last_reported_at = %s, updated_at = %s, "
-        f"finished_at = CASE WHEN u.finished THEN %s ELSE {table}.finished_at END"
-    )
-    if connection.vendor == "postgresql":
-        record = ", ".join(f"{name} {sql_type}" for name, sql_type in _PROGRESS_COLUMNS)
-        sql = (
-            f"UPDATE {table} SET {assignments}, {sql_tail} "
-            f"FROM (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r({record})) AS u "
-            f"WHERE {table}.id = u.id"
-        )
-        names = [name for name, _ in _PROGRESS_COLUMNS]
-        payload = json.dumps([dict(zip(names, row, strict=True)) for row in rows])
-    else:
-        columns = ", ".join(
-            f"json_extract(value, '$[{index}]') AS {name}"
-            for index, (name, _) in enumerate(_PROGRESS_COLUMNS)
-        )
-        sql = (
-            f"UPDATE {table} SET {assignments}, {sql_tail} "
-            f"FROM (SELECT {columns} FROM json_each(%s)) AS u WHERE {table}.id = u.id"
-        )
-        payload = json.dumps([list(row) for row in rows])
+    source, params = json_rows(_PROGRESS_COLUMNS, rows)
     db_now = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [db_now, db_now, db_now, payload])
+        cursor.execute(
+            f"UPDATE {table} SET {assignments}, last_reported_at = %s, updated_at = %s, "
+            f"finished_at = CASE WHEN u.finished THEN %s ELSE {table}.finished_at END "
+            f"FROM {source} AS u WHERE {table}.id = u.id",
+            [db_now, db_now, db_now, *params],
+        )
 
 
 def _progress_row(summary: BatchSummary, now: datetime) -> tuple:

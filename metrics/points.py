@@ -4,6 +4,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+# A loss beyond this magnitude counts as diverged, like NaN or Infinity. The summary adds up
+# to 262,144 losses per bucket; this bound keeps every such sum (and every mean) finite.
+MAX_LOSS_MAGNITUDE = 1e100
+
 _DTYPES = {
     "steps": np.int64,
     "epochs": np.int64,
@@ -44,8 +48,9 @@ class MetricBatch:
     def empty(cls) -> MetricBatch:
         return cls(**{name: np.empty(0, dtype=dtype) for name, dtype in _DTYPES.items()})
 
-    def first_non_finite_loss(self) -> int | None:
-        bad = np.flatnonzero(~np.isfinite(self.losses))
+    def first_diverged_loss(self) -> int | None:
+        """The index of the first loss that is NaN, infinite or beyond MAX_LOSS_MAGNITUDE."""
+        bad = np.flatnonzero(~(np.abs(self.losses) <= MAX_LOSS_MAGNITUDE))
         return int(bad[0]) if bad.size else None
 
     def head(self, n: int) -> MetricBatch:

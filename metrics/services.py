@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -11,18 +11,24 @@ from datetime import datetime
 
 import numpy as np
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from jobs.models import TrainingJob
-from jobs.services import BatchSummary, jobs_record_progress
+from jobs.services import BatchSummary, job_fail, jobs_record_progress
 from metrics.models import TrainingMetric
 from metrics.points import MetricBatch
 from metrics.simulator import TrainingSimulator
 from metrics.staging import staged_rows
 from metrics.summary import summary_add
+from trainmon.bulk import json_rows
+
+logger = logging.getLogger(__name__)
+
+# A failed job's reason quotes this much of the error: enough to recognise it.
+SIMULATION_ERROR_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def metric_batches_write(
     now = now or timezone.now()
     stored: list[tuple[TrainingJob, MetricBatch, int | None]] = []
     for job, batch in batches:
-        diverged_index = batch.first_non_finite_loss()
+        diverged_index = batch.first_diverged_loss()
         finite = batch if diverged_index is None else batch.head(diverged_index)
         diverged_step = None if diverged_index is None else int(batch.steps[diverged_index])
         stored.append((job, finite, diverged_step))
@@ -236,7 +242,7 @@ def simulation_advance(
         jobs = list(claim.order_by("pk"))
         if not jobs:
             return TickResult()
-        results = metric_batches_write([(job, _next_points(job)) for job in jobs], now=now)
+        results = _advance_each_alone_if_needed(jobs, now)
         if tick is not None:
             _record_tick([job.pk for job in jobs], tick)
     return TickResult(
@@ -245,6 +251,45 @@ def simulation_advance(
         jobs_completed=sum(job.status == TrainingJob.Status.COMPLETED for job in jobs),
         jobs_failed=sum(job.status == TrainingJob.Status.FAILED for job in jobs),
         job_ids=tuple(job.pk for job in jobs),
+    )
+
+
+def _advance_each_alone_if_needed(jobs: list[TrainingJob], now: datetime) -> list[WriteResult]:
+    """Advance the claimed jobs together; if that fails, alone, failing the jobs at fault.
+
+    One bad job (parameters from before today's bounds, a bug it alone hits) must not stop
+    every user's jobs, so a write that fails for a reason of its own (bad data, not a lost
+    connection or a busy database, which the task's retry handles) is retried job by job,
+    each in its own savepoint: the jobs that fail again are marked failed with the error as
+    their reason, the others advance. The healthy path stays one bulk write.
+    """
+    try:
+        with transaction.atomic():
+            return metric_batches_write([(job, _next_points(job)) for job in jobs], now=now)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        logger.warning("tick: bulk write failed, advancing %d jobs one by one", len(jobs))
+    results = []
+    for job in jobs:
+        job.refresh_from_db()  # the failed write changed the instances, not the rows
+        try:
+            with transaction.atomic():
+                [result] = metric_batches_write([(job, _next_points(job))], now=now)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as error:
+            logger.exception("tick: job %s failed to advance", job.pk)
+            job_fail(job=job, reason=_simulation_failure(job, error))
+            result = WriteResult(created=0, duplicates=0)
+        results.append(result)
+    return results
+
+
+def _simulation_failure(job: TrainingJob, error: Exception) -> str:
+    detail = str(error).strip().splitlines()[0][:SIMULATION_ERROR_CHARS] if str(error) else ""
+    return f"simulation error at step {job.current_step}: {type(error).__name__}" + (
+        f": {detail}" if detail else ""
     )
 
 
@@ -266,16 +311,11 @@ def _next_points(job: TrainingJob) -> MetricBatch:
 
 
 def _record_tick(job_ids: list[int], tick: int) -> None:
-    # The ids travel as one array / JSON parameter, so the statement is the same for any count.
+    # The ids travel as one parameter, so the statement is the same for any count.
     table = TrainingJob._meta.db_table
+    ids, params = json_rows([("id", "bigint")], [[job_id] for job_id in job_ids])
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                f"UPDATE {table} SET last_tick = %s WHERE id = ANY(%s::bigint[])", [tick, job_ids]
-            )
-        else:
-            in_ids = "SELECT value FROM json_each(%s)"
-            cursor.execute(
-                f"UPDATE {table} SET last_tick = %s WHERE id IN ({in_ids})",
-                [tick, json.dumps(job_ids)],
-            )
+        cursor.execute(
+            f"UPDATE {table} SET last_tick = %s WHERE id IN (SELECT id FROM {ids} AS t)",
+            [tick, *params],
+        )

@@ -1,12 +1,11 @@
 """Hand numpy columns to the database as a table the next statement can read from.
 
 PostgreSQL gets them by binary COPY into a temporary table (metrics.pgcopy); SQLite as one
-JSON parameter unpacked by json_each. Either way one statement reads every row, however many.
+JSON parameter (trainmon.bulk). Either way one statement reads every row, however many.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
@@ -15,6 +14,7 @@ from django.db import connection
 from django.db.backends.utils import CursorWrapper
 
 from metrics import pgcopy
+from trainmon.bulk import json_rows
 
 
 def staged_rows(
@@ -31,11 +31,9 @@ def staged_rows(
     if connection.vendor == "postgresql":
         pgcopy.stage_rows(cursor, table, columns, values)
         return f"FROM {table}", []
-    select = ", ".join(
-        f"json_extract(value, '$[{index}]') AS {name}" for index, (name, _) in enumerate(columns)
-    )
     rows = [
         [None if isinstance(value, float) and math.isnan(value) else value for value in row]
         for row in zip(*(column.tolist() for column in values), strict=True)
     ]
-    return f"FROM (SELECT {select} FROM json_each(%s))", [json.dumps(rows)]
+    select, params = json_rows(columns, rows)
+    return f"FROM {select}", params

@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 
 from accounts.services import api_token_create, api_token_revoke
 from jobs.models import TrainingJob
+from metrics.points import MAX_LOSS_MAGNITUDE
 from tests.factories import TrainingJobFactory, TrainingMetricFactory, UserFactory
 
 Status = TrainingJob.Status
@@ -460,6 +461,28 @@ def test_a_non_finite_loss_fails_the_job_at_that_step(api, ext_job, loss, raw):
     assert (ext_job.status, ext_job.failure_reason) == (Status.FAILED, "loss diverged at step 6")
     # The failed job takes nothing more.
     assert_error(api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": points([7])}), 409)
+
+
+def test_losses_too_large_to_sum_fail_the_job_instead_of_the_request(api, ext_job):
+    # Two finite 1e308 losses in one summary bucket used to overflow its sum: a 500.
+    batch = points(range(6))
+    batch[3]["loss"] = batch[4]["loss"] = 1e308
+    response = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["created"], body["discarded"]) == (3, 3)
+    assert body["job"]["failure_reason"] == "loss diverged at step 3"
+    assert stored_steps(ext_job) == [0, 1, 2]
+
+
+def test_the_largest_loss_that_counts_is_stored_and_summed(api, ext_job):
+    batch = points(range(4))
+    for point in batch:
+        point["loss"] = MAX_LOSS_MAGNITUDE
+    body = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}).json()
+    assert (body["created"], body["job"]["status"]) == (4, "running")
+    bucket = ext_job.metric_summaries.get(width=64)
+    assert bucket.sum_loss == 4 * MAX_LOSS_MAGNITUDE
 
 
 def test_points_are_sorted_before_the_divergence_is_found(api, ext_job):

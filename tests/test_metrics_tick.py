@@ -281,3 +281,62 @@ class TestConcurrentTicksOnPostgres:
             assert job.current_step == ticks * 5
             assert job.last_tick == ticks
             assert steps_of(job) == list(range(ticks * 5))
+
+
+class TestOneBadJob:
+    """One user's job must never stop the tick for everyone (issue 15)."""
+
+    def test_a_job_whose_learning_rate_overflows_fails_alone(self, user, other_user):
+        # Parameters from before today's bounds: warm-up multiplies 1e308 past the float range,
+        # and an infinite learning rate is not storable.
+        poison = TrainingJobFactory(owner=user, base_learning_rate=1e308, warmup_steps=10)
+        healthy = [TrainingJobFactory(owner=other_user) for _ in range(3)]
+        for _ in range(2):
+            result = simulation_advance()
+        reload(poison)
+        assert poison.status == Status.FAILED
+        assert poison.failure_reason.startswith("simulation error at step 0: ")
+        assert poison.current_step == 0 and steps_of(poison) == []
+        assert not poison.metric_summaries.exists()
+        for job in healthy:
+            reload(job)
+            assert (job.status, job.current_step) == (Status.RUNNING, 20)
+            assert steps_of(job) == list(range(20))
+        assert result.jobs_advanced == 3  # the failed job is no longer claimed
+
+    def test_a_job_whose_points_the_database_refuses_fails_alone(self, user, monkeypatch):
+        from metrics import services
+
+        jobs = [TrainingJobFactory(owner=user) for _ in range(3)]
+        poison = jobs[1]
+        next_points = services._next_points
+
+        def epoch_zero_for_poison(job: TrainingJob):
+            batch = next_points(job)
+            if job.pk != poison.pk:
+                return batch
+            # An epoch of 0 breaks the points table's check constraint: a real refusal.
+            return type(batch)(**{**batch.__dict__, "epochs": batch.epochs * 0})
+
+        monkeypatch.setattr(services, "_next_points", epoch_zero_for_poison)
+        result = simulation_advance()
+
+        assert (result.jobs_advanced, result.jobs_failed, result.points_written) == (3, 1, 20)
+        reload(poison)
+        assert poison.status == Status.FAILED
+        assert "IntegrityError" in poison.failure_reason
+        assert steps_of(poison) == []
+        for job in (jobs[0], jobs[2]):
+            assert steps_of(reload(job)) == list(range(10))
+            assert job.metric_summaries.filter(width=64).get().count == 10
+
+    def test_a_loss_beyond_the_bound_fails_the_job_as_diverged(self, user, other_user):
+        poison = TrainingJobFactory(owner=user, initial_loss=1.7e308, final_loss=0.3)
+        healthy = TrainingJobFactory(owner=other_user)
+        simulation_advance()
+        reload(poison)
+        assert (poison.status, poison.failure_reason) == (
+            Status.FAILED,
+            "loss diverged at step 0",
+        )
+        assert steps_of(reload(healthy)) == list(range(10))

@@ -48,11 +48,11 @@ def test_metric_batch_empty_head_and_first_non_finite() -> None:
     empty = MetricBatch.empty()
     assert len(empty) == 0
     assert empty.steps.dtype == np.int64 and empty.losses.dtype == np.float64
-    assert empty.first_non_finite_loss() is None
+    assert empty.first_diverged_loss() is None
 
     batch = TrainingSimulator(seed=1).generate_metrics_batch(0, 10, 10, 5)
     assert len(batch) == 10
-    assert batch.first_non_finite_loss() is None
+    assert batch.first_diverged_loss() is None
     head = batch.head(4)
     assert len(head) == 4
     assert np.array_equal(head.steps, [0, 1, 2, 3])
@@ -61,7 +61,7 @@ def test_metric_batch_empty_head_and_first_non_finite() -> None:
     losses = batch.losses.copy()
     losses[[6, 8]] = [np.inf, np.nan]
     broken = MetricBatch(batch.steps, batch.epochs, losses, batch.accuracies, batch.learning_rates)
-    assert broken.first_non_finite_loss() == 6
+    assert broken.first_diverged_loss() == 6
 
 
 # --- loss -------------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_divergence_spikes_then_goes_nan() -> None:
     assert blowup[-1] > 50 * batch.losses[d - 1]
     assert np.all(np.isnan(batch.losses[d + DIVERGENCE_BLOWUP_STEPS :]))
     assert np.all(batch.accuracies[d + DIVERGENCE_BLOWUP_STEPS :] == 0.0)
-    assert batch.first_non_finite_loss() == d + DIVERGENCE_BLOWUP_STEPS
+    assert batch.first_diverged_loss() == d + DIVERGENCE_BLOWUP_STEPS
 
     healthy = TrainingSimulator(seed=2).generate_metrics_batch(0, total, total, 10)
     assert np.array_equal(healthy.losses[:d], batch.losses[:d])
@@ -271,7 +271,7 @@ def test_divergence_spikes_then_goes_nan() -> None:
 
 def test_divergence_after_job_end_has_no_effect() -> None:
     batch = TrainingSimulator(seed=4, diverge_at_step=500).generate_metrics_batch(0, 100, 100, 10)
-    assert batch.first_non_finite_loss() is None
+    assert batch.first_diverged_loss() is None
 
 
 # --- validation -------------------------------------------------------------
