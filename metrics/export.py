@@ -2,8 +2,10 @@
 
 Pages are read by keyset over the (job_id, step) unique index: each page is one short query
 that starts where the last one ended, so a million-point export never holds more than a
-page and never keeps a cursor open across the response. On PostgreSQL the CSV export streams
-through COPY instead, which is several times faster and equally flat.
+page and never keeps a cursor open across the response. On PostgreSQL both exports stream
+through COPY instead, which is many times faster and equally flat. Either way the text goes
+out in chunks of about EXPORT_CHUNK_CHARS: one HTTP chunk per row made a million-point
+export through gunicorn twenty times slower than the export itself.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.db import connection
@@ -22,6 +24,7 @@ from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
 
 EXPORT_PAGE_SIZE = 5000
+EXPORT_CHUNK_CHARS = 256 * 1024
 EXPORT_COLUMNS = ("step", "epoch", "loss", "accuracy", "learning_rate", "created_at")
 FORMATS = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 _FILENAME_SLUG_LENGTH = 60
@@ -57,7 +60,7 @@ def export_csv_chunks(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> It
     writer.writerow(EXPORT_COLUMNS)
     yield _drain(buffer)
     if connection.vendor == "postgresql":
-        yield from _postgres_csv_rows(job)
+        yield from _in_chunks(_postgres_copy(job, _PG_CSV_ROW, "csv"))
         return
     for page in export_pages(job, page_size):
         writer.writerows(
@@ -67,24 +70,62 @@ def export_csv_chunks(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> It
         yield _drain(buffer)
 
 
-def _postgres_csv_rows(job: TrainingJob) -> Iterator[str]:
-    """The same rows by COPY, which streams them as the server reads the index: ~10x faster
-    than paging through the ORM, memory still flat (the socket applies back-pressure).
+# Timestamps formatted as Python's isoformat() writes them, so both paths agree.
+_PG_ISO_TIMESTAMP = (
+    "to_char(created_at AT TIME ZONE 'UTC', "
+    "CASE WHEN date_part('microseconds', created_at)::bigint % 1000000 = 0 "
+    'THEN \'YYYY-MM-DD"T"HH24:MI:SS"+00:00"\' '
+    'ELSE \'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\' END)'
+)
+_PG_CSV_ROW = f"step, epoch, loss, accuracy, learning_rate, {_PG_ISO_TIMESTAMP}"
 
-    Timestamps are formatted as Python's isoformat() writes them, so both paths agree.
+
+def _pg_json_number(column: str) -> str:
+    # JSON has no NaN or Infinity: null, as dumps_finite writes them.
+    return (
+        f"CASE WHEN {column} IS NULL OR {column} IN ('NaN', 'Infinity', '-Infinity') "
+        f"THEN 'null' ELSE {column}::text END"
+    )
+
+
+# One compact JSON object per point, keys in EXPORT_COLUMNS order; no value holds a
+# backslash, so COPY's text format passes each object through unchanged.
+_PG_JSON_ROW = (
+    "'{\"step\":' || step || ',\"epoch\":' || epoch"
+    f" || ',\"loss\":' || {_pg_json_number('loss')}"
+    f" || ',\"accuracy\":' || {_pg_json_number('accuracy')}"
+    f" || ',\"learning_rate\":' || {_pg_json_number('learning_rate')}"
+    f" || ',\"created_at\":\"' || {_PG_ISO_TIMESTAMP} || '\"}}'"
+)
+
+
+def _postgres_copy(job: TrainingJob, row_sql: str, fmt: str) -> Iterator[str]:
+    """The job's points, one text line per point in step order, streamed by COPY: ~20x
+    faster than paging through the ORM, memory still flat (the socket applies back-pressure).
     """
     table = TrainingMetric._meta.db_table
     sql = (
-        "COPY (SELECT step, epoch, loss, accuracy, learning_rate, "
-        "to_char(created_at AT TIME ZONE 'UTC', "
-        "CASE WHEN date_part('microseconds', created_at)::bigint % 1000000 = 0 "
-        'THEN \'YYYY-MM-DD"T"HH24:MI:SS"+00:00"\' '
-        'ELSE \'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\' END) '
-        f"FROM {table} WHERE job_id = {int(job.pk)} ORDER BY step) TO STDOUT WITH (FORMAT csv)"
+        f"COPY (SELECT {row_sql} FROM {table} WHERE job_id = {int(job.pk)} ORDER BY step) "
+        f"TO STDOUT WITH (FORMAT {fmt})"
     )
     with connection.cursor() as cursor, cursor.copy(sql) as copy:
         for data in copy:
             yield bytes(data).decode()
+
+
+def _in_chunks(lines: Iterable[str], separator: str = "") -> Iterator[str]:
+    """The lines joined by `separator`, in pieces of at least EXPORT_CHUNK_CHARS."""
+    pending: list[str] = []
+    size = 0
+    lead = ""  # the separator between two pieces
+    for line in lines:
+        pending.append(line)
+        size += len(line)
+        if size >= EXPORT_CHUNK_CHARS:
+            yield lead + separator.join(pending)
+            pending, size, lead = [], 0, separator
+    if pending:
+        yield lead + separator.join(pending)
 
 
 def export_json_chunks(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> Iterator[str]:
@@ -105,6 +146,11 @@ def export_json_chunks(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> I
         "steps_per_epoch": job.steps_per_epoch,
     }
     yield '{"job":' + json.dumps(header, separators=(",", ":")) + ',"points":['
+    if connection.vendor == "postgresql":
+        objects = (line.rstrip("\n") for line in _postgres_copy(job, _PG_JSON_ROW, "text"))
+        yield from _in_chunks(objects, separator=",")
+        yield "]}\n"
+        return
     separator = ""
     for page in export_pages(job, page_size):
         points = [

@@ -157,7 +157,7 @@ def test_export_view_gzips_when_asked(client, user, job_with_points):
 
 
 @pytest.mark.postgres
-def test_the_postgres_copy_path_writes_the_same_values_as_the_portable_path(user, monkeypatch):
+def test_the_postgres_copy_paths_write_the_same_values_as_the_portable_paths(user, monkeypatch):
     import datetime
 
     from metrics import export
@@ -173,8 +173,10 @@ def test_the_postgres_copy_path_writes_the_same_values_as_the_portable_path(user
         created_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)  # no microseconds
     )
     copied = "".join(export.export_csv_chunks(job))
+    copied_json = json.loads("".join(export.export_json_chunks(job)))
     monkeypatch.setattr(export.connection, "vendor", "portable")
     paged = "".join(export.export_csv_chunks(job, page_size=64))
+    paged_json = json.loads("".join(export.export_json_chunks(job, page_size=64)))
 
     def values(text: str) -> list[list]:
         header, *rows = csv_rows(text)
@@ -184,3 +186,28 @@ def test_the_postgres_copy_path_writes_the_same_values_as_the_portable_path(user
 
     assert values(copied) == values(paged)
     assert len(values(copied)) == 251
+
+    assert copied_json == paged_json
+    assert len(copied_json["points"]) == 250
+    assert copied_json["points"][3]["created_at"] == "2026-01-01T00:00:00+00:00"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("export_chunks", ["export_csv_chunks", "export_json_chunks"])
+def test_the_postgres_copy_path_sends_large_chunks_not_one_per_row(
+    user, monkeypatch, export_chunks
+):
+    from metrics import export
+
+    job = TrainingJobFactory(owner=user, total_epochs=3, steps_per_epoch=1000)
+    points_write(job, list(range(3000)))
+    monkeypatch.setattr(export, "EXPORT_CHUNK_CHARS", 8192)
+    chunks = list(getattr(export, export_chunks)(job))
+    text = "".join(chunks)
+    # The header first, then pieces of at least EXPORT_CHUNK_CHARS, the last one shorter.
+    assert all(len(chunk) >= 8192 for chunk in chunks[1:-2])
+    assert len(chunks) < len(text) // 8192 + 4
+    if export_chunks == "export_json_chunks":
+        assert [p["step"] for p in json.loads(text)["points"]] == list(range(3000))
+    else:
+        assert [int(row[0]) for row in csv_rows(text)[1:]] == list(range(3000))
