@@ -8,6 +8,9 @@ from django.http import Http404
 
 from jobs.models import TrainingJob
 
+# Columns no list shows; hyperparameters may be tens of kilobytes per job.
+LIST_DEFERRED_FIELDS = ("hyperparameters", "description")
+
 
 def jobs_visible_to(user: AbstractBaseUser | AnonymousUser) -> QuerySet[TrainingJob]:
     """Users see their own jobs; staff see everyone's."""
@@ -47,7 +50,7 @@ def jobs_for_dashboard(
     search: str | None = None,
 ) -> QuerySet[TrainingJob]:
     """The dashboard's list: running jobs first, then newest; never touches the metrics table."""
-    jobs = jobs_visible_to(user).select_related("owner")
+    jobs = jobs_visible_to(user).select_related("owner").defer(*LIST_DEFERRED_FIELDS)
     if status:
         jobs = jobs.filter(status=status)
     if search and (term := search.strip()):

@@ -30,3 +30,12 @@ def test_dashboard_list_filters_and_searches(user, other_user):
     TrainingJobFactory(owner=other_user, name="gpt-2 theirs", status=Status.PAUSED)
     assert list(jobs_for_dashboard(user, status="paused", search=" gpt ")) == [match]
     assert jobs_for_dashboard(user, search="").count() == 2
+
+
+def test_dashboard_list_never_loads_hyperparameters(user, django_assert_num_queries):
+    TrainingJobFactory.create_batch(3, owner=user, hyperparameters={"big": "x" * 50_000})
+    with django_assert_num_queries(1) as captured:
+        jobs = list(jobs_for_dashboard(user))
+    assert len(jobs) == 3
+    assert "hyperparameters" not in captured.captured_queries[0]["sql"]
+    assert all("hyperparameters" in job.get_deferred_fields() for job in jobs)
