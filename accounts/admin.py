@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, LoginFailure
 from accounts.services import api_token_revoke
 
 
@@ -29,3 +29,19 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for token in tokens:
             api_token_revoke(token=token)
         self.message_user(request, f"Revoked {len(tokens)} token(s).")
+
+
+@admin.register(LoginFailure)
+class LoginFailureAdmin(admin.ModelAdmin):
+    """Who is locked out, and the way to unlock them early: delete their failures."""
+
+    list_display = ("username", "ip_address", "created_at")
+    search_fields = ("username", "ip_address")
+    readonly_fields = ("username", "ip_address", "created_at")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -32,3 +32,20 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class LoginFailure(models.Model):
+    """A failed log-in, kept for TRAINMON_LOGIN_THROTTLE_SECONDS to slow password guessing."""
+
+    username = models.CharField(max_length=150)
+    ip_address = models.GenericIPAddressField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["ip_address", "created_at"], name="login_failure_ip_idx"),
+            models.Index(fields=["username", "created_at"], name="login_failure_user_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username!r} from {self.ip_address} at {self.created_at:%Y-%m-%d %H:%M:%S}"

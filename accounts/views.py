@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -8,6 +12,7 @@ from django.urls import reverse
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.forms import ThrottledAuthenticationForm, is_throttled
 from accounts.models import ApiToken
 from accounts.services import NAME_MAX_LENGTH, api_token_create, api_token_revoke
 
@@ -59,3 +64,15 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     if was_live:
         messages.success(request, f"Revoked the token “{token.name}” ({token.prefix}…).")
     return redirect("accounts:tokens")
+
+
+class ThrottledLoginView(auth_views.LoginView):
+    """Django's log-in page; a locked-out log-in answers 429 with the reason on the form."""
+
+    authentication_form = ThrottledAuthenticationForm
+
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
+        response = super().form_invalid(form)
+        if is_throttled(form):
+            response.status_code = HTTPStatus.TOO_MANY_REQUESTS
+        return response

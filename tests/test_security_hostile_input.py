@@ -6,6 +6,7 @@ columns overflow where SQLite's do not, so some bugs only show there.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -456,10 +457,15 @@ def test_token_form_refuses_unstorable_names(user_client, name):
     assert not ApiToken.objects.exists()
 
 
+_ADDRESSES = itertools.count(1)
+
+
 @EXAMPLES
 @given(username=nasty_text, password=nasty_text, next_url=nasty_text)
 def test_login_form_takes_any_input_without_a_5xx(user, username, password, next_url):
-    response = Client().post(
+    # Each example comes from a new address: log-in throttling has tests of its own.
+    number = next(_ADDRESSES)
+    response = Client(REMOTE_ADDR=f"10.9.{number // 256 % 256}.{number % 256}").post(
         reverse("login"), {"username": username, "password": password, "next": next_url}
     )
     assert response.status_code == 200  # the form again, with its error

@@ -61,14 +61,15 @@ CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", SECURE_DEFAULT)
 SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if SECURE_DEFAULT else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", SECURE_DEFAULT)
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", SECURE_DEFAULT)
-if env_bool("DJANGO_BEHIND_PROXY", False):
+TRAINMON_BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY", False)
+if TRAINMON_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "trainmon.apps.TrainmonAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -213,6 +214,11 @@ TRAINMON_STALL_SECONDS = float(os.environ.get("TRAINMON_STALL_SECONDS", "300"))
 # Past this many running jobs, a tick fans out `advance_jobs` subtasks of this size.
 TRAINMON_TICK_CHUNK_SIZE = env_int("TRAINMON_TICK_CHUNK_SIZE", 500)
 TRAINMON_API_MAX_POINTS = env_int("TRAINMON_API_MAX_POINTS", 10_000)
+# Log-in throttling (accounts.throttling): failures allowed within the window, per account
+# from one address and per address over all accounts.
+TRAINMON_LOGIN_THROTTLE_SECONDS = env_int("TRAINMON_LOGIN_THROTTLE_SECONDS", 900)
+TRAINMON_LOGIN_FAILURES_PER_ACCOUNT = env_int("TRAINMON_LOGIN_FAILURES_PER_ACCOUNT", 5)
+TRAINMON_LOGIN_FAILURES_PER_ADDRESS = env_int("TRAINMON_LOGIN_FAILURES_PER_ADDRESS", 50)
 # A 10,000-point batch is ~1 MB of JSON; leave headroom, refuse anything far larger.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TRAINMON_MAX_BODY_BYTES", 5 * 1024 * 1024)
 

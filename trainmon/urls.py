@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from accounts.views import ThrottledLoginView
 from metrics.api import api
 from trainmon.views import healthz
 
@@ -9,7 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Django's auth URLs without password reset: trainmon sends no mail, and a reset page
     # that says "we've emailed you" when nothing is sent is worse than none (ask an admin).
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
         "accounts/password_change/",
