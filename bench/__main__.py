@@ -105,12 +105,22 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict]:
         with gunicorn(env) as port:
             step("poll", "poll_ms_1m", "ms (p50)", "ratio <= 3, p50 < 15 ms",
                  lambda: f.poll_figure(plan, data, port))  # fmt: skip
+            step("catch-up poll", "catch_up_poll_ms_1m", "ms (p50)", "ratio <= 3",
+                 lambda: f.catch_up_figure(plan, data, port))  # fmt: skip
+            step("export over HTTP", "export_csv_http_s_1m", "s", "ratio <= 5",
+                 lambda: f.export_http_figure(plan, data, port))  # fmt: skip
             step("dashboard", "dashboard_ms_1k", "ms (p50)", "p50 < 50 ms, equal queries",
                  lambda: f.dashboard_figure(plan, data, port))  # fmt: skip
             step("api", "api_ingest_points_per_s", "points/s", "ratio >= 0.2",
                  lambda: f.api_figure(plan, data, port))  # fmt: skip
     except BenchError as error:
-        for name in ("poll_ms_1m", "dashboard_ms_1k", "api_ingest_points_per_s"):
+        for name in (
+            "poll_ms_1m",
+            "catch_up_poll_ms_1m",
+            "export_csv_http_s_1m",
+            "dashboard_ms_1k",
+            "api_ingest_points_per_s",
+        ):
             if not any(r.name == name for r in results):
                 results.append(Figure(name, "", "", error=str(error)))
     step("export", "export_mb_1m", "MB (peak)", "< 100 MB",

@@ -10,6 +10,7 @@ import math
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Plan:
 
 WARM_UP_REQUESTS = 5
 POLL_BEHIND = 50
+CATCH_UP_CLIENTS = 8
 EXPORT_LIMIT_MB = 100
 BARE_TABLE = "bench_bare_metric"
 # The same data columns as metrics_trainingmetric, without its id, indexes or constraints.
@@ -511,6 +513,78 @@ def poll_figure(plan: Plan, data: Data, port: int) -> Figure:
         f"{statistics.median(floor) / (figure.baseline or math.inf):.1f}x the raw SELECT",
     ]
     return figure
+
+
+def catch_up_figure(plan: Plan, data: Data, port: int) -> Figure:
+    """A poll from the very start of a million-point job, and what it does to other users."""
+    figure = Figure("catch_up_poll_ms_1m", "ms (p50)", "ratio <= 3, others unslowed")
+    job = TrainingJob.objects.get(pk=data.big_job.pk)
+    cookie = {"Cookie": _session_cookie(data.big_user), "Accept-Encoding": "gzip"}
+    client = Http(port, cookie)
+    catch_up = f"/jobs/{job.pk}/poll/?after=-1"
+    normal = f"/jobs/{job.pk}/poll/?after={job.current_step - 1 - POLL_BEHIND}"
+    figure.samples, _ = _http_p50(client, catch_up, plan.poll_requests)
+    figure.baseline_samples, _ = _http_p50(client, normal, plan.poll_requests)
+    # CATCH_UP_CLIENTS users catching up at once, as fast as they can, while one more polls.
+    stop = threading.Event()
+
+    def hammer() -> None:
+        own = Http(port, cookie)
+        while not stop.is_set():
+            own.request("GET", catch_up)
+        own.close()
+
+    threads = [threading.Thread(target=hammer) for _ in range(CATCH_UP_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
+        loaded, _ = _http_p50(client, normal, plan.poll_requests)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    client.close()
+    loaded_p50 = statistics.median(loaded)
+    figure.met = _below(figure.ratio, 3, inclusive=True)
+    figure.extra |= {"normal_poll_ms_under_load": loaded_p50, "catch_up_clients": CATCH_UP_CLIENTS}
+    figure.notes += [
+        f"GET {catch_up} (the whole {job.current_step:,}-point history, downsampled from the "
+        f"summary) over HTTP, p50 of {plan.poll_requests}",
+        f"baseline: the normal poll of {POLL_BEHIND} new points on the same connection",
+        f"a normal poll while {CATCH_UP_CLIENTS} clients send catch-up polls back to back "
+        f"(gunicorn as in the Procfile): p50 {loaded_p50:.1f} ms",
+    ]
+    return figure
+
+
+def export_http_figure(plan: Plan, data: Data, port: int) -> list[Figure]:
+    """Both exports of the million-point job through gunicorn against the same in process."""
+    from metrics.export import export_csv_chunks, export_json_chunks
+
+    job = TrainingJob.objects.get(pk=data.big_job.pk)
+    client = Http(port, {"Cookie": _session_cookie(data.big_user)})
+    figures = []
+    for fmt, chunks in (("csv", export_csv_chunks), ("json", export_json_chunks)):
+        figure = Figure(f"export_{fmt}_http_s_1m", "s", "ratio <= 5")
+        for _ in range(plan.export_repeats):
+            seconds, (status, _, body) = timed(
+                lambda fmt=fmt: client.request("GET", f"/jobs/{job.pk}/metrics.{fmt}")
+            )
+            if status != 200:
+                raise RuntimeError(f"metrics.{fmt} answered {status}")
+            figure.samples.append(seconds)
+            in_process, size = timed(lambda chunks=chunks: sum(map(len, chunks(job))))
+            figure.baseline_samples.append(in_process)
+        figure.met = _below(figure.ratio, 5, inclusive=True)
+        figure.extra |= {"mb": len(body) / 1e6}
+        figure.notes += [
+            f"GET /jobs/{job.pk}/metrics.{fmt} ({len(body) / 1e6:.0f} MB, {job.current_step:,}"
+            " points) over HTTP, read to the end",
+            f"baseline: {chunks.__name__}(job) consumed in process ({size / 1e6:.0f} MB)",
+        ]
+        figures.append(figure)
+    client.close()
+    return figures
 
 
 def dashboard_figure(plan: Plan, data: Data, port: int) -> Figure:
