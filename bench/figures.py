@@ -517,15 +517,16 @@ def poll_figure(plan: Plan, data: Data, port: int) -> Figure:
 
 def catch_up_figure(plan: Plan, data: Data, port: int) -> Figure:
     """A poll from the very start of a million-point job, and what it does to other users."""
-    figure = Figure("catch_up_poll_ms_1m", "ms (p50)", "ratio <= 3, others unslowed")
+    figure = Figure("catch_up_poll_ms_1m", "ms (p50)", "ratio <= 1.5, others < 1 s")
     job = TrainingJob.objects.get(pk=data.big_job.pk)
     cookie = {"Cookie": _session_cookie(data.big_user), "Accept-Encoding": "gzip"}
     client = Http(port, cookie)
     catch_up = f"/jobs/{job.pk}/poll/?after=-1"
     normal = f"/jobs/{job.pk}/poll/?after={job.current_step - 1 - POLL_BEHIND}"
     figure.samples, _ = _http_p50(client, catch_up, plan.poll_requests)
-    figure.baseline_samples, _ = _http_p50(client, normal, plan.poll_requests)
-    # CATCH_UP_CLIENTS users catching up at once, as fast as they can, while one more polls.
+    figure.baseline_samples, _ = _http_p50(client, f"/jobs/{job.pk}/series/", plan.poll_requests)
+    alone, _ = _http_p50(client, normal, plan.poll_requests)
+    # CATCH_UP_CLIENTS users catching up at once, back to back, while one more polls.
     stop = threading.Event()
 
     def hammer() -> None:
@@ -545,14 +546,21 @@ def catch_up_figure(plan: Plan, data: Data, port: int) -> Figure:
             thread.join()
     client.close()
     loaded_p50 = statistics.median(loaded)
-    figure.met = _below(figure.ratio, 3, inclusive=True)
-    figure.extra |= {"normal_poll_ms_under_load": loaded_p50, "catch_up_clients": CATCH_UP_CLIENTS}
+    figure.met = _below(figure.ratio, 1.5, inclusive=True) and _below(max(loaded), 1000)
+    figure.extra |= {
+        "normal_poll_ms": statistics.median(alone),
+        "normal_poll_ms_under_catch_ups": loaded_p50,
+        "normal_poll_max_ms_under_catch_ups": max(loaded),
+        "catch_up_clients": CATCH_UP_CLIENTS,
+    }
     figure.notes += [
         f"GET {catch_up} (the whole {job.current_step:,}-point history, downsampled from the "
         f"summary) over HTTP, p50 of {plan.poll_requests}",
-        f"baseline: the normal poll of {POLL_BEHIND} new points on the same connection",
-        f"a normal poll while {CATCH_UP_CLIENTS} clients send catch-up polls back to back "
-        f"(gunicorn as in the Procfile): p50 {loaded_p50:.1f} ms",
+        "baseline: the chart's first load, GET /series/ (the same 2,000 points), same connection",
+        f"a normal poll ({POLL_BEHIND} new points) takes {statistics.median(alone):.1f} ms p50 "
+        f"alone and {loaded_p50:.1f} ms p50 (max {max(loaded):.0f} ms) while "
+        f"{CATCH_UP_CLIENTS} clients send catch-up polls back to back to gunicorn as in the "
+        "Procfile (2 cores)",
     ]
     return figure
 
