@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -209,6 +209,18 @@ def copy_binary_baseline(batches: list[tuple[int, MetricBatch]], now: datetime) 
     return time.perf_counter() - started
 
 
+def _point_rows(batch: MetricBatch) -> Iterator[tuple]:
+    """(step, epoch, loss, accuracy, learning_rate) per point, as Python values."""
+    return zip(
+        batch.steps.tolist(),
+        batch.epochs.tolist(),
+        batch.losses.tolist(),
+        batch.accuracies.tolist(),
+        batch.learning_rates.tolist(),
+        strict=True,
+    )
+
+
 def copy_rows_baseline(batches: list[tuple[int, MetricBatch]], now: datetime) -> float:
     """Seconds for the everyday psycopg COPY: text format, `write_row` per row, + commit."""
     started = time.perf_counter()
@@ -219,15 +231,8 @@ def copy_rows_baseline(batches: list[tuple[int, MetricBatch]], now: datetime) ->
         cursor.copy(f"COPY {BARE_TABLE} ({names}) FROM STDIN") as copy,
     ):
         for job_id, b in batches:
-            for row in zip(
-                b.epochs.tolist(),
-                b.steps.tolist(),
-                b.losses.tolist(),
-                b.accuracies.tolist(),
-                b.learning_rates.tolist(),
-                strict=True,
-            ):
-                copy.write_row((job_id, *row, now))
+            for step, epoch, loss, accuracy, rate in _point_rows(b):
+                copy.write_row((job_id, epoch, step, loss, accuracy, rate, now))
     return time.perf_counter() - started
 
 
@@ -650,14 +655,7 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
             {
                 "points": [
                     {"step": s, "epoch": e, "loss": lo, "accuracy": a, "learning_rate": r}
-                    for s, e, lo, a, r in zip(
-                        batch.steps.tolist(),
-                        batch.epochs.tolist(),
-                        batch.losses.tolist(),
-                        batch.accuracies.tolist(),
-                        batch.learning_rates.tolist(),
-                        strict=True,
-                    )
+                    for s, e, lo, a, r in _point_rows(batch)
                 ]
             }
         ).encode()
