@@ -1,20 +1,18 @@
 from __future__ import annotations
 
-from io import StringIO
+from functools import partial
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
 from accounts.models import ApiToken
 from accounts.services import api_token_authenticate
+from tests.support.commands import command_output
 
 pytestmark = pytest.mark.django_db
 
 
-def run(*args: str) -> str:
-    out = StringIO()
-    call_command("createapitoken", *args, stdout=out)
-    return out.getvalue()
+run = partial(command_output, "createapitoken")
 
 
 def test_prints_a_working_token_alone(user):

@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from accounts.models import ApiToken
 from accounts.services import api_token_authenticate, api_token_create
+from tests.support.pages import form_csrf_token
 
 pytestmark = pytest.mark.django_db
 
@@ -100,8 +101,6 @@ def test_forms_are_csrf_protected(user):
     assert token.revoked_at is None
     assert ApiToken.objects.count() == 1
     # With the token from the page's form, both work.
-    page = client.get(TOKENS).content.decode()
-    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    data = {"csrfmiddlewaretoken": csrf}
+    data = {"csrfmiddlewaretoken": form_csrf_token(client, TOKENS)}
     assert client.post(reverse("accounts:token_create"), {**data, "name": "x"}).status_code == 200
     assert client.post(reverse("accounts:token_revoke", args=[token.pk]), data).status_code == 302

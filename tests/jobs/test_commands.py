@@ -8,16 +8,14 @@ from django.core.management import call_command, load_command_class
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.models import TrainingJob
+from tests.support.commands import command_outputs
 from tests.support.factories import TrainingJobFactory, UserFactory
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
 
 
-def run(*args: str, **options: object) -> tuple[str, str]:
-    stdout, stderr = StringIO(), StringIO()
-    call_command(*args, stdout=stdout, stderr=stderr, **options)
-    return stdout.getvalue(), stderr.getvalue()
+run = command_outputs
 
 
 @pytest.fixture

@@ -30,3 +30,20 @@ def test_dashboard_list_filters_and_searches(user, other_user):
     TrainingJobFactory(owner=other_user, name="gpt-2 theirs", status=Status.PAUSED)
     assert list(jobs_for_dashboard(user, status="paused", search=" gpt ")) == [match]
     assert jobs_for_dashboard(user, search="").count() == 2
+
+
+class TestVisibility:
+    def test_users_see_their_own_jobs_and_staff_see_all(self, user, other_user, staff_user):
+        from django.contrib.auth.models import AnonymousUser
+        from django.http import Http404
+
+        from jobs.selectors import job_for_user, jobs_visible_to
+
+        mine = TrainingJobFactory(owner=user)
+        theirs = TrainingJobFactory(owner=other_user)
+        assert list(jobs_visible_to(user)) == [mine]
+        assert set(jobs_visible_to(staff_user)) == {mine, theirs}
+        assert not jobs_visible_to(AnonymousUser()).exists()
+        assert job_for_user(user, mine.pk) == mine
+        with pytest.raises(Http404):
+            job_for_user(user, theirs.pk)

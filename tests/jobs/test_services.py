@@ -113,23 +113,6 @@ class TestTransitions:
         assert services.job_allowed_actions(done) == []
 
 
-class TestVisibility:
-    def test_users_see_their_own_jobs_and_staff_see_all(self, user, other_user, staff_user):
-        from django.contrib.auth.models import AnonymousUser
-        from django.http import Http404
-
-        from jobs.selectors import job_for_user, jobs_visible_to
-
-        mine = TrainingJobFactory(owner=user)
-        theirs = TrainingJobFactory(owner=other_user)
-        assert list(jobs_visible_to(user)) == [mine]
-        assert set(jobs_visible_to(staff_user)) == {mine, theirs}
-        assert not jobs_visible_to(AnonymousUser()).exists()
-        assert job_for_user(user, mine.pk) == mine
-        with pytest.raises(Http404):
-            job_for_user(user, theirs.pk)
-
-
 def nested(depth: int) -> list:
     value: list = [1]
     for _ in range(depth):

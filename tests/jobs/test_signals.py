@@ -13,6 +13,7 @@ from jobs.services import job_delete, jobs_lock
 from metrics.models import MetricSummary, TrainingMetric
 from metrics.services import metric_batches_write, simulator_for
 from tests.support.factories import TrainingJobFactory
+from tests.support.metric_points import batches_write
 
 LOCK_WAIT_TIMEOUT_S = 10
 
@@ -33,8 +34,7 @@ def orphans() -> int:
 @pytest.mark.django_db
 def test_deleting_a_user_deletes_their_jobs_points(user):
     job = TrainingJobFactory(owner=user, total_epochs=5, steps_per_epoch=100)
-    with transaction.atomic():
-        metric_batches_write([(jobs_lock([job.pk])[0], first_points(job, 300))])
+    batches_write((job, first_points(job, 300)))
     assert TrainingMetric.objects.filter(job=job).count() == 300
     user.delete()
     assert orphans() == 0

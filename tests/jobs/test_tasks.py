@@ -5,15 +5,12 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from jobs.models import TrainingJob
-from jobs.services import jobs_lock
 from jobs.tasks import mark_stalled
-from metrics.points import MetricBatch
-from metrics.services import metric_batches_write
 from tests.support.factories import TrainingJobFactory
+from tests.support.metric_points import batches_write, metric_batch
 
 Status = TrainingJob.Status
 Source = TrainingJob.Source
@@ -26,15 +23,10 @@ def silent_for(seconds: float) -> dict[str, object]:
 
 
 def report(job: TrainingJob, step: int) -> None:
-    points = MetricBatch(
-        steps=np.array([step]),
-        epochs=np.array([1]),
-        losses=np.array([1.0]),
-        accuracies=np.array([np.nan]),
-        learning_rates=np.array([np.nan]),
+    points = metric_batch(
+        [step], steps_per_epoch=job.steps_per_epoch, losses=1.0, learning_rates=np.nan
     )
-    with transaction.atomic():
-        metric_batches_write([(jobs_lock([job.pk])[0], points)])
+    batches_write((job, points))
 
 
 def status_of(job: TrainingJob) -> str:

@@ -14,6 +14,7 @@ from django.utils import timezone
 from jobs.models import TrainingJob
 from jobs.views import JOBS_PER_PAGE
 from tests.support.factories import PASSWORD, TrainingJobFactory, UserFactory
+from tests.support.pages import htmx_csrf_token
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
@@ -495,11 +496,10 @@ class TestCsrf:
         assert TrainingJob.objects.filter(pk=job.pk).exists()
 
     def test_the_token_in_body_hx_headers_is_accepted(self, csrf_client, job):
-        html = csrf_client.get(job.get_absolute_url()).content.decode()
-        headers = json.loads(re.search(r"<body hx-headers='([^']+)'>", html).group(1))
+        token = htmx_csrf_token(csrf_client, job.get_absolute_url())
         response = csrf_client.post(
             reverse("jobs:action", args=[job.pk, "pause"]),
-            headers=HTMX | {"X-CSRFToken": headers["x-csrftoken"]},
+            headers=HTMX | {"X-CSRFToken": token},
         )
         assert response.status_code == 200
         job.refresh_from_db()

@@ -5,12 +5,14 @@ import io
 import json
 import os
 import stat
+from functools import partial
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
 from metrics.export import EXPORT_COLUMNS
 from metrics.management.commands import export_metrics
+from tests.support.commands import command_output
 from tests.support.factories import TrainingJobFactory
 from tests.support.metric_points import points_write
 
@@ -23,10 +25,7 @@ def job_with_points(user):
     return points_write(job, range(12))
 
 
-def run(*args: str) -> str:
-    out = io.StringIO()
-    call_command("export_metrics", *args, stdout=out)
-    return out.getvalue()
+run = partial(command_output, "export_metrics")
 
 
 def test_csv_to_stdout_by_default(job_with_points):

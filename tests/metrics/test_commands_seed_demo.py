@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 import re
-from io import StringIO
+from functools import partial
 
 import pytest
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Count, Max
 
 from jobs.models import TrainingJob
 from metrics.management.commands.seed_demo import DEMO_JOBS
 from metrics.models import TrainingMetric
+from tests.support.commands import command_output
 from tests.support.factories import UserFactory
 
 Status = TrainingJob.Status
@@ -22,10 +22,7 @@ def admin_user(db):
     return UserFactory(username="admin", is_staff=True, is_superuser=True)
 
 
-def seed(**options: object) -> str:
-    stdout = StringIO()
-    call_command("seed_demo", stdout=stdout, **options)
-    return stdout.getvalue()
+seed = partial(command_output, "seed_demo")
 
 
 class TestSeedDemo:
@@ -90,7 +87,3 @@ class TestSeedDemo:
         with pytest.raises(CommandError, match=re.escape("--jobs must be at least 1.")):
             seed(jobs=0)
         assert not TrainingJob.objects.exists()
-
-    def test_setup_local_seeds_an_empty_database(self, admin_user):
-        call_command("setup_local", stdout=StringIO(), stderr=StringIO())
-        assert TrainingJob.objects.filter(owner=admin_user).count() == len(DEMO_JOBS)

@@ -1,27 +1,20 @@
 from __future__ import annotations
 
-from io import StringIO
+from functools import partial
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
 from jobs.models import TrainingJob
 from metrics.services import TickResult
-from tests.support.factories import TrainingJobFactory
+from tests.support.commands import command_output
+from tests.support.factories import TrainingJobFactory, reload
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
 
 
-def simulate(*args: str) -> str:
-    out = StringIO()
-    call_command("simulate", *args, stdout=out, stderr=StringIO())
-    return out.getvalue()
-
-
-def reload(job: TrainingJob) -> TrainingJob:
-    job.refresh_from_db()
-    return job
+simulate = partial(command_output, "simulate")
 
 
 def test_ticks_advance_every_running_simulated_job(user):

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory
 
@@ -33,23 +32,6 @@ def test_the_database_rejects_out_of_range_points(job, fields):
         TrainingMetricFactory(job=job, step=0, **fields)
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"total_epochs": 0},
-        {"steps_per_epoch": 0},
-        {"steps_per_tick": 0},
-        {"initial_loss": 0.1, "final_loss": 0.2},
-        {"name": ""},
-        {"status": "exploded"},
-        {"current_step": 61},  # 3 epochs x 20 steps
-    ],
-)
-def test_the_database_rejects_inconsistent_jobs(user, fields):
-    with pytest.raises(IntegrityError), transaction.atomic():
-        TrainingJobFactory(owner=user, **fields)
-
-
 def test_the_job_step_index_serves_points_after_a_step():
     """The unique (job, step) index is the only index the lookup needs."""
     indexes = {
@@ -61,11 +43,3 @@ def test_the_job_step_index_serves_points_after_a_step():
     }
     columns = sorted(tuple(info["columns"]) for info in indexes.values() if not info["primary_key"])
     assert columns == [("job_id", "step")]
-
-
-def test_progress_properties(user):
-    job = TrainingJobFactory(owner=user, total_epochs=4, steps_per_epoch=25, current_step=30)
-    assert job.total_steps == 100
-    assert job.progress_percent == 30.0
-    assert job.current_epoch == 2
-    assert TrainingJob.objects.get(pk=job.pk).is_active

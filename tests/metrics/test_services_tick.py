@@ -12,7 +12,7 @@ from jobs.models import TrainingJob
 from jobs.services import job_cancel, job_pause, job_resume
 from metrics.models import TrainingMetric
 from metrics.services import TickResult, simulation_advance, simulation_due_job_ids, tick_slot
-from tests.support.factories import TrainingJobFactory
+from tests.support.factories import TrainingJobFactory, reload
 
 Status = TrainingJob.Status
 Source = TrainingJob.Source
@@ -24,11 +24,6 @@ LOCK_WAIT_SECONDS = 10
 
 def steps_of(job: TrainingJob) -> list[int]:
     return list(job.metrics.order_by("step").values_list("step", flat=True))
-
-
-def reload(job: TrainingJob) -> TrainingJob:
-    job.refresh_from_db()
-    return job
 
 
 class TestAdvance:

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.simulator_baseline import generate_metrics_python
 from jobs.services import DECAY_SPAN
 from metrics.points import MetricBatch
 from metrics.simulator import DIVERGENCE_BLOWUP_STEPS, LOSS_FLOOR, TrainingSimulator
@@ -31,37 +30,6 @@ def concat(batches: list[MetricBatch]) -> MetricBatch:
 
 def expected_loss(sim: TrainingSimulator, steps: np.ndarray) -> np.ndarray:
     return sim.final_loss + (sim.initial_loss - sim.final_loss) * np.exp(-sim.decay_rate * steps)
-
-
-# --- MetricBatch ------------------------------------------------------------
-
-
-def test_metric_batch_rejects_mismatched_lengths_and_non_1d() -> None:
-    ok = np.zeros(3)
-    with pytest.raises(ValueError, match="length"):
-        MetricBatch(ok, ok, ok, ok, np.zeros(2))
-    with pytest.raises(ValueError, match="1-D"):
-        MetricBatch(ok, ok, np.zeros((3, 1)), ok, ok)
-
-
-def test_metric_batch_empty_head_and_first_non_finite() -> None:
-    empty = MetricBatch.empty()
-    assert len(empty) == 0
-    assert empty.steps.dtype == np.int64 and empty.losses.dtype == np.float64
-    assert empty.first_non_finite_loss() is None
-
-    batch = TrainingSimulator(seed=1).generate_metrics_batch(0, 10, 10, 5)
-    assert len(batch) == 10
-    assert batch.first_non_finite_loss() is None
-    head = batch.head(4)
-    assert len(head) == 4
-    assert np.array_equal(head.steps, [0, 1, 2, 3])
-    assert len(batch.head(100)) == 10
-
-    losses = batch.losses.copy()
-    losses[[6, 8]] = [np.inf, np.nan]
-    broken = MetricBatch(batch.steps, batch.epochs, losses, batch.accuracies, batch.learning_rates)
-    assert broken.first_non_finite_loss() == 6
 
 
 # --- loss -------------------------------------------------------------------
@@ -311,27 +279,3 @@ def test_empty_batch_at_end_is_allowed() -> None:
 def test_constructor_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         TrainingSimulator(**kwargs)
-
-
-# --- plain-Python baseline --------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"seed": 0},
-        {"seed": 2**64 - 1, "warmup_steps": 15},
-        {"seed": -42, "diverge_at_step": 120, "initial_loss": 4.0, "final_loss": 0.1},
-    ],
-)
-def test_python_baseline_matches_numpy(kwargs: dict) -> None:
-    sim = TrainingSimulator(**kwargs)
-    start, count, total, spe = 30, 150, 200, 16
-    batch = sim.generate_metrics_batch(start, count, total, spe)
-    rows = generate_metrics_python(sim, start, count, total, spe)
-    columns = [np.array(c) for c in zip(*rows, strict=True)]
-
-    assert np.array_equal(columns[0], batch.steps)
-    assert np.array_equal(columns[1], batch.epochs)
-    for column, name in zip(columns[2:], FIELDS[2:], strict=True):
-        assert np.allclose(column, getattr(batch, name), rtol=1e-12, atol=0, equal_nan=True), name

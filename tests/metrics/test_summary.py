@@ -6,10 +6,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from jobs.models import TrainingJob
-from jobs.services import jobs_lock
 from metrics.models import MetricSummary, TrainingMetric
 from metrics.points import MetricBatch
-from metrics.services import metric_batches_write
 from metrics.summary import (
     SUMMARY_WIDTHS,
     summary_rebuild,
@@ -18,6 +16,7 @@ from metrics.summary import (
     summary_width_for,
 )
 from tests.support.factories import TrainingJobFactory
+from tests.support.metric_points import batches_write, metric_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -32,26 +31,19 @@ def big_job(user, **fields):
 
 
 def points(steps, *, seed=0, losses=None, steps_per_epoch=FINEST):
-    steps = np.asarray(steps, dtype=np.int64)
     rng = np.random.default_rng(seed)
     n = len(steps)
     # Few distinct values, so ties on the minimum and maximum are common.
-    loss = rng.integers(1, 6, n) / 4 if losses is None else np.asarray(losses, dtype=float)
+    loss = rng.integers(1, 6, n) / 4 if losses is None else losses
     accuracy = rng.random(n)
     accuracy[rng.random(n) < 0.2] = np.nan
-    return MetricBatch(
-        steps=steps,
-        epochs=steps // steps_per_epoch + 1,
+    return metric_batch(
+        steps,
+        steps_per_epoch=steps_per_epoch,
         losses=loss,
         accuracies=accuracy,
         learning_rates=rng.random(n) * 1e-3,
     )
-
-
-def write(*pairs):
-    with transaction.atomic():
-        locked = {job.pk: job for job in jobs_lock([job.pk for job, _ in pairs])}
-        return metric_batches_write([(locked[job.pk], batch) for job, batch in pairs])
 
 
 def stored_buckets(job):
@@ -121,8 +113,8 @@ def assert_summary_exact(job):
 class TestMaintenance:
     def test_buckets_equal_an_aggregate_of_the_raw_rows(self, user):
         job = big_job(user)
-        write((job, points(range(0, 300), seed=1)))
-        write((job, points(range(300, 1500), seed=2)))
+        batches_write((job, points(range(0, 300), seed=1)))
+        batches_write((job, points(range(300, 1500), seed=2)))
         assert TrainingMetric.objects.filter(job=job).count() == 1500
         assert_summary_exact(job)
 
@@ -134,41 +126,41 @@ class TestMaintenance:
             (FINEST - 5, FINEST + 3),
             (FINEST + 3, 4 * FINEST + 1),
         ]:
-            write((job, points(range(start, stop), seed=start)))
-        write((job, points(range(4 * FINEST + 1, 20 * FINEST + 7), seed=99)))
+            batches_write((job, points(range(start, stop), seed=start)))
+        batches_write((job, points(range(4 * FINEST + 1, 20 * FINEST + 7), seed=99)))
         assert_summary_exact(job)
 
     def test_a_retried_batch_counts_nothing_twice(self, user):
         job = big_job(user)
-        write((job, points(range(0, 200), seed=1)))
+        batches_write((job, points(range(0, 200), seed=1)))
         before = stored_buckets(job)
         # Same steps, other values: all ignored, the summary must not move.
-        write((job, points(range(0, 200), seed=2, losses=np.full(200, 100.0))))
+        batches_write((job, points(range(0, 200), seed=2, losses=np.full(200, 100.0))))
         assert stored_buckets(job) == before
         assert_summary_exact(job)
 
     def test_a_partly_duplicate_batch_counts_only_the_new_points(self, user):
         job = big_job(user)
-        write((job, points(range(0, 100), seed=1)))
+        batches_write((job, points(range(0, 100), seed=1)))
         # Overlaps steps 50..99 with extreme losses that must not reach the summary.
         overlap = np.concatenate([np.full(50, 1000.0), np.linspace(2, 1, 100)])
-        result = write((job, points(range(50, 200), losses=overlap)))
+        result = batches_write((job, points(range(50, 200), losses=overlap)))
         assert (result[0].created, result[0].duplicates) == (100, 50)
         assert_summary_exact(job)
         assert max(row["max_loss"] for row in stored_buckets(job).values()) < 1000
 
     def test_a_step_given_twice_in_one_batch_is_counted_once(self, user):
         job = big_job(user)
-        result = write((job, points([5, 6, 5, 7], losses=[1.0, 2.0, 9.0, 3.0])))
+        result = batches_write((job, points([5, 6, 5, 7], losses=[1.0, 2.0, 9.0, 3.0])))
         assert (result[0].created, result[0].duplicates) == (3, 1)
         assert_summary_exact(job)
         assert stored_buckets(job)[(FINEST, 0)]["max_loss"] == 3.0
 
     def test_many_jobs_in_one_write_in_any_order(self, user):
         first, second, third = (big_job(user) for _ in range(3))
-        write((first, points(range(0, 130), seed=1)))
+        batches_write((first, points(range(0, 130), seed=1)))
         shuffled = np.random.default_rng(5).permutation(np.arange(0, 700))
-        write(
+        batches_write(
             (third, points(shuffled, seed=3)),
             (first, points(range(130, 400), seed=4)),
             (second, points(range(10, 20), seed=5)),
@@ -180,7 +172,7 @@ class TestMaintenance:
         job = big_job(user)
         losses = np.linspace(2.0, 1.0, 200)
         losses[150] = np.inf
-        write((job, points(range(200), losses=losses)))
+        batches_write((job, points(range(200), losses=losses)))
         job.refresh_from_db()
         assert job.status == TrainingJob.Status.FAILED
         assert_summary_exact(job)
@@ -193,7 +185,7 @@ class TestMaintenance:
         def queries_for(jobs):
             batches = [(job, points(range(0, 100), seed=job.pk)) for job in jobs]
             with CaptureQueriesContext(connection) as context:
-                write(*batches)
+                batches_write(*batches)
             return len(context.captured_queries)
 
         one = queries_for([big_job(user)])
@@ -202,14 +194,14 @@ class TestMaintenance:
 
     def test_deleting_the_job_deletes_its_summary(self, user):
         job = big_job(user)
-        write((job, points(range(100))))
+        batches_write((job, points(range(100))))
         job.delete()
         assert not MetricSummary.objects.exists()
 
     def test_rebuild_from_raw_rows_gives_the_maintained_summary(self, user):
         job = big_job(user)
-        write((job, points(range(0, 700), seed=8)))
-        write((job, points(range(650, 1000), seed=9)))
+        batches_write((job, points(range(0, 700), seed=8)))
+        batches_write((job, points(range(650, 1000), seed=9)))
         maintained = stored_buckets(job)
         MetricSummary.objects.all().delete()
         summary_rebuild([job.pk])
@@ -245,7 +237,7 @@ class TestSeries:
         losses[3000] = 50.0  # a spike
         for start in range(0, BIG_JOB_STEPS, 1000):
             stop = min(start + 1000, BIG_JOB_STEPS)
-            write((job, points(range(start, stop), seed=start, losses=losses[start:stop])))
+            batches_write((job, points(range(start, stop), seed=start, losses=losses[start:stop])))
         job.refresh_from_db()
 
         series = summary_series(job, MAX_POINTS)
@@ -270,7 +262,7 @@ class TestSeries:
 
     def test_every_group_of_buckets_shows_its_lowest_highest_and_last_point(self, user):
         job = big_job(user)
-        write((job, points(range(BIG_JOB_STEPS), seed=12)))
+        batches_write((job, points(range(BIG_JOB_STEPS), seed=12)))
         job.refresh_from_db()
         groups = (MAX_POINTS - 1) // 3
         width = summary_width_for(job.current_step, groups)
@@ -290,13 +282,13 @@ class TestSeries:
         assert set(series.steps) == expected
 
     def test_small_jobs_are_left_to_the_raw_rows(self, user, job):
-        write((job, points(range(job.total_steps))))
+        batches_write((job, points(range(job.total_steps))))
         job.refresh_from_db()
         assert summary_series(job, MAX_POINTS) is None
 
     def test_a_sparse_job_with_few_points_is_left_to_the_raw_rows(self, user):
         job = big_job(user)
-        write((job, points(range(0, BIG_JOB_STEPS, 100))))
+        batches_write((job, points(range(0, BIG_JOB_STEPS, 100))))
         job.refresh_from_db()
         assert summary_width_for(job.current_step, (MAX_POINTS - 1) // 3) is not None
         assert summary_series(job, MAX_POINTS) is None
@@ -316,7 +308,7 @@ class TestSeries:
         # uncommitted transaction must not be inserted again by the second.
         job = big_job(user)
         with transaction.atomic():
-            write((job, points(range(0, 100), seed=1)))
-            write((job, points(range(100, 200), seed=2)))
+            batches_write((job, points(range(0, 100), seed=1)))
+            batches_write((job, points(range(100, 200), seed=2)))
         assert TrainingMetric.objects.filter(job=job).count() == 200
         assert_summary_exact(job)

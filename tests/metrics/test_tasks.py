@@ -17,7 +17,7 @@ from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
 from metrics.services import tick_slot
 from metrics.tasks import ADVANCE_JOBS, SIMULATE_TICK, advance_jobs, simulate_tick
-from tests.support.factories import TrainingJobFactory
+from tests.support.factories import TrainingJobFactory, reload
 from tests.support.services import TEST_REDIS_URL
 from trainmon.celery import app as celery_app
 
@@ -31,11 +31,6 @@ DELIVERY_TIMEOUT_SECONDS = 30
 POLL_SECONDS = 0.05
 # Polling transports (memory://) otherwise look for messages once a second.
 BROKER_OPTIONS = {"polling_interval": POLL_SECONDS}
-
-
-def reload(job: TrainingJob) -> TrainingJob:
-    job.refresh_from_db()
-    return job
 
 
 class TestSimulateTick:

@@ -8,7 +8,6 @@ only, staff included. A new route without a row here fails `test_the_table_cover
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +21,7 @@ from accounts.models import ApiToken
 from accounts.services import api_token_create, api_token_revoke
 from jobs.models import TrainingJob
 from tests.support.factories import PASSWORD, TrainingJobFactory, TrainingMetricFactory, UserFactory
+from tests.support.pages import form_csrf_token, htmx_csrf_token
 
 pytestmark = pytest.mark.django_db
 
@@ -465,13 +465,6 @@ def browser_posts() -> Iterator[Any]:
                 yield pytest.param(probe, id=f"{name}{'-htmx' if probe.headers else ''}")
 
 
-def csrf_from_page(client: Client) -> str:
-    page = client.get(reverse("jobs:dashboard")).content.decode()
-    match = re.search(r"""hx-headers='\{"x-csrftoken": "([^"]+)"\}'""", page)
-    assert match, "no CSRF token in <body hx-headers>"
-    return match.group(1)
-
-
 @pytest.mark.parametrize("probe", list(browser_posts()))
 def test_every_browser_post_needs_the_csrf_token(world, probe: Probe):
     client = Client(enforce_csrf_checks=True)
@@ -484,7 +477,7 @@ def test_every_browser_post_needs_the_csrf_token(world, probe: Probe):
     world.token.refresh_from_db()
     assert world.token.revoked_at is None
     # With the token the page gives htmx, the same request goes through.
-    token = csrf_from_page(client)
+    token = htmx_csrf_token(client, reverse("jobs:dashboard"))
     with_token = replace(probe, headers={**probe.headers, "X-CSRFToken": token})
     response = send(world, with_token, "owner", client=client)
     assert response.status_code == probe.expect["owner"]
@@ -494,8 +487,7 @@ def test_login_needs_the_csrf_token(world):
     client = Client(enforce_csrf_checks=True)
     data = {"username": world.owner.username, "password": PASSWORD}
     assert client.post(reverse("login"), data).status_code == 403
-    page = client.get(reverse("login")).content.decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    token = form_csrf_token(client, reverse("login"))
     response = client.post(reverse("login"), {**data, "csrfmiddlewaretoken": token})
     assert response.status_code == 302
     assert client.get(reverse("jobs:dashboard")).status_code == 200
@@ -504,7 +496,7 @@ def test_login_needs_the_csrf_token(world):
 def test_a_csrf_token_from_another_session_is_refused(world):
     theirs = Client(enforce_csrf_checks=True)
     theirs.force_login(world.other)
-    token = csrf_from_page(theirs)
+    token = htmx_csrf_token(theirs, reverse("jobs:dashboard"))
     mine = Client(enforce_csrf_checks=True)
     mine.force_login(world.owner)
     response = mine.post(
@@ -525,8 +517,7 @@ def test_logout_is_post_only_and_ends_the_session(world):
 
 def test_session_cookie_flags(world):
     client = Client()
-    page = client.get(reverse("login")).content.decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    token = form_csrf_token(client, reverse("login"))
     response = client.post(
         reverse("login"),
         {"username": world.owner.username, "password": PASSWORD, "csrfmiddlewaretoken": token},
@@ -545,8 +536,7 @@ def test_admin_posts_need_the_csrf_token(world):
     changelist = reverse("admin:jobs_trainingjob_changelist")
     assert client.post(changelist, data).status_code == 403
     assert job_unchanged(world)
-    page = client.get(changelist).content.decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    token = form_csrf_token(client, changelist)
     assert client.post(changelist, {**data, "csrfmiddlewaretoken": token}).status_code == 302
     world.job.refresh_from_db()
     assert world.job.status == "cancelled"

@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from accounts.services import api_token_create, api_token_revoke
 from tests.support.factories import UserFactory
+from tests.support.pages import form_csrf_token
 
 pytestmark = pytest.mark.django_db
 
@@ -67,17 +68,12 @@ def session_cookie(client: Client) -> str:
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
-def csrf_token(client: Client) -> str:
-    page = client.get(reverse("login")).content.decode()
-    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-
-
 # --- log lines ------------------------------------------------------------------------------
 
 
 def test_logins_log_no_password(logs, owner):
     client = Client(enforce_csrf_checks=True)
-    token = csrf_token(client)
+    token = form_csrf_token(client, reverse("login"))
     for password in (WRONG_PASSWORD, PASSWORD):
         response = client.post(
             reverse("login"),
@@ -178,7 +174,7 @@ def crashing(monkeypatch) -> Iterator[None]:
 def crash_everything(owner) -> tuple[list[str], list]:
     """Runs the crashing views; returns the secrets they were sent and their responses."""
     client = Client(raise_request_exception=False)
-    token = csrf_token(client)
+    token = form_csrf_token(client, reverse("login"))
     responses = [
         # The login crashes inside the backend, with the password in its frame's locals.
         client.post(

@@ -58,3 +58,9 @@ class TrainingMetricFactory(factory.django.DjangoModelFactory):
     loss = 1.0
     accuracy = 0.5
     learning_rate = 1e-3
+
+
+def reload(job: TrainingJob) -> TrainingJob:
+    """`job` with its fields read again from the database (what another process wrote)."""
+    job.refresh_from_db()
+    return job

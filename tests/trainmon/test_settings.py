@@ -90,9 +90,3 @@ def test_the_generated_secret_key_is_private_and_stable(tmp_path):
     assert len(first) >= 50
     assert settings_in(tmp_path)["SECRET_KEY"] == first
     assert settings_in(tmp_path / "other")["SECRET_KEY"] != first
-
-
-def test_healthz_answers_without_login(client, db):
-    response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
