@@ -19,11 +19,12 @@ import urllib.request
 import pytest
 
 from accounts.services import api_token_create
+from bench.processes import free_port, port_open
 from jobs.models import TrainingJob
 from jobs.services import job_create
 from metrics.models import TrainingMetric
 from tests.support.factories import TrainingJobFactory
-from tests.support.processes import free_port, port_open, running_processes, wait_for_redis
+from tests.support.processes import running_processes
 from tests.support.reliability import current_slot, history_problems, wait_for_ticks_after
 
 TICK_SECONDS = 0.5
@@ -160,7 +161,7 @@ def test_web_and_api_answer_through_a_broker_outage_and_the_engine_resumes(
         assert worker.alive, worker.log_tail()
 
         processes.redis.start()
-        wait_for_redis(processes.redis, processes.redis_port)
+        processes.redis.wait_for_port(processes.redis_port)
         back_at, back_in_slot = time.monotonic(), current_slot()
         wait_for_ticks_after(
             [*simulated, created],

@@ -18,8 +18,9 @@ import time
 
 import pytest
 
+from bench.processes import wait_until
 from tests.support.factories import TrainingJobFactory
-from tests.support.processes import running_processes, wait_for_worker, wait_until
+from tests.support.processes import running_processes, wait_for_worker
 from tests.support.reliability import (
     current_slot,
     history_problems,

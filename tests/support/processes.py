@@ -5,26 +5,23 @@ A test starts them against its PostgreSQL test database (mark it
 the broker, and gets them back as `Process` objects it may kill, restart or inspect. Each
 process runs in a process group of its own, so stopping it also stops what it forked (the
 worker's pool, its embedded beat); `running_processes` stops every one of them when the test
-ends, passed or failed.
+ends, passed or failed. Starting and stopping one process is `bench.processes`, shared with the
+benchmark tools.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlunparse
 
+from bench.processes import PROJECT_DIR, Process, free_port
 from tests.support.services import missing_service
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
 # The worker and beat run the project's own settings; the web server the test settings, which
 # only swap the static storage (no collectstatic in tests) and the password hasher.
@@ -32,9 +29,6 @@ WORKER_SETTINGS = "trainmon.settings"
 WEB_SETTINGS = "tests.settings"
 # A Celery worker takes 5-7 s to exit on SIGTERM; tests do not wait for a clean exit.
 STOP_GRACE_SECONDS = 1.0
-START_TIMEOUT_SECONDS = 60.0
-POLL_SECONDS = 0.05
-LOG_TAIL_CHARS = 4000
 # The environment a test controls; anything else the test run has set is left out.
 _CONTROLLED_ENV = (
     "DJANGO_SETTINGS_MODULE",
@@ -65,149 +59,6 @@ def shared_database_url(*, application_name: str | None = None) -> str:
     netloc = f"{credentials}@{host}" + (f":{db['PORT']}" if db["PORT"] else "")
     query = urlencode({"application_name": application_name}) if application_name else ""
     return urlunparse(("postgres", netloc, "/" + quote(db["NAME"]), "", query, ""))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(
-    condition: Callable[[], object], *, timeout: float, what: str, poll: float = POLL_SECONDS
-) -> None:
-    """Return as soon as `condition()` is true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
-
-
-class Process:
-    """One started program, in its own process group, logging to a file."""
-
-    def __init__(
-        self, name: str, args: Sequence[str], *, env: Mapping[str, str], log_path: Path
-    ) -> None:
-        self.name = name
-        self.args = list(args)
-        self.env = dict(env)
-        self.log_path = log_path
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> Process:
-        if self.alive:
-            raise RuntimeError(f"{self.name} is already running")
-        with self.log_path.open("ab") as log:
-            log.write(f"\n--- start {self.starts + 1}: {' '.join(self.args)}\n".encode())
-            log.flush()
-            self.popen = subprocess.Popen(
-                self.args,
-                cwd=self.log_path.parent,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: killpg reaches its children
-            )
-        self.starts += 1
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None, f"{self.name} was never started"
-        return self.popen.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def children(self) -> list[int]:
-        """Pids of the processes it forked (a worker's pool processes, its embedded beat)."""
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except FileNotFoundError:
-            return []
-        return [int(pid) for pid in text.split()]
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, text: str, *, timeout: float = START_TIMEOUT_SECONDS) -> None:
-        """Wait until the log of the current run contains `text` (the process must stay up)."""
-        marker = f"--- start {self.starts}:"
-
-        def logged() -> bool:
-            if not self.alive:
-                raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
-            return text in self.log().rpartition(marker)[2]
-
-        wait_until(logged, timeout=timeout, what=f"{self.name} to log {text!r}")
-
-    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
-        return f"--- {self.name} ({self.log_path}) ---\n{self.log()[-chars:]}"
-
-    def signal_group(self, signum: int) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(self.pid, signum)
-
-    def kill(self) -> None:
-        """SIGKILL the process and everything it forked, as a crash or the OOM killer would."""
-        self.signal_group(signal.SIGKILL)
-        self._reap()
-
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM, then SIGKILL whatever is left of the group after `grace` seconds."""
-        if self.popen is None:
-            return
-        if self.alive:
-            self.signal_group(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.popen.wait(grace)
-        self.signal_group(signal.SIGKILL)
-        self._reap()
-
-    def _reap(self) -> None:
-        assert self.popen is not None
-        self.popen.wait(START_TIMEOUT_SECONDS)
-        # Orphaned group members (a pool process) are reparented, not reaped by us: wait until
-        # the group is empty so nothing outlives the test.
-        wait_until(
-            lambda: not _group_exists(self.pid), timeout=10, what=f"{self.name}'s group to exit"
-        )
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies count as existing for killpg; a group of zombies only is gone for our purpose.
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
 
 
 class Processes:
@@ -247,7 +98,14 @@ class Processes:
         """A process (not yet started) whose log is `<directory>/<name>/log`."""
         home = self.directory / name
         home.mkdir(exist_ok=True)
-        process = Process(name, args, env={**self.env, **(env or {})}, log_path=home / "log")
+        process = Process(
+            name,
+            args,
+            env={**self.env, **(env or {})},
+            log_path=home / "log",
+            cwd=home,
+            stop_grace=STOP_GRACE_SECONDS,
+        )
         self.started.append(process)
         return process
 
@@ -321,11 +179,7 @@ class Processes:
         ]
         env = {"DJANGO_SETTINGS_MODULE": WEB_SETTINGS, "DJANGO_SECRET_KEY": secret_key}
         process = self.process(name, args, env=env).start()
-        wait_until(
-            lambda: _alive_or_fail(process) and port_open(port),
-            timeout=START_TIMEOUT_SECONDS,
-            what=f"{name} to listen on port {port}",
-        )
+        process.wait_for_port(port)
         return process
 
     def redis_server(self, name: str, *, port: int) -> Process:
@@ -348,7 +202,7 @@ class Processes:
             str(home),
         ]
         process = self.process(name, args).start()
-        wait_for_redis(process, port)
+        process.wait_for_port(port)
         return process
 
     def stop_all(self) -> None:
@@ -363,20 +217,6 @@ def wait_for_worker(process: Process) -> Process:
     """Wait until a worker's current run consumes from the broker."""
     process.wait_for_log(" ready.")
     return process
-
-
-def wait_for_redis(process: Process, port: int) -> None:
-    wait_until(
-        lambda: _alive_or_fail(process) and port_open(port),
-        timeout=START_TIMEOUT_SECONDS,
-        what=f"redis-server on port {port}",
-    )
-
-
-def _alive_or_fail(process: Process) -> bool:
-    if not process.alive:
-        raise AssertionError(f"{process.name} exited early:\n{process.log_tail()}")
-    return True
 
 
 @contextmanager

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from django.db import connection
 
+from bench.processes import wait_until
 from jobs.models import TrainingJob
 from metrics.models import MetricSummary, TrainingMetric
 from metrics.services import simulator_for, tick_slot
 from metrics.summary import rebuild_sql
-from tests.support.processes import wait_until
 
 # Values travel through float8 columns unchanged; the tolerance only absorbs last-bit noise.
 VALUE_TOLERANCE = 1e-12
