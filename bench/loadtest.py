@@ -33,7 +33,6 @@ from urllib.parse import urlencode
 
 from bench.processes import LOG_TAIL_CHARS, Process
 from bench.support import (
-    SERVER_STOP_SECONDS,
     BenchError,
     gunicorn,
     own_database,
@@ -515,7 +514,6 @@ def run(
         engine_command(engine, job_ids, args.duration, var_dir),
         env=env,
         log_path=var_dir / "engine.log",
-        stop_grace=SERVER_STOP_SECONDS,
     )
     access_log = ("--access-logfile", str(var_dir / "access.log"))
     with (

@@ -21,8 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 from bench.processes import PROJECT_DIR, Process, ProcessError, free_port
 
 BASE_DIR = PROJECT_DIR
-SERVER_START_SECONDS = 60
-SERVER_STOP_SECONDS = 15
 
 
 class BenchError(Exception):
@@ -140,15 +138,12 @@ def gunicorn(
         "--timeout=120",
         *options,
     ]
-    server = Process(
-        "gunicorn", command, env=env, log_path=log_path, stop_grace=SERVER_STOP_SECONDS
-    )
+    server = Process("gunicorn", command, env=env, log_path=log_path)
     with server:
         try:
             server.wait_for(
                 lambda: _healthy(port),
                 what=f"gunicorn to answer on port {port}",
-                timeout=SERVER_START_SECONDS,
                 poll=0.2,
             )
         except (ProcessError, TimeoutError) as error:
