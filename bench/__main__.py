@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import secrets
 import shutil
 import sys
 import tempfile
@@ -19,13 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.support import (
-    BASE_DIR,
     BenchError,
     Figure,
     bench_database_url,
     gunicorn,
     own_database,
     table,
+    tool_environment,
     write_results,
 )
 
@@ -42,19 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
-    var_dir = tempfile.mkdtemp(prefix="trainmon-bench-")
-    env = {
-        **os.environ,
-        "DATABASE_URL": bench_url,
-        "DJANGO_SETTINGS_MODULE": "trainmon.settings",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "DJANGO_DEBUG": "0",
-        "TRAINMON_LOCAL": "1",
-        "TRAINMON_VAR_DIR": var_dir,
-        "TRAINMON_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(BASE_DIR), os.environ.get("PYTHONPATH")])),
-    }
-    os.environ.update(env)
+    var_dir = Path(tempfile.mkdtemp(prefix="trainmon-bench-"))
+    env = tool_environment(bench_url, var_dir)
     started = time.monotonic()
     try:
         with own_database(admin_url, bench_name):
@@ -102,7 +90,7 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict]:
          lambda: f.tick_figures(plan, data))  # fmt: skip
     step("chart", "chart_ms_1m", "ms", "ratio <= 0.2", lambda: f.chart_figure(plan, data))
     try:
-        with gunicorn(env) as port:
+        with gunicorn(env) as (port, _server):
             step("poll", "poll_ms_1m", "ms (p50)", "ratio <= 3, p50 < 15 ms",
                  lambda: f.poll_figure(plan, data, port))  # fmt: skip
             step("catch-up poll", "catch_up_poll_ms_1m", "ms (p50)", "ratio <= 1.5",

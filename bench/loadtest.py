@@ -22,26 +22,24 @@ import random
 import re
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
+from bench.processes import LOG_TAIL_CHARS, Process
 from bench.support import (
-    BASE_DIR,
     BenchError,
-    free_port,
+    gunicorn,
     own_database,
     own_database_url,
     percentile,
     procfile_web_options,
+    tool_environment,
 )
 
 HOST = "127.0.0.1"  # loopback only: this tool never sends load anywhere else
@@ -58,9 +56,6 @@ JOB_STEPS_PER_TICK = 10
 REQUEST_TIMEOUT_SECONDS = 60
 # Logins hash a password (PBKDF2, ~0.3 s of CPU each): a few at a time, as people arrive.
 CONCURRENT_LOGINS = 8
-SERVER_START_SECONDS = 60
-STOP_SECONDS = 15
-LOG_TAIL_CHARS = 3000
 POLL_DATA = re.compile(r'<script type="application/json" id="poll-data"[^>]*>(.*?)</script>', re.S)
 CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
@@ -328,72 +323,6 @@ def loadtest_database_url(database_url: str) -> tuple[str, str, str]:
     )
 
 
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-        except OSError:
-            return ""
-
-
-@contextmanager
-def started(name: str, command: list[str], env: dict[str, str], log: Path) -> Iterator[Process]:
-    """Run `command` in its own process group; stop the whole group afterwards."""
-    with log.open("wb") as output:
-        popen = subprocess.Popen(
-            command,
-            cwd=BASE_DIR,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    process = Process(name, popen, log)
-    try:
-        yield process
-    finally:
-        stop(process)
-
-
-def stop(process: Process) -> None:
-    if process.popen.poll() is not None:
-        return
-    try:
-        os.killpg(process.popen.pid, signal.SIGTERM)
-        process.popen.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.popen.pid, signal.SIGKILL)
-        process.popen.wait()
-    except ProcessLookupError:
-        pass
-
-
-def wait_until_serving(server: Process, port: int) -> None:
-    async def healthy() -> bool:
-        browser = Browser(port)
-        try:
-            return (await browser.request("GET", "/healthz")).status == 200
-        except (HttpError, OSError):
-            return False
-        finally:
-            await browser.close()
-
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if server.popen.poll() is not None:
-            raise BenchError(f"gunicorn exited at start-up:\n{server.tail()}")
-        if asyncio.run(healthy()):
-            return
-        time.sleep(0.2)
-    raise BenchError(f"gunicorn did not answer within {SERVER_START_SECONDS} s:\n{server.tail()}")
-
-
 def engine_command(engine: str, job_ids: list[int], duration: float, var_dir: Path) -> list[str]:
     if engine == "celery":
         return [
@@ -551,18 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         print("loadtest: --engine celery needs CELERY_BROKER_URL=redis://...", file=sys.stderr)
         return 2
     var_dir = Path(tempfile.mkdtemp(prefix="trainmon-loadtest-"))
-    env = {
-        **os.environ,
-        "DATABASE_URL": own_url,
-        "DJANGO_SETTINGS_MODULE": "trainmon.settings",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "DJANGO_DEBUG": "0",
-        "TRAINMON_LOCAL": "1",
-        "TRAINMON_VAR_DIR": str(var_dir),
-        "TRAINMON_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(BASE_DIR), os.environ.get("PYTHONPATH")])),
-    }
-    os.environ.update(env)
+    env = tool_environment(own_url, var_dir)
     try:
         with own_database(admin_url, name):
             print(f"loadtest: preparing database {name} ...", flush=True)
@@ -591,21 +509,17 @@ def run(
     job_ids: list[int],
     var_dir: Path,
 ) -> tuple[Stats, dict, int]:
-    port = free_port()
-    web = [
-        *(sys.executable, "-m", "gunicorn", "trainmon.wsgi:application"),
-        *procfile_web_options(),
-        *("--bind", f"{HOST}:{port}"),
-        *("--access-logfile", str(var_dir / "access.log"), "--log-level", "warning"),
-    ]
-    engine_log = var_dir / "engine.log"
+    ticker = Process(
+        "engine",
+        engine_command(engine, job_ids, args.duration, var_dir),
+        env=env,
+        log_path=var_dir / "engine.log",
+    )
+    access_log = ("--access-logfile", str(var_dir / "access.log"))
     with (
-        started("gunicorn", web, env, var_dir / "gunicorn.log") as server,
-        started(
-            "engine", engine_command(engine, job_ids, args.duration, var_dir), env, engine_log
-        ) as ticker,
+        gunicorn(env, *access_log, log_path=var_dir / "gunicorn.log") as (port, server),
+        ticker,
     ):
-        wait_until_serving(server, port)
         before = steps_done(job_ids)
         print(
             f"loadtest: gunicorn on {HOST}:{port}, engine {engine}; logging in "
@@ -615,11 +529,11 @@ def run(
         stats, timing = asyncio.run(run_pollers(port, password, job_ids, args))
         steps = steps_done(job_ids) - before
         for process in (server, ticker):
-            if process.popen.poll() is not None:
-                stats.error(process.name, f"exited with status {process.popen.returncode}")
-                print(f"--- {process.name} log ---\n{process.tail()}", file=sys.stderr)
+            if not process.alive:
+                stats.error(process.name, f"exited with status {process.returncode}")
+                print(process.log_tail(LOG_TAIL_CHARS), file=sys.stderr)
         if stats.errors:
-            print(f"--- gunicorn log ---\n{server.tail()}", file=sys.stderr)
+            print(server.log_tail(LOG_TAIL_CHARS), file=sys.stderr)
     return stats, timing, steps
 
 

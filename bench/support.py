@@ -6,23 +6,21 @@ import http.client
 import json
 import math
 import os
+import secrets
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-SERVER_START_SECONDS = 60
-SERVER_STOP_SECONDS = 15
+from bench.processes import PROJECT_DIR, Process, ProcessError, free_port
+
+BASE_DIR = PROJECT_DIR
 
 
 class BenchError(Exception):
@@ -78,13 +76,29 @@ def own_database(admin_url: str, name: str) -> Iterator[None]:
         run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# --- the environment -------------------------------------------------------------------------
+
+
+def tool_environment(database_url: str, var_dir: Path) -> dict[str, str]:
+    """The environment of a tool and of the processes it starts, also applied to os.environ so
+    Django inside the tool reads the same: the production settings in local mode on
+    `database_url`, a fresh secret key, warnings-only logs, files under `var_dir`."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "trainmon.settings",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_DEBUG": "0",
+        "TRAINMON_LOCAL": "1",
+        "TRAINMON_VAR_DIR": str(var_dir),
+        "TRAINMON_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BASE_DIR), os.environ.get("PYTHONPATH")])),
+    }
+    os.environ.update(env)
+    return env
+
+
 # --- the web server ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def procfile_web_options() -> list[str]:
@@ -106,8 +120,12 @@ def procfile_web_options() -> list[str]:
 
 
 @contextmanager
-def gunicorn(env: dict[str, str]) -> Iterator[int]:
-    """Serve trainmon with gunicorn on a free loopback port; yields the port; stops it."""
+def gunicorn(
+    env: Mapping[str, str], *options: str, log_path: Path | None = None
+) -> Iterator[tuple[int, Process]]:
+    """Serve trainmon with gunicorn as the Procfile does, plus `options`, on a free loopback
+    port; yields (port, process) once /healthz answers; stops it and its workers afterwards.
+    Its output goes to `log_path`, or to the terminal without one."""
     port = free_port()
     command = [
         sys.executable,
@@ -118,35 +136,29 @@ def gunicorn(env: dict[str, str]) -> Iterator[int]:
         f"--bind=127.0.0.1:{port}",
         "--log-level=warning",
         "--timeout=120",
+        *options,
     ]
-    # Its own session (process group), so stopping it also stops its workers.
-    server = subprocess.Popen(command, cwd=BASE_DIR, env=env, start_new_session=True)
-    try:
-        _wait_until_serving(server, port)
-        yield port
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(SERVER_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-
-
-def _wait_until_serving(server: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise BenchError(f"gunicorn exited with status {server.returncode} at start-up")
+    server = Process("gunicorn", command, env=env, log_path=log_path)
+    with server:
         try:
-            status, _, _ = Http(port).request("GET", "/healthz")
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise BenchError(f"gunicorn did not answer on port {port} within {SERVER_START_SECONDS} s")
+            server.wait_for(
+                lambda: _healthy(port),
+                what=f"gunicorn to answer on port {port}",
+                poll=0.2,
+            )
+        except (ProcessError, TimeoutError) as error:
+            raise BenchError(str(error)) from error
+        yield port, server
+
+
+def _healthy(port: int) -> bool:
+    client = Http(port)
+    try:
+        return client.request("GET", "/healthz")[0] == 200
+    except OSError:
+        return False
+    finally:
+        client.close()
 
 
 class Http:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.factories import TrainingJobFactory, UserFactory
-from tests.services import (
+from tests.support.factories import TrainingJobFactory, UserFactory
+from tests.support.services import (
     CHROMIUM_PATH,
     TEST_REDIS_URL,
     chromium_available,

@@ -24,7 +24,7 @@ from tests.browser.support import (
     TICK_INTERVAL_SECONDS,
     WAIT_MS,
 )
-from tests.services import CHROMIUM_PATH, chromium_available, missing_service
+from tests.support.services import CHROMIUM_PATH, chromium_available, missing_service
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 

@@ -13,12 +13,17 @@ import pytest
 
 from jobs import services
 from jobs.models import TrainingJob
+from tests.browser.support import (
+    TICK_INTERVAL_SECONDS,
+    TIMER_SLACK_MS,
+    assert_no_request_within,
+    poll_interval_ms,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 STEPS_PER_TICK = 6
 TOTAL_STEPS = 2 * 60
-POLL_MS = 2000
 
 
 def point_count(page) -> int:
@@ -51,6 +56,7 @@ def test_charts_and_progress_follow_the_ticks_until_done(open_page, user, ticker
     page.wait_for_selector("#charts[data-point-count]")
     assert point_count(page) == 0
     assert progress_now(page) == 0
+    interval_ms = poll_interval_ms(page, "#charts-poller")
 
     ticks = ticker([job.pk])
     ticks.wait_for_ticks(2)
@@ -64,17 +70,19 @@ def test_charts_and_progress_follow_the_ticks_until_done(open_page, user, ticker
     page.click("#live-toggle")
     held = point_count(page)
     seen = ticks.ticks
-    ticks.wait_for_ticks(seen + 2 * POLL_MS // 500 + 1)  # more than two poll intervals of ticks
+    # More than two poll intervals of ticks.
+    ticks.wait_for_ticks(seen + int(2 * interval_ms / (TICK_INTERVAL_SECONDS * 1000)) + 1)
     assert point_count(page) == held
 
-    page.click("#live-toggle")
-    wait_for_points_above(page, held)
-
-    # Completion: every point plotted, the header says so, a toast, and polling stops.
-    page.wait_for_function(
-        "n => Number(document.getElementById('charts').dataset.pointCount) === n",
-        arg=TOTAL_STEPS,
-    )
+    # Completion: every point plotted, the header says so, a toast, and polling stops: the
+    # last poll is answered 286 (htmx's "stop polling").
+    with page.expect_response(lambda response: "/poll/" in response.url and response.status == 286):
+        page.click("#live-toggle")
+        wait_for_points_above(page, held)
+        page.wait_for_function(
+            "n => Number(document.getElementById('charts').dataset.pointCount) === n",
+            arg=TOTAL_STEPS,
+        )
     page.wait_for_selector("#job-header .badge-completed")
     page.wait_for_selector("#toasts .toast:has-text('omplete')")
     assert progress_now(page) == TOTAL_STEPS
@@ -85,7 +93,12 @@ def test_charts_and_progress_follow_the_ticks_until_done(open_page, user, ticker
     assert job.status == TrainingJob.Status.COMPLETED
 
     polls_at_end = len(polls)
-    page.wait_for_timeout(2.5 * POLL_MS)
+    assert_no_request_within(
+        page,
+        interval_ms + TIMER_SLACK_MS,
+        lambda request: "/poll/" in request.url,
+        "the page kept polling a finished job",
+    )
     assert len(polls) == polls_at_end, "the page kept polling a finished job"
     assert browser_errors.messages == []
 

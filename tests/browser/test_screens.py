@@ -1,14 +1,28 @@
-"""Whole screens: no sideways scrolling on a phone, and screenshots for people to look at
-(test-artifacts/, git-ignored)."""
+"""Whole screens: no sideways scrolling on a phone, and each screen showing what it must in
+both themes, its screenshot kept for people to look at (test-artifacts/, git-ignored)."""
 
 from __future__ import annotations
 
 import pytest
 
 from jobs import services
-from tests.browser.support import PHONE, screenshot
+from tests.browser.support import (
+    PHONE,
+    assert_theme,
+    painted_pixels,
+    screenshot,
+    scrolls_sideways,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHART_COLOURS = {
+    "#chart-loss": "--chart-loss",
+    "#chart-accuracy": "--chart-accuracy",
+    "#chart-lr": "--chart-lr",
+}
+# A drawn line, not a stray pixel: a line across a phone-wide chart has several hundred.
+MIN_LINE_PIXELS = 100
 
 
 @pytest.fixture
@@ -66,28 +80,69 @@ def test_nothing_scrolls_sideways_on_a_phone(
     assert browser_errors.messages == []
 
 
+def assert_charts_drawn(page) -> None:
+    """Each chart shows its line, in the theme's colour for it."""
+    for canvas, colour in CHART_COLOURS.items():
+        assert page.locator(canvas).is_visible(), canvas
+        assert painted_pixels(page, canvas, colour) >= MIN_LINE_PIXELS, canvas
+
+
 @pytest.mark.parametrize("color_scheme", ["light", "dark"])
 def test_screenshots(open_page, user, jobs_with_history, color_scheme, browser_errors):
+    """Each screen shows what it is for, in the asked theme; the pictures are kept for people."""
     page = open_page(user, color_scheme=color_scheme)
     page.goto("/")
     page.wait_for_load_state("networkidle")
-    assert screenshot(page, f"dashboard-{color_scheme}").exists()
+    rows = page.locator("tr.job-row")
+    assert rows.count() == len(jobs_with_history) + 1  # and the queued one
+    assert all(rows.nth(index).is_visible() for index in range(rows.count()))
+    assert_theme(page, color_scheme)
+    assert_theme(page, color_scheme, ".job-table")
+    assert not scrolls_sideways(page)
+    screenshot(page, f"dashboard-{color_scheme}")
+
     page.goto(jobs_with_history[0].get_absolute_url())
     page.wait_for_selector("#charts[data-point-count]")
     page.wait_for_function("() => Number(document.getElementById('charts').dataset.pointCount) > 0")
-    assert screenshot(page, f"job-{color_scheme}").exists()
+    assert_charts_drawn(page)
+    assert_theme(page, color_scheme)
+    assert_theme(page, color_scheme, "#charts")
+    assert not scrolls_sideways(page)
+    screenshot(page, f"job-{color_scheme}")
+
     page.goto(jobs_with_history[2].get_absolute_url())  # the failed one
-    page.wait_for_selector("#job-header .job-failure")
-    assert screenshot(page, f"job-failed-{color_scheme}").exists()
+    failure = page.wait_for_selector("#job-header .job-failure")
+    assert failure.is_visible()
+    assert "loss diverged at step" in failure.inner_text()
+    assert_theme(page, color_scheme, "#job-header .job-failure")
+    assert not scrolls_sideways(page)
+    screenshot(page, f"job-failed-{color_scheme}")
+
     page.goto("/jobs/new/")
-    assert screenshot(page, f"new-job-{color_scheme}").exists()
+    for field in ("#id_name", "#id_total_epochs", "#id_steps_per_epoch", "button.button-primary"):
+        assert page.locator(field).is_visible(), field
+    assert_theme(page, color_scheme)
+    assert_theme(page, color_scheme, "#id_name")
+    assert not scrolls_sideways(page)
+    screenshot(page, f"new-job-{color_scheme}")
+
     phone = open_page(user, viewport=PHONE, color_scheme=color_scheme)
     phone.goto("/")
     phone.wait_for_load_state("networkidle")
-    assert screenshot(phone, f"dashboard-phone-{color_scheme}").exists()
+    card = phone.locator("tr.job-row").first
+    assert card.is_visible()
+    assert card.bounding_box()["width"] <= PHONE["width"]
+    assert_theme(phone, color_scheme)
+    assert not scrolls_sideways(phone)
+    screenshot(phone, f"dashboard-phone-{color_scheme}")
+
     phone.goto(jobs_with_history[1].get_absolute_url())
     phone.wait_for_function(
         "() => Number(document.getElementById('charts').dataset.pointCount) > 0"
     )
-    assert screenshot(phone, f"job-phone-{color_scheme}").exists()
+    assert_charts_drawn(phone)
+    assert phone.locator("#chart-loss").bounding_box()["width"] <= PHONE["width"]
+    assert_theme(phone, color_scheme)
+    assert not scrolls_sideways(phone)
+    screenshot(phone, f"job-phone-{color_scheme}")
     assert browser_errors.messages == []

@@ -1,0 +1,350 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from jobs.models import TrainingJob
+from metrics.models import MetricSummary, TrainingMetric
+from metrics.points import MetricBatch
+from metrics.summary import (
+    SUMMARY_WIDTHS,
+    summary_rebuild,
+    summary_rows,
+    summary_series,
+    summary_width_for,
+)
+from tests.support.factories import TrainingJobFactory
+from tests.support.metric_points import batches_write, metric_batch
+
+pytestmark = pytest.mark.django_db
+
+FINEST = SUMMARY_WIDTHS[0]
+# Big enough that a chart of MAX_POINTS points is answered by a summary level.
+MAX_POINTS = 100
+BIG_JOB_STEPS = 64 * FINEST
+
+
+def big_job(user, **fields):
+    return TrainingJobFactory(owner=user, total_epochs=64, steps_per_epoch=FINEST, **fields)
+
+
+def points(steps, *, seed=0, losses=None, steps_per_epoch=FINEST):
+    rng = np.random.default_rng(seed)
+    n = len(steps)
+    # Few distinct values, so ties on the minimum and maximum are common.
+    loss = rng.integers(1, 6, n) / 4 if losses is None else losses
+    accuracy = rng.random(n)
+    accuracy[rng.random(n) < 0.2] = np.nan
+    return metric_batch(
+        steps,
+        steps_per_epoch=steps_per_epoch,
+        losses=loss,
+        accuracies=accuracy,
+        learning_rates=rng.random(n) * 1e-3,
+    )
+
+
+def stored_buckets(job):
+    fields = [f.name for f in MetricSummary._meta.fields if f.name not in {"id", "job"}]
+    return {
+        (row["width"], row["bucket"]): row
+        for row in MetricSummary.objects.filter(job=job).values(*fields)
+    }
+
+
+def raw_buckets(job):
+    """What every bucket must hold, from the raw rows: GROUP BY in SQL, points in Python."""
+    table = TrainingMetric._meta.db_table
+    expected = {}
+    with connection.cursor() as cursor:
+        for width in SUMMARY_WIDTHS:
+            cursor.execute(
+                f"SELECT step / %s, COUNT(*), MIN(loss), MAX(loss), SUM(loss), MAX(step)"
+                f" FROM {table} WHERE job_id = %s GROUP BY step / %s",
+                [width, job.pk, width],
+            )
+            for bucket, count, low, high, total, last in cursor.fetchall():
+                expected[(width, bucket)] = {
+                    "count": count,
+                    "min_loss": low,
+                    "max_loss": high,
+                    "sum_loss": total,
+                    "last_step": last,
+                }
+    rows = list(
+        TrainingMetric.objects.filter(job=job).values_list(
+            "step", "loss", "accuracy", "learning_rate"
+        )
+    )
+    for width in SUMMARY_WIDTHS:
+        by_bucket: dict[int, list[tuple]] = {}
+        for row in rows:
+            by_bucket.setdefault(row[0] // width, []).append(row)
+        for bucket, members in by_bucket.items():
+            lowest = min(members, key=lambda r: (r[1], r[0]))
+            highest = max(members, key=lambda r: (r[1], r[0]))
+            last = max(members)
+            bucket_row = expected[(width, bucket)]
+            for prefix, point in (("min", lowest), ("max", highest), ("last", last)):
+                bucket_row |= dict(
+                    zip(
+                        [f"{prefix}_{n}" for n in ("step", "loss", "accuracy", "learning_rate")],
+                        point,
+                        strict=True,
+                    )
+                )
+    return expected
+
+
+def assert_summary_exact(job):
+    stored = stored_buckets(job)
+    expected = raw_buckets(job)
+    assert stored.keys() == expected.keys()
+    for key, want in expected.items():
+        got = stored[key]
+        assert got["sum_loss"] == pytest.approx(want.pop("sum_loss"))
+        for name, value in want.items():
+            assert got[name] == value, (key, name)
+        assert got["min_loss"] <= got["sum_loss"] / got["count"] <= got["max_loss"]
+
+
+class TestMaintenance:
+    def test_buckets_equal_an_aggregate_of_the_raw_rows(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(0, 300), seed=1)))
+        batches_write((job, points(range(300, 1500), seed=2)))
+        assert TrainingMetric.objects.filter(job=job).count() == 1500
+        assert_summary_exact(job)
+
+    def test_batches_straddling_bucket_boundaries(self, user):
+        job = big_job(user)
+        # Cut points inside buckets of every level, never on a boundary.
+        for start, stop in [
+            (0, FINEST - 5),
+            (FINEST - 5, FINEST + 3),
+            (FINEST + 3, 4 * FINEST + 1),
+        ]:
+            batches_write((job, points(range(start, stop), seed=start)))
+        batches_write((job, points(range(4 * FINEST + 1, 20 * FINEST + 7), seed=99)))
+        assert_summary_exact(job)
+
+    def test_a_retried_batch_counts_nothing_twice(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(0, 200), seed=1)))
+        before = stored_buckets(job)
+        # Same steps, other values: all ignored, the summary must not move.
+        batches_write((job, points(range(0, 200), seed=2, losses=np.full(200, 100.0))))
+        assert stored_buckets(job) == before
+        assert_summary_exact(job)
+
+    def test_a_partly_duplicate_batch_counts_only_the_new_points(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(0, 100), seed=1)))
+        # Overlaps steps 50..99 with extreme losses that must not reach the summary.
+        overlap = np.concatenate([np.full(50, 1000.0), np.linspace(2, 1, 100)])
+        result = batches_write((job, points(range(50, 200), losses=overlap)))
+        assert (result[0].created, result[0].duplicates) == (100, 50)
+        assert_summary_exact(job)
+        assert max(row["max_loss"] for row in stored_buckets(job).values()) < 1000
+
+    def test_a_step_given_twice_in_one_batch_is_counted_once(self, user):
+        job = big_job(user)
+        result = batches_write((job, points([5, 6, 5, 7], losses=[1.0, 2.0, 9.0, 3.0])))
+        assert (result[0].created, result[0].duplicates) == (3, 1)
+        assert_summary_exact(job)
+        assert stored_buckets(job)[(FINEST, 0)]["max_loss"] == 3.0
+
+    def test_many_jobs_in_one_write_in_any_order(self, user):
+        first, second, third = (big_job(user) for _ in range(3))
+        batches_write((first, points(range(0, 130), seed=1)))
+        shuffled = np.random.default_rng(5).permutation(np.arange(0, 700))
+        batches_write(
+            (third, points(shuffled, seed=3)),
+            (first, points(range(130, 400), seed=4)),
+            (second, points(range(10, 20), seed=5)),
+        )
+        for job in (first, second, third):
+            assert_summary_exact(job)
+
+    def test_divergence_stores_and_summarises_only_finite_points(self, user):
+        job = big_job(user)
+        losses = np.linspace(2.0, 1.0, 200)
+        losses[150] = np.inf
+        batches_write((job, points(range(200), losses=losses)))
+        job.refresh_from_db()
+        assert job.status == TrainingJob.Status.FAILED
+        assert_summary_exact(job)
+        assert (
+            sum(row["count"] for (width, _), row in stored_buckets(job).items() if width == FINEST)
+            == 150
+        )
+
+    def test_the_write_costs_the_same_queries_for_one_job_or_many(self, user):
+        def queries_for(jobs):
+            batches = [(job, points(range(0, 100), seed=job.pk)) for job in jobs]
+            with CaptureQueriesContext(connection) as context:
+                batches_write(*batches)
+            return len(context.captured_queries)
+
+        one = queries_for([big_job(user)])
+        many = queries_for([big_job(user) for _ in range(25)])
+        assert one == many
+
+    def test_deleting_the_job_deletes_its_summary(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(100))))
+        job.delete()
+        assert not MetricSummary.objects.exists()
+
+    def test_rebuild_from_raw_rows_gives_the_maintained_summary(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(0, 700), seed=8)))
+        batches_write((job, points(range(650, 1000), seed=9)))
+        maintained = stored_buckets(job)
+        MetricSummary.objects.all().delete()
+        summary_rebuild([job.pk])
+        rebuilt = stored_buckets(job)
+        assert rebuilt.keys() == maintained.keys()
+        for key, row in maintained.items():
+            assert rebuilt[key]["sum_loss"] == pytest.approx(row.pop("sum_loss"))
+            assert {k: rebuilt[key][k] for k in row} == row
+
+
+class TestSummaryRows:
+    def test_each_level_is_coarser_and_counts_every_point(self):
+        rows = summary_rows([(1, points(range(0, 1000), seed=3))])
+        for width in SUMMARY_WIDTHS:
+            level = rows["width"] == width
+            assert rows["count"][level].sum() == 1000
+            assert level.sum() == -(-1000 // width)
+
+    def test_nothing_in_nothing_out(self):
+        assert len(summary_rows([(1, MetricBatch.empty())])["job_id"]) == 0
+
+
+class TestSeries:
+    def test_picks_the_coarsest_level_with_enough_buckets(self):
+        assert summary_width_for(1_000_000, 666) == 1024
+        assert summary_width_for(FINEST * 666, 666) == FINEST
+        assert summary_width_for(FINEST * 665, 666) is None
+
+    def test_a_downsampled_series_keeps_the_extremes_and_the_ends(self, user):
+        job = big_job(user)
+        losses = np.random.default_rng(4).random(BIG_JOB_STEPS) + 1.0
+        losses[777] = 0.01  # a dip
+        losses[3000] = 50.0  # a spike
+        for start in range(0, BIG_JOB_STEPS, 1000):
+            stop = min(start + 1000, BIG_JOB_STEPS)
+            batches_write((job, points(range(start, stop), seed=start, losses=losses[start:stop])))
+        job.refresh_from_db()
+
+        series = summary_series(job, MAX_POINTS)
+
+        assert series is not None
+        assert series.total == BIG_JOB_STEPS
+        assert 0 < series.shown <= MAX_POINTS
+        assert series.steps == sorted(set(series.steps))
+        assert {0, 777, 3000, BIG_JOB_STEPS - 1} <= set(series.steps)
+        assert min(series.loss) == 0.01
+        assert max(series.loss) == 50.0
+        stored = {
+            row[0]: row
+            for row in TrainingMetric.objects.filter(job=job, step__in=series.steps).values_list(
+                "step", "loss", "accuracy", "learning_rate"
+            )
+        }
+        shown = zip(series.steps, series.loss, series.accuracy, series.learning_rate, strict=True)
+        assert [stored[row[0]] for row in shown] == list(
+            zip(series.steps, series.loss, series.accuracy, series.learning_rate, strict=True)
+        )
+
+    def test_every_group_of_buckets_shows_its_lowest_highest_and_last_point(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(BIG_JOB_STEPS), seed=12)))
+        job.refresh_from_db()
+        groups = (MAX_POINTS - 1) // 3
+        width = summary_width_for(job.current_step, groups)
+        series = summary_series(job, MAX_POINTS)
+        assert series is not None and width is not None
+        buckets = list(MetricSummary.objects.filter(job=job, width=width).order_by("bucket"))
+        lo, span = buckets[0].bucket, buckets[-1].bucket - buckets[0].bucket + 1
+        by_group: dict[int, list[MetricSummary]] = {}
+        for row in buckets:
+            by_group.setdefault((row.bucket - lo) * groups // span, []).append(row)
+        assert len(by_group) == groups
+        expected = {0}
+        for rows in by_group.values():
+            expected.add(min(rows, key=lambda r: (r.min_loss, r.min_step)).min_step)
+            expected.add(max(rows, key=lambda r: (r.max_loss, r.max_step)).max_step)
+            expected.add(rows[-1].last_step)
+        assert set(series.steps) == expected
+
+    @pytest.mark.parametrize("after", [0, 999, FINEST * 10 - 1, FINEST * 10 + 17])
+    def test_a_catch_up_from_any_step_is_read_from_the_summary(self, user, after):
+        job = big_job(user)
+        losses = np.random.default_rng(5).random(BIG_JOB_STEPS) + 1.0
+        losses[3001] = 50.0  # a spike inside the summarised range
+        losses[after + 1] = 0.01  # a dip at the first step after the cursor (raw head)
+        batches_write((job, points(range(BIG_JOB_STEPS), losses=losses)))
+        job.refresh_from_db()
+        # Raw rows of whole buckets are dropped (the points table has no FK): only the
+        # summary still knows them, so any pick from there proves no raw scan happened.
+        groups = (MAX_POINTS - 1) // 3
+        width = summary_width_for(BIG_JOB_STEPS - (after + 1), groups)
+        assert width is not None
+        first_bucket = -(-(after + 1) // width)
+        TrainingMetric.objects.filter(
+            job=job, step__gte=first_bucket * width + width, step__lt=BIG_JOB_STEPS - width
+        ).delete()
+
+        series = summary_series(job, MAX_POINTS, after_step=after)
+
+        assert series is not None
+        assert series.total == BIG_JOB_STEPS - (after + 1)  # counted by the summary
+        assert 0 < series.shown <= MAX_POINTS
+        assert series.steps[0] == after + 1
+        assert min(series.steps) > after
+        assert series.steps == sorted(set(series.steps))
+        assert series.steps[-1] == BIG_JOB_STEPS - 1
+        assert 3001 in series.steps and max(series.loss) == 50.0
+        assert min(series.loss) == 0.01
+
+    def test_a_catch_up_equals_the_whole_series_when_it_starts_at_the_beginning(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(BIG_JOB_STEPS), seed=8)))
+        job.refresh_from_db()
+        assert summary_series(job, MAX_POINTS, after_step=-1) == summary_series(job, MAX_POINTS)
+
+    def test_small_jobs_are_left_to_the_raw_rows(self, user, job):
+        batches_write((job, points(range(job.total_steps))))
+        job.refresh_from_db()
+        assert summary_series(job, MAX_POINTS) is None
+
+    def test_a_sparse_job_with_few_points_is_left_to_the_raw_rows(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(0, BIG_JOB_STEPS, 100))))
+        job.refresh_from_db()
+        assert summary_width_for(job.current_step, (MAX_POINTS - 1) // 3) is not None
+        assert summary_series(job, MAX_POINTS) is None
+
+    def test_a_job_without_summary_rows_is_left_to_the_raw_rows(self, user):
+        job = big_job(user, current_step=BIG_JOB_STEPS)
+        assert summary_series(job, MAX_POINTS) is None
+
+    def test_too_few_points_asked_for(self, user):
+        job = big_job(user)
+        with pytest.raises(ValueError, match="max_points"):
+            summary_series(job, 2)
+
+    @pytest.mark.postgres
+    def test_two_writes_in_one_transaction_stage_their_own_rows(self, user):
+        # The staging tables are reused per connection: rows from the first write of an
+        # uncommitted transaction must not be inserted again by the second.
+        job = big_job(user)
+        with transaction.atomic():
+            batches_write((job, points(range(0, 100), seed=1)))
+            batches_write((job, points(range(100, 200), seed=2)))
+        assert TrainingMetric.objects.filter(job=job).count() == 200
+        assert_summary_exact(job)

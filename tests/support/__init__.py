@@ -1,0 +1,1 @@
+"""What the tests share: factories, helpers, the service probe and the process runner."""
