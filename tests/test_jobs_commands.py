@@ -119,7 +119,7 @@ class TestJobsTable:
         assert header.split() == ["ID", "NAME", "STATUS", "PROGRESS", "LAST", "LOSS", "UPDATED"]
         rows = {line.split()[0]: line.split() for line in lines}
         assert rows[str(running.pk)][1:6] == ["alpha", "running", "25.0%", "0.1235", "just"]
-        assert rows[str(queued.pk)][1:5] == ["beta", "queued", "0.0%", "-"]
+        assert rows[str(queued.pk)][1:5] == ["beta", "queued", "0%", "-"]
 
     def test_status_filter(self, user):
         TrainingJobFactory(owner=user, name="alpha")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.models import TrainingJob
-from jobs.selectors import job_status_counts, jobs_for_dashboard
+from jobs.selectors import job_count_by_status, job_list_dashboard
 from tests.factories import TrainingJobFactory
 
 Status = TrainingJob.Status
@@ -14,19 +14,19 @@ def test_status_counts_cover_every_status(user, other_user):
     TrainingJobFactory.create_batch(2, owner=user, status=Status.RUNNING)
     TrainingJobFactory(owner=user, status=Status.FAILED)
     TrainingJobFactory(owner=other_user, status=Status.FAILED)
-    counts = job_status_counts(user)
+    counts = job_count_by_status(user=user)
     assert counts == dict.fromkeys(Status.values, 0) | {"running": 2, "failed": 1}
 
 
 def test_staff_counts_include_everyone(staff_user, user, other_user):
     TrainingJobFactory(owner=user)
     TrainingJobFactory(owner=other_user)
-    assert job_status_counts(staff_user)["running"] == 2
+    assert job_count_by_status(user=staff_user)["running"] == 2
 
 
 def test_dashboard_list_filters_and_searches(user, other_user):
     match = TrainingJobFactory(owner=user, name="GPT-2 small", status=Status.PAUSED)
     TrainingJobFactory(owner=user, name="gpt-2 medium", status=Status.RUNNING)
     TrainingJobFactory(owner=other_user, name="gpt-2 theirs", status=Status.PAUSED)
-    assert list(jobs_for_dashboard(user, status="paused", search=" gpt ")) == [match]
-    assert jobs_for_dashboard(user, search="").count() == 2
+    assert list(job_list_dashboard(user=user, status="paused", search=" gpt ")) == [match]
+    assert job_list_dashboard(user=user, search="").count() == 2

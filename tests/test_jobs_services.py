@@ -89,7 +89,7 @@ class TestTransitions:
     def test_terminal_jobs_never_move(self, user, terminal, action):
         job = TrainingJobFactory(owner=user, status=terminal)
         with pytest.raises(JobTransitionError, match=f"Cannot {action}"):
-            services.job_transition(job, action)
+            services.job_transition(job=job, action=action)
         job.refresh_from_db()
         assert job.status == terminal
 
@@ -101,16 +101,16 @@ class TestTransitions:
         assert stale.status == Status.CANCELLED
 
     def test_allowed_actions_follow_the_table(self, user):
-        assert services.job_allowed_actions(TrainingJobFactory(owner=user)) == [
+        assert services.job_allowed_actions(job=TrainingJobFactory(owner=user)) == [
             "pause",
             "cancel",
             "complete",
             "fail",
         ]
         paused = TrainingJobFactory(owner=user, status=Status.PAUSED)
-        assert "resume" in services.job_allowed_actions(paused)
+        assert "resume" in services.job_allowed_actions(job=paused)
         done = TrainingJobFactory(owner=user, status=Status.COMPLETED)
-        assert services.job_allowed_actions(done) == []
+        assert services.job_allowed_actions(job=done) == []
 
 
 class TestVisibility:
@@ -118,16 +118,16 @@ class TestVisibility:
         from django.contrib.auth.models import AnonymousUser
         from django.http import Http404
 
-        from jobs.selectors import job_for_user, jobs_visible_to
+        from jobs.selectors import job_get_visible, job_list_visible
 
         mine = TrainingJobFactory(owner=user)
         theirs = TrainingJobFactory(owner=other_user)
-        assert list(jobs_visible_to(user)) == [mine]
-        assert set(jobs_visible_to(staff_user)) == {mine, theirs}
-        assert not jobs_visible_to(AnonymousUser()).exists()
-        assert job_for_user(user, mine.pk) == mine
+        assert list(job_list_visible(user=user)) == [mine]
+        assert set(job_list_visible(user=staff_user)) == {mine, theirs}
+        assert not job_list_visible(user=AnonymousUser()).exists()
+        assert job_get_visible(user=user, job_id=mine.pk) == mine
         with pytest.raises(Http404):
-            job_for_user(user, theirs.pk)
+            job_get_visible(user=user, job_id=theirs.pk)
 
 
 def nested(depth: int) -> list:

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
+from jobs import display
 from jobs.models import TrainingJob
 from jobs.templatetags import jobs_ui
 from tests.factories import TrainingJobFactory
@@ -25,7 +30,7 @@ from tests.factories import TrainingJobFactory
 )
 def test_ago(seconds, expected, monkeypatch):
     now = timezone.now()
-    monkeypatch.setattr(jobs_ui.timezone, "now", lambda: now)  # no clock between the two reads
+    monkeypatch.setattr(display.timezone, "now", lambda: now)  # no clock between the two reads
     assert jobs_ui.ago(now - timedelta(seconds=seconds)) == expected
 
 
@@ -91,3 +96,48 @@ def test_progress_rounds_down_so_only_done_is_100(step, expected):
 )
 def test_user_actions_leave_out_the_engines_transitions(status, actions):
     assert jobs_ui.user_actions(TrainingJobFactory.build(status=status)) == actions
+
+
+AGES_SECONDS = [0.2, 1, 3, 59, 60, 61, 3599, 3600, 7200, 86399, 86400, 3 * 86400, 7 * 86400 - 1]
+RELATIVE_TIME_JS = Path(__file__).resolve().parent.parent / "static/trainmon/relative-time.js"
+# Runs the real script with a stub page: its timer fires once over <time> elements whose
+# datetimes are the given ages before a fixed "now", and it prints the labels it wrote.
+NODE_HARNESS = """
+const [now, isoTimes] = JSON.parse(require("fs").readFileSync(0, "utf8"));
+Date.now = () => now;
+const elements = isoTimes.map((iso) => ({ textContent: "", getAttribute: () => iso }));
+let tick = null;
+global.window = { setInterval: (callback) => { tick = callback; } };
+global.document = { hidden: false, querySelectorAll: () => elements };
+eval(require("fs").readFileSync(process.argv[1], "utf8"));
+tick();
+console.log(JSON.stringify(elements.map((element) => element.textContent)));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run relative-time.js")
+def test_the_browsers_relative_time_says_what_the_server_says():
+    now = timezone.now().replace(microsecond=0)
+    moments = [now - timedelta(seconds=seconds) for seconds in AGES_SECONDS]
+    # The JSON carries milliseconds; the script parses them back to the same instant.
+    stdin = json.dumps(
+        [now.timestamp() * 1000, [moment.isoformat(timespec="milliseconds") for moment in moments]]
+    )
+    result = subprocess.run(
+        ["node", "-e", NODE_HARNESS, str(RELATIVE_TIME_JS)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert json.loads(result.stdout) == [display.time_ago(m, now=now) for m in moments]
+
+
+@pytest.mark.parametrize(
+    ("current", "total", "expected"),
+    [(0, 1000, "0%"), (1, 3, "33.3%"), (996, 1000, "99.6%"), (9996, 10000, "99.9%"),
+     (99_999_999, 100_000_000, "99.9%"), (1000, 1000, "100%")],
+)  # fmt: skip
+def test_progress_label_never_rounds_up_to_done(current, total, expected):
+    assert display.progress_label(current, total) == expected

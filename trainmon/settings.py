@@ -213,6 +213,8 @@ TRAINMON_STALL_SECONDS = float(os.environ.get("TRAINMON_STALL_SECONDS", "300"))
 # Past this many running jobs, a tick fans out `advance_jobs` subtasks of this size.
 TRAINMON_TICK_CHUNK_SIZE = env_int("TRAINMON_TICK_CHUNK_SIZE", 500)
 TRAINMON_API_MAX_POINTS = env_int("TRAINMON_API_MAX_POINTS", 10_000)
+# Hyperparameters of one job, as compact JSON: lists and the compare page read the column.
+TRAINMON_HYPERPARAMETERS_MAX_BYTES = env_int("TRAINMON_HYPERPARAMETERS_MAX_BYTES", 64 * 1024)
 # A 10,000-point batch is ~1 MB of JSON; leave headroom, refuse anything far larger.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TRAINMON_MAX_BODY_BYTES", 5 * 1024 * 1024)
 

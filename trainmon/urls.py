@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from metrics.api import api
+from trainmon.api import api
 from trainmon.views import healthz
 
 urlpatterns = [
