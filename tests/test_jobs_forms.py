@@ -15,6 +15,7 @@ from jobs.models import TrainingJob
 from jobs.services import JOB_BOUNDS, MAX_TOTAL_STEPS, Bound
 from metrics.models import MetricSummary, TrainingMetric
 from metrics.services import simulation_advance
+from tests.job_bounds import BOUND_REFUSALS
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
@@ -135,25 +136,6 @@ def test_unbound_form_creates_nothing(user):
 
 
 # --- bounds: the service's, with its messages -----------------------------------------------
-
-# (field, value typed, the message). Each bound keeps a finite input from overflowing a tick.
-BOUND_REFUSALS = [
-    ("total_epochs", "10001", "Total epochs can be at most 10,000."),
-    ("steps_per_epoch", "1000001", "Steps per epoch can be at most 1,000,000."),
-    ("steps_per_tick", "10001", "Steps per tick can be at most 10,000."),
-    ("steps_per_tick", "0", "Steps per tick must be a positive integer."),
-    ("initial_loss", "1.7e308", "The initial loss must be a number from 0.001 to 1,000,000."),
-    ("initial_loss", "0.0001", "The initial loss must be a number from 0.001 to 1,000,000."),
-    ("final_loss", "-1", "The final loss must be a number from 0 to 1,000,000."),
-    ("final_loss", "1e300", "The final loss must be a number from 0 to 1,000,000."),
-    ("decay_rate", "0", "The decay rate must be a positive number."),
-    ("decay_rate", "1e308", "The decay rate can be at most 10."),
-    ("base_learning_rate", "1e308", "The learning rate must be a number from 0 to 10."),
-    ("base_learning_rate", "-0.1", "The learning rate must be a number from 0 to 10."),
-    ("seed", str(2**63), f"The seed must be an integer from 0 to {2**63 - 1}."),
-    ("warmup_steps", "100000001", "Warm-up steps can be at most 100,000,000."),
-    ("diverge_at_step", "100000001", "The divergence step can be at most 100,000,000."),
-]
 
 
 @pytest.mark.parametrize(("field", "value", "message"), BOUND_REFUSALS)

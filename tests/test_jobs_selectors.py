@@ -30,3 +30,9 @@ def test_dashboard_list_filters_and_searches(user, other_user):
     TrainingJobFactory(owner=other_user, name="gpt-2 theirs", status=Status.PAUSED)
     assert list(job_list_dashboard(user=user, status="paused", search=" gpt ")) == [match]
     assert job_list_dashboard(user=user, search="").count() == 2
+
+
+def test_the_dashboard_list_leaves_hyperparameters_unread(user):
+    TrainingJobFactory(owner=user, hyperparameters={"notes": "x" * 1000})
+    (job,) = job_list_dashboard(user=user)
+    assert "hyperparameters" in job.get_deferred_fields()
