@@ -120,7 +120,8 @@ class TrainingJobChangeForm(forms.ModelForm):
         return cleaned_data
 
 
-def _add_service_errors(form: forms.Form, check: Any, **arguments: Any) -> None:
+def _add_service_errors(form: forms.Form, check: Callable[..., object], **arguments: Any) -> None:
+    # The service is the validator: its messages land on the fields they name.
     try:
         check(**arguments)
     except ValidationError as error:

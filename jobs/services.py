@@ -71,7 +71,7 @@ class Bound:
             return self.message
         if self.integer and not isinstance(value, int):
             return self.message
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             return self.message
         if value < self.minimum or (self.exclusive_minimum and value == self.minimum):
             return self.message
@@ -165,6 +165,41 @@ EDITABLE_FIELDS = (
 )
 
 
+def unstorable_text(text: str) -> str | None:
+    """Why every database cannot store `text` as given, or None if it can."""
+    if "\x00" in text:
+        return "Text cannot contain NUL characters (\\u0000)."  # PostgreSQL refuses them
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "Text must be valid Unicode (no lone surrogates such as \\ud800)."
+    return None
+
+
+def unstorable_json(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be stored in every database, or None if it can.
+
+    Python's json module accepts NaN, Infinity, "\\u0000" and lone surrogates, all of
+    which PostgreSQL's jsonb refuses; deep nesting is capped so no reader recurses too far.
+    """
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > HYPERPARAMETERS_MAX_DEPTH:
+            return f"Nest at most {HYPERPARAMETERS_MAX_DEPTH} levels deep."
+        if isinstance(item, str):
+            if problem := unstorable_text(item):
+                return problem
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "Numbers must be finite (no NaN or Infinity)."
+        elif isinstance(item, dict):
+            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            pending.extend((part, depth + 1) for part in item)
+    return None
+
+
 def name_problem(name: object) -> str | None:
     if not isinstance(name, str) or not name.strip():
         return "Give the job a name."
@@ -187,8 +222,8 @@ def hyperparameters_problem(value: object) -> str | None:
 
 
 def hyperparameters_size_problem(value: Any) -> str | None:
-    # Every list and the dashboard's compare table read the column: a few megabytes per job
-    # would slow every page that lists it.
+    # The job and compare pages read the column whole: megabytes per job made every page
+    # that loaded it seconds slower.
     limit = settings.TRAINMON_HYPERPARAMETERS_MAX_BYTES
     size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     if size > limit:
@@ -230,14 +265,15 @@ def job_fields_check(values: dict[str, Any]) -> None:
         for field, value in values.items()
         if field in FIELD_CHECKS and (problem := FIELD_CHECKS[field](value))
     }
-    if {"total_epochs", "steps_per_epoch"} <= values.keys() - errors.keys() and (
+    valid = values.keys() - errors.keys()
+    if {"total_epochs", "steps_per_epoch"} <= valid and (
         problem := total_steps_problem(values["total_epochs"], values["steps_per_epoch"])
     ):
         errors["steps_per_epoch"] = problem
-    if {"initial_loss", "final_loss"} <= values.keys() - errors.keys() and values[
-        "final_loss"
-    ] >= values["initial_loss"]:
-        errors["final_loss"] = "The final loss must be lower than the initial loss."
+    if {"initial_loss", "final_loss"} <= valid:
+        initial, final = values["initial_loss"], values["final_loss"]
+        if final >= initial:
+            errors["final_loss"] = "The final loss must be lower than the initial loss."
     if errors:
         raise ValidationError(errors)
 
@@ -478,41 +514,6 @@ def job_update(*, job: TrainingJob, data: dict[str, Any]) -> TrainingJob:
     job.updated_at = timezone.now()
     job.save(update_fields=[*data, "updated_at"])
     return job
-
-
-def unstorable_text(text: str) -> str | None:
-    """Why every database cannot store `text` as given, or None if it can."""
-    if "\x00" in text:
-        return "Text cannot contain NUL characters (\\u0000)."  # PostgreSQL refuses them
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return "Text must be valid Unicode (no lone surrogates such as \\ud800)."
-    return None
-
-
-def unstorable_json(value: Any) -> str | None:
-    """Why a parsed JSON value cannot be stored in every database, or None if it can.
-
-    Python's json module accepts NaN, Infinity, "\\u0000" and lone surrogates, all of
-    which PostgreSQL's jsonb refuses; deep nesting is capped so no reader recurses too far.
-    """
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > HYPERPARAMETERS_MAX_DEPTH:
-            return f"Nest at most {HYPERPARAMETERS_MAX_DEPTH} levels deep."
-        if isinstance(item, str):
-            if problem := unstorable_text(item):
-                return problem
-        elif isinstance(item, float) and not math.isfinite(item):
-            return "Numbers must be finite (no NaN or Infinity)."
-        elif isinstance(item, dict):
-            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
-        elif isinstance(item, list):
-            pending.extend((part, depth + 1) for part in item)
-    return None
 
 
 # --- transitions --------------------------------------------------------------------------------

@@ -193,6 +193,8 @@ class TestBounds:
             {"decay_rate": 5e-324, "initial_loss": float("inf")},
             {"seed": True},
             {"warmup_steps": 2**31},  # past PostgreSQL's integer column
+            {"seed": 10**400},  # past any float, too
+            {"initial_loss": 10**400},
         ],
     )
     def test_values_that_would_overflow_downstream_are_refused(self, user, overrides):
