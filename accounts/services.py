@@ -61,7 +61,7 @@ def api_token_revoke(*, token: ApiToken) -> ApiToken:
 
 
 @sensitive_variables("raw")
-def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
+def api_token_authenticate(*, raw: str) -> AbstractBaseUser | None:
     """The active user owning the live token `raw`, or None.
 
     The lookup is by the token's hash, never by the token: timing differences in the index

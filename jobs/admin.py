@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
-from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db.models import Count, F, FloatField, QuerySet
 from django.db.models.functions import Cast
@@ -16,14 +17,22 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from jobs.forms import HyperparametersField
+from jobs.display import progress_floor, progress_label, time_ago
+from jobs.forms import HyperparametersField, bind_to_service
 from jobs.models import TrainingJob
 from jobs.services import (
+    EDITABLE_FIELDS,
+    JOB_ACTIONS,
+    JOB_BOUNDS,
+    USER_ACTIONS,
+    JobAction,
     JobTransitionError,
     job_build,
     job_create,
     job_delete,
     job_transition,
+    job_update,
+    job_update_check,
 )
 
 # The change page shows this many of the newest points: one indexed query, never the history.
@@ -32,17 +41,6 @@ COMPACT_TIME = "%Y-%m-%d %H:%M"
 # An action on hundreds of jobs names the first few refusals and counts the rest.
 REFUSALS_SHOWN = 5
 
-# What an admin may edit on an existing job. Status moves only through the actions, progress
-# only through the write path, and the simulator's parameters would rewrite a curve in flight.
-EDITABLE_ON_CHANGE = (
-    "name",
-    "owner",
-    "description",
-    "model_name",
-    "dataset",
-    "hyperparameters",
-    "steps_per_tick",
-)
 SIMULATION_FIELDS = (
     "total_epochs",
     "steps_per_epoch",
@@ -56,7 +54,6 @@ SIMULATION_FIELDS = (
     "diverge_at_step",
 )
 
-POSITIVE_FIELDS = ("total_epochs", "steps_per_epoch", "steps_per_tick")
 # Left blank on the add form, job_create chooses them from the job's length.
 SERVICE_DEFAULTS = ("decay_rate", "seed", "warmup_steps")
 
@@ -102,13 +99,76 @@ class TrainingJobAddForm(forms.ModelForm):
         if not self.errors:
             # The service is the validator, so the admin refuses exactly what the web form,
             # the API and createjob refuse; save_model then creates the job through it.
-            try:
-                job_build(**self.service_arguments())
-            except ValidationError as error:
-                for field, field_errors in error.message_dict.items():
-                    target = field if field in self.fields else NON_FIELD_ERRORS
-                    self.add_error(target, field_errors)
+            _add_service_errors(self, job_build, **self.service_arguments())
         return cleaned_data
+
+
+class TrainingJobChangeForm(forms.ModelForm):
+    """An existing job's editable fields, checked by `job_update` as it will save them."""
+
+    class Meta:
+        model = TrainingJob
+        fields = EDITABLE_FIELDS
+
+    def service_arguments(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in self.changed_data if name in self.fields}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned_data = super().clean()
+        if not self.errors:
+            _add_service_errors(self, job_update_check, data=self.service_arguments())
+        return cleaned_data
+
+
+def _add_service_errors(form: forms.Form, check: Callable[..., object], **arguments: Any) -> None:
+    # The service is the validator: its messages land on the fields they name.
+    try:
+        check(**arguments)
+    except ValidationError as error:
+        for field, field_errors in error.message_dict.items():
+            form.add_error(field if field in form.fields else NON_FIELD_ERRORS, field_errors)
+
+
+class TrainingJobChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet:
+        # The list never shows hyperparameters, and they may be kilobytes per job.
+        return super().get_queryset(request, exclude_parameters).defer("hyperparameters")
+
+
+def _transition_action(action: JobAction) -> Callable[..., None]:
+    """The admin action for `action` (in the style of contrib.admin.actions.delete_selected)."""
+    only = f" ({next(iter(action.sources))})" if len(action.sources) == 1 else ""
+
+    @admin.action(description=f"{action.verb} selected jobs{only}", permissions=["change"])
+    def transition_selected(
+        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[TrainingJob]
+    ) -> None:
+        changed = 0
+        refusals: list[str] = []
+        for job in queryset.order_by("pk"):
+            try:
+                job_transition(job=job, action=action.name)
+            except JobTransitionError as error:
+                refusals.append(str(error))
+            else:
+                changed += 1
+        past = action.past_tense
+        if changed:
+            modeladmin.message_user(
+                request, f"{past.capitalize()} {changed} job{pluralize(changed)}.", messages.SUCCESS
+            )
+        if refusals:
+            shown = " ".join(refusals[:REFUSALS_SHOWN])
+            more = len(refusals) - REFUSALS_SHOWN
+            modeladmin.message_user(
+                request,
+                f"{len(refusals)} job{pluralize(len(refusals))} not {past}: {shown}"
+                + (f" (and {more} more)" if more > 0 else ""),
+                messages.WARNING,
+            )
+
+    transition_selected.__name__ = f"{action.name}_jobs"
+    return transition_selected
 
 
 @admin.register(TrainingJob)
@@ -132,8 +192,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     search_fields = ("name",)
     autocomplete_fields = ("owner",)
-    actions = ("start_jobs", "pause_jobs", "resume_jobs", "cancel_jobs")
+    actions = tuple(_transition_action(JOB_ACTIONS[name]) for name in USER_ACTIONS)
     add_form = TrainingJobAddForm
+    form = TrainingJobChangeForm
     add_fieldsets = (
         (None, {"fields": ("name", "owner", "start")}),
         ("Labels", {"fields": ("description", "model_name", "dataset", "hyperparameters")}),
@@ -167,13 +228,14 @@ class TrainingJobAdmin(admin.ModelAdmin):
     )
 
     def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
-        # The model's CheckConstraints say "> 0"; the form says so next to the field.
-        if db_field.name in POSITIVE_FIELDS:
-            kwargs["min_value"] = 1
         if db_field.name == "hyperparameters":
             # Refuses what PostgreSQL's jsonb cannot store (NUL, NaN) with a message, not a 500.
             kwargs["form_class"] = HyperparametersField
-        return super().formfield_for_dbfield(db_field, request, **kwargs)
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is not None and db_field.name in JOB_BOUNDS:
+            # The service's range and message, as on the web form and in the API.
+            bind_to_service(field, db_field.name)
+        return field
 
     def get_form(self, request: HttpRequest, obj: TrainingJob | None = None, **kwargs: Any):
         if obj is None:
@@ -187,7 +249,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
         if obj is None:
             return ()
         fields = (field for fieldset in self.fieldsets for field in fieldset[1]["fields"])
-        return tuple(field for field in fields if field not in EDITABLE_ON_CHANGE)
+        return tuple(field for field in fields if field not in EDITABLE_FIELDS)
 
     def view_on_site(self, obj: TrainingJob) -> str:
         return obj.get_absolute_url()
@@ -200,11 +262,13 @@ class TrainingJobAdmin(admin.ModelAdmin):
             obj.pk = job.pk
             obj.refresh_from_db()
             return
-        # Only the edited columns: a full save would write back progress and status read
-        # before a concurrent tick or action changed them.
-        if changed := [name for name in form.changed_data if name in EDITABLE_ON_CHANGE]:
-            obj.updated_at = timezone.now()
-            obj.save(update_fields=[*changed, "updated_at"])
+        # Only the edited columns (job_update): a full save would write back progress and status
+        # read before a concurrent tick or action changed them.
+        if changes := form.service_arguments():
+            job_update(job=obj, data=changes)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return TrainingJobChangeList
 
     def delete_model(self, request: HttpRequest, obj: TrainingJob) -> None:
         job_delete(job=obj)
@@ -243,14 +307,13 @@ class TrainingJobAdmin(admin.ModelAdmin):
         ordering=Cast("current_step", FloatField()) / (F("total_epochs") * F("steps_per_epoch")),
     )
     def progress(self, job: TrainingJob) -> SafeString:
-        percent = job.progress_percent
         return format_html(
             '<span style="white-space: nowrap" title="step {} / {}">'
-            '<progress value="{}" max="100" style="width: 5em"></progress> {}%</span>',
+            '<progress value="{}" max="100" style="width: 5em"></progress> {}</span>',
             f"{job.current_step:,}",
             f"{job.total_steps:,}",
-            f"{percent:.1f}",
-            f"{percent:.0f}",
+            progress_floor(job.current_step, job.total_steps),
+            progress_label(job.current_step, job.total_steps),
         )
 
     @admin.display(description="Last loss", ordering="last_loss")
@@ -263,7 +326,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="Updated", ordering="updated_at")
     def updated(self, job: TrainingJob) -> str:
-        return naturaltime(job.updated_at)
+        return time_ago(job.updated_at)
 
     @admin.display(description="Live")
     def live_link(self, job: TrainingJob) -> SafeString:
@@ -298,50 +361,6 @@ class TrainingJobAdmin(admin.ModelAdmin):
             job.get_absolute_url(),
             f"{reverse('admin:metrics_trainingmetric_changelist')}?job__id__exact={job.pk}",
         )
-
-    # --- actions ------------------------------------------------------------------------------
-
-    @admin.action(description="Start selected jobs (queued)", permissions=["change"])
-    def start_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        self._transition(request, queryset, "start", "started")
-
-    @admin.action(description="Pause selected jobs", permissions=["change"])
-    def pause_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        self._transition(request, queryset, "pause", "paused")
-
-    @admin.action(description="Resume selected jobs (paused)", permissions=["change"])
-    def resume_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        self._transition(request, queryset, "resume", "resumed")
-
-    @admin.action(description="Cancel selected jobs", permissions=["change"])
-    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        self._transition(request, queryset, "cancel", "cancelled")
-
-    def _transition(
-        self, request: HttpRequest, queryset: QuerySet[TrainingJob], action: str, past: str
-    ) -> None:
-        changed = 0
-        refusals: list[str] = []
-        for job in queryset.order_by("pk"):
-            try:
-                job_transition(job, action)
-            except JobTransitionError as error:
-                refusals.append(str(error))
-            else:
-                changed += 1
-        if changed:
-            self.message_user(
-                request, f"{past.capitalize()} {changed} job{pluralize(changed)}.", messages.SUCCESS
-            )
-        if refusals:
-            shown = " ".join(refusals[:REFUSALS_SHOWN])
-            more = len(refusals) - REFUSALS_SHOWN
-            self.message_user(
-                request,
-                f"{len(refusals)} job{pluralize(len(refusals))} not {past}: {shown}"
-                + (f" (and {more} more)" if more > 0 else ""),
-                messages.WARNING,
-            )
 
 
 def _optional(value: float | None) -> str:

@@ -1,4 +1,6 @@
-"""What the manage.py commands share: choosing the owner, and the pause/resume/cancel commands."""
+"""What the manage.py commands share: choosing the owner, and the pause/resume/cancel commands.
+
+The transition commands take their wording from jobs.services.JOB_ACTIONS."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.models import TrainingJob
-from jobs.services import TRANSITIONS, JobTransitionError, job_transition
+from jobs.services import JOB_ACTIONS, JobTransitionError, job_transition
 
 OWNER_HELP = (
     "Username of the job's owner. Defaults to the superuser when there is exactly one; "
@@ -39,10 +41,11 @@ def validation_message(error: ValidationError) -> str:
     return " ".join(error.messages)
 
 
-def transition_help(action: str, past_tense: str) -> str:
-    sources = ", ".join(sorted(TRANSITIONS[action][0]))
+def transition_help(action: str) -> str:
+    described = JOB_ACTIONS[action]
+    sources = ", ".join(sorted(described.sources))
     return (
-        f"{action.capitalize()} jobs by id (only {sources} jobs can be {past_tense}). "
+        f"{described.verb} jobs by id (only {sources} jobs can be {described.past_tense}). "
         "Unknown ids stop the command before anything changes; a job whose status does not "
         "allow it is reported and skipped, and the command then exits with status 1."
     )
@@ -51,8 +54,7 @@ def transition_help(action: str, past_tense: str) -> str:
 class JobTransitionCommand(BaseCommand):
     """`<action>job JOB_ID ...`: one transition per job, through jobs.services."""
 
-    action: str  # a key of jobs.services.TRANSITIONS
-    past_tense: str
+    action: str  # a key of jobs.services.JOB_ACTIONS
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
@@ -65,17 +67,18 @@ class JobTransitionCommand(BaseCommand):
         if missing := [job_id for job_id in job_ids if job_id not in jobs]:
             raise CommandError(f"No job with id {', '.join(map(str, missing))}; nothing changed.")
 
+        past_tense = JOB_ACTIONS[self.action].past_tense
         refused = 0
         for job_id in job_ids:
             job = jobs[job_id]
             try:
-                job_transition(job, self.action)
+                job_transition(job=job, action=self.action)
             except JobTransitionError as error:
                 refused += 1
                 self.stderr.write(str(error))
                 continue
-            self.stdout.write(f"{self.past_tense.capitalize()} job {job.pk} ({job.name!r}).")
+            self.stdout.write(f"{past_tense.capitalize()} job {job.pk} ({job.name!r}).")
         if refused:
             raise CommandError(
-                f"{refused} of {len(job_ids)} jobs could not be {self.past_tense}; see above."
+                f"{refused} of {len(job_ids)} jobs could not be {past_tense}; see above."
             )

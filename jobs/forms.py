@@ -9,10 +9,8 @@ from django.forms.fields import InvalidJSONInput
 
 from jobs.models import TrainingJob
 from jobs.services import (
-    MAX_EPOCHS,
-    MAX_SEED,
-    MAX_STEPS_PER_EPOCH,
-    MAX_STEPS_PER_TICK,
+    JOB_BOUNDS,
+    hyperparameters_size_problem,
     job_create,
     unstorable_json,
 )
@@ -47,8 +45,28 @@ class HyperparametersField(forms.JSONField):
 
     def validate(self, value: Any) -> None:
         super().validate(value)
-        if problem := unstorable_json(value):
+        if problem := unstorable_json(value) or hyperparameters_size_problem(value):
             raise ValidationError(problem, code="unstorable")
+
+
+def bind_to_service(field: forms.Field, name: str) -> forms.Field:
+    """Give `field` the service's range for `name` (jobs.services.JOB_BOUNDS): the same check
+    and message as job_create, and the browser's min/max. Used by this form and the admin."""
+    bound = JOB_BOUNDS[name]
+    field.validators = [
+        validator for validator in field.validators if not hasattr(validator, "limit_value")
+    ]
+    field.validators.append(bound.validate)
+    field.widget.attrs.update({"min": bound.minimum, "max": bound.maximum})
+    if not bound.integer:
+        field.widget.attrs["step"] = "any"
+    return field
+
+
+def bounded_field(name: str, **kwargs: Any) -> forms.Field:
+    """A form field for the service's numeric parameter `name`."""
+    field_class = forms.IntegerField if JOB_BOUNDS[name].integer else forms.FloatField
+    return bind_to_service(field_class(**kwargs), name)
 
 
 ESSENTIAL_FIELDS = ("name", "total_epochs", "steps_per_epoch", "steps_per_tick", "start")
@@ -68,30 +86,22 @@ ADVANCED_FIELDS = (
 
 
 class JobCreateForm(forms.Form):
-    """A simulated job. Validation of values lives in jobs.services.job_create."""
+    """A simulated job. Its rules are jobs.services' (JOB_BOUNDS, job_create)."""
 
     name = forms.CharField(
         max_length=NAME_MAX_LENGTH,
         help_text="Shown on the dashboard; searchable.",
         widget=forms.TextInput(attrs={"autofocus": True, "placeholder": "resnet18-cifar10-lr3e-4"}),
     )
-    total_epochs = forms.IntegerField(
-        label="Epochs",
-        min_value=1,
-        max_value=MAX_EPOCHS,
-        initial=10,
-        help_text="Passes over the data.",
+    total_epochs = bounded_field(
+        "total_epochs", label="Epochs", initial=10, help_text="Passes over the data."
     )
-    steps_per_epoch = forms.IntegerField(
-        min_value=1,
-        max_value=MAX_STEPS_PER_EPOCH,
-        initial=100,
-        help_text="Optimizer steps in one epoch.",
+    steps_per_epoch = bounded_field(
+        "steps_per_epoch", initial=100, help_text="Optimizer steps in one epoch."
     )
-    steps_per_tick = forms.IntegerField(
+    steps_per_tick = bounded_field(
+        "steps_per_tick",
         label="Speed",
-        min_value=1,
-        max_value=MAX_STEPS_PER_TICK,
         initial=10,
         help_text="Steps simulated per tick (one tick a second).",
     )
@@ -102,35 +112,31 @@ class JobCreateForm(forms.Form):
         help_text="Leave unticked to create the job queued and start it from its page.",
     )
 
-    initial_loss = forms.FloatField(initial=2.5, help_text="Loss at step 0.")
-    final_loss = forms.FloatField(
-        initial=0.3, min_value=0, help_text="The floor the loss decays towards."
+    initial_loss = bounded_field("initial_loss", initial=2.5, help_text="Loss at step 0.")
+    final_loss = bounded_field(
+        "final_loss", initial=0.3, help_text="The floor the loss decays towards."
     )
-    decay_rate = forms.FloatField(
+    decay_rate = bounded_field(
+        "decay_rate",
         required=False,
         help_text="Per-step decay of the loss. Blank: chosen so the decay spans the job.",
     )
-    seed = forms.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=MAX_SEED,
-        help_text="Same seed, same curve. Blank: random.",
-    )
-    base_learning_rate = forms.FloatField(
+    seed = bounded_field("seed", required=False, help_text="Same seed, same curve. Blank: random.")
+    base_learning_rate = bounded_field(
+        "base_learning_rate",
         label="Base learning rate",
         initial=1e-3,
-        min_value=0,
         help_text="Peak of the warm-up + cosine schedule.",
     )
-    warmup_steps = forms.IntegerField(
+    warmup_steps = bounded_field(
+        "warmup_steps",
         label="Warm-up steps",
         required=False,
-        min_value=0,
         help_text="Linear warm-up length. Blank: 5 % of the job, at most 500.",
     )
-    diverge_at_step = forms.IntegerField(
+    diverge_at_step = bounded_field(
+        "diverge_at_step",
         required=False,
-        min_value=0,
         help_text="Make the loss blow up at this step, to see a failure. Blank: never.",
     )
     model_name = forms.CharField(

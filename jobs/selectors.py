@@ -12,7 +12,7 @@ from jobs.models import TrainingJob
 LIST_DEFERRED_FIELDS = ("hyperparameters", "description")
 
 
-def jobs_visible_to(user: AbstractBaseUser | AnonymousUser) -> QuerySet[TrainingJob]:
+def job_list_visible(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[TrainingJob]:
     """Users see their own jobs; staff see everyone's."""
     if not user.is_authenticated:
         return TrainingJob.objects.none()
@@ -21,15 +21,15 @@ def jobs_visible_to(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Training
     return TrainingJob.objects.filter(owner=user)
 
 
-def job_for_user(user: AbstractBaseUser | AnonymousUser, job_id: int) -> TrainingJob:
+def job_get_visible(*, user: AbstractBaseUser | AnonymousUser, job_id: int) -> TrainingJob:
     """The job if `user` may see it; another user's job is a 404, like a missing one."""
     try:
-        return jobs_visible_to(user).get(pk=job_id)
+        return job_list_visible(user=user).get(pk=job_id)
     except TrainingJob.DoesNotExist:
         raise Http404(f"No job {job_id}.") from None
 
 
-def job_owned_by(user: AbstractBaseUser | AnonymousUser, job_id: int) -> TrainingJob:
+def job_get_owned(*, user: AbstractBaseUser | AnonymousUser, job_id: int) -> TrainingJob:
     """The job if `user` owns it, staff or not; anything else is a 404.
 
     For API tokens: a token sits on a training machine, so it reaches its user's own jobs
@@ -43,14 +43,14 @@ def job_owned_by(user: AbstractBaseUser | AnonymousUser, job_id: int) -> Trainin
         raise Http404(f"No job {job_id}.") from None
 
 
-def jobs_for_dashboard(
-    user: AbstractBaseUser | AnonymousUser,
+def job_list_dashboard(
     *,
+    user: AbstractBaseUser | AnonymousUser,
     status: str | None = None,
     search: str | None = None,
 ) -> QuerySet[TrainingJob]:
     """The dashboard's list: running jobs first, then newest; never touches the metrics table."""
-    jobs = jobs_visible_to(user).select_related("owner").defer(*LIST_DEFERRED_FIELDS)
+    jobs = job_list_visible(user=user).select_related("owner").defer(*LIST_DEFERRED_FIELDS)
     if status:
         jobs = jobs.filter(status=status)
     if search and (term := search.strip()):
@@ -67,10 +67,10 @@ def jobs_for_dashboard(
     )
 
 
-def job_status_counts(user: AbstractBaseUser | AnonymousUser) -> dict[str, int]:
+def job_count_by_status(*, user: AbstractBaseUser | AnonymousUser) -> dict[str, int]:
     """How many of the user's visible jobs are in each status (every status, zeros included)."""
     counts = dict.fromkeys(TrainingJob.Status.values, 0)
-    rows = jobs_visible_to(user).order_by().values_list("status").annotate(count=Count("id"))
+    rows = job_list_visible(user=user).order_by().values_list("status").annotate(count=Count("id"))
     for status, count in rows:
         counts[status] = count
     return counts

@@ -1,18 +1,22 @@
-"""Every write to a job: creation, status transitions and progress.
+"""Every write to a job: creation, edits, status transitions and progress.
 
-Views, admin actions, commands, the API and Celery tasks all come through here, so a rule such
-as "a cancelled job never runs again" is written once.
+Views, admin, commands (createjob, pausejob, resumejob, canceljob), the API and Celery tasks
+all come through here, so a rule such as "a cancelled job never runs again" or "at most
+10,000 epochs" is written once. The web form, the API schema and the admin take their limits
+and messages from `JOB_BOUNDS` and the `*_problem` functions below.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -28,166 +32,138 @@ Status = TrainingJob.Status
 DECAY_SPAN = 5.0  # loss is within exp(-5) ≈ 0.7 % of its floor by the job's last step
 MAX_SEED = 2**63 - 1
 # Bounds that keep every count inside the database's integer columns and a job's history
-# within what one machine can chart; forms and the API show the same limits.
+# within what one machine can chart.
 MAX_EPOCHS = 10_000
 MAX_STEPS_PER_EPOCH = 1_000_000
 MAX_TOTAL_STEPS = 100_000_000
 MAX_STEPS_PER_TICK = 10_000
+# Simulator bounds: with them no finite input overflows anything downstream. A bucket of the
+# chart summary sums up to 262,144 losses, and a diverging loss grows ~130-fold before it
+# turns NaN: 1e6 * 130 * 262,144 ≈ 3e13, far from float64's 1.8e308. Below 0.001 the
+# initial loss sits under the simulator's floor (0.05) and the accuracy (1 - loss / initial)
+# only overflows.
+MIN_INITIAL_LOSS = 0.001
+MAX_LOSS = 1_000_000.0
+MAX_DECAY_RATE = 10.0  # exp(-10) per step: the loss is at its floor after a few steps
+MAX_LEARNING_RATE = 10.0
 HYPERPARAMETERS_MAX_DEPTH = 16
 # A gap longer than this between two reports is a pause, not a slow step: keep the old rate.
 RATE_GAP_SECONDS = 60.0
 RATE_SMOOTHING = 0.3
 
 
-class JobTransitionError(Exception):
-    """An action that the job's current status does not allow."""
-
-    def __init__(self, job: TrainingJob, action: str) -> None:
-        self.job = job
-        self.action = action
-        super().__init__(f"Cannot {action} job {job.pk} ({job.name!r}): it is {job.status}.")
+# --- validation ---------------------------------------------------------------------------------
 
 
-# action -> (statuses it may start from, status it leads to)
-TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
-    "start": (frozenset({Status.QUEUED}), Status.RUNNING),
-    "pause": (frozenset({Status.QUEUED, Status.RUNNING, Status.STALLED}), Status.PAUSED),
-    "resume": (frozenset({Status.PAUSED}), Status.RUNNING),
-    "cancel": (
-        frozenset({Status.QUEUED, Status.RUNNING, Status.PAUSED, Status.STALLED}),
-        Status.CANCELLED,
+@dataclass(frozen=True)
+class Bound:
+    """The inclusive range of one numeric job field, and what to say outside it."""
+
+    minimum: int | float
+    maximum: int | float
+    message: str  # not a number of the right kind, or below the minimum
+    too_large: str = ""  # above the maximum; `message` when empty
+    integer: bool = True
+    exclusive_minimum: bool = False  # the value must be above `minimum`
+
+    def problem(self, value: object) -> str | None:
+        """Why `value` is refused, or None if it is in range."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return self.message
+        if self.integer and not isinstance(value, int):
+            return self.message
+        if isinstance(value, float) and not math.isfinite(value):
+            return self.message
+        if value < self.minimum or (self.exclusive_minimum and value == self.minimum):
+            return self.message
+        if value > self.maximum:
+            return self.too_large or self.message
+        return None
+
+    def validate(self, value: object) -> None:
+        """As a Django validator: the same message, as a ValidationError."""
+        if problem := self.problem(value):
+            raise ValidationError(problem, code="out_of_range")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.3f}".rstrip("0").rstrip(".")
+
+
+JOB_BOUNDS: dict[str, Bound] = {
+    "total_epochs": Bound(
+        1,
+        MAX_EPOCHS,
+        "Total epochs must be a positive integer.",
+        f"Total epochs can be at most {MAX_EPOCHS:,}.",
     ),
-    "complete": (frozenset({Status.RUNNING, Status.PAUSED, Status.STALLED}), Status.COMPLETED),
-    "fail": (
-        frozenset({Status.QUEUED, Status.RUNNING, Status.PAUSED, Status.STALLED}),
-        Status.FAILED,
+    "steps_per_epoch": Bound(
+        1,
+        MAX_STEPS_PER_EPOCH,
+        "Steps per epoch must be a positive integer.",
+        f"Steps per epoch can be at most {MAX_STEPS_PER_EPOCH:,}.",
+    ),
+    "steps_per_tick": Bound(
+        1,
+        MAX_STEPS_PER_TICK,
+        "Steps per tick must be a positive integer.",
+        f"Steps per tick can be at most {MAX_STEPS_PER_TICK:,}.",
+    ),
+    "initial_loss": Bound(
+        MIN_INITIAL_LOSS,
+        MAX_LOSS,
+        f"The initial loss must be a number from {_number(MIN_INITIAL_LOSS)} to "
+        f"{_number(MAX_LOSS)}.",
+        integer=False,
+    ),
+    "final_loss": Bound(
+        0,
+        MAX_LOSS,
+        f"The final loss must be a number from 0 to {_number(MAX_LOSS)}.",
+        integer=False,
+    ),
+    "decay_rate": Bound(
+        0,
+        MAX_DECAY_RATE,
+        "The decay rate must be a positive number.",
+        f"The decay rate can be at most {_number(MAX_DECAY_RATE)}.",
+        integer=False,
+        exclusive_minimum=True,
+    ),
+    "base_learning_rate": Bound(
+        0,
+        MAX_LEARNING_RATE,
+        f"The learning rate must be a number from 0 to {_number(MAX_LEARNING_RATE)}.",
+        integer=False,
+    ),
+    "seed": Bound(0, MAX_SEED, f"The seed must be an integer from 0 to {MAX_SEED}."),
+    "warmup_steps": Bound(
+        0,
+        MAX_TOTAL_STEPS,
+        "Warm-up steps must be an integer >= 0.",
+        f"Warm-up steps can be at most {MAX_TOTAL_STEPS:,}.",
+    ),
+    "diverge_at_step": Bound(
+        0,
+        MAX_TOTAL_STEPS,
+        "The divergence step must be an integer >= 0.",
+        f"The divergence step can be at most {MAX_TOTAL_STEPS:,}.",
     ),
 }
-
-
-# What a person may ask for from a page or the command line; "complete" and "fail" belong to
-# the engine and the API.
-USER_ACTIONS = ("start", "pause", "resume", "cancel")
-
-
-def job_allowed_actions(job: TrainingJob) -> list[str]:
-    """The transitions a user may ask for now, in the order buttons show them."""
-    return [action for action, (sources, _) in TRANSITIONS.items() if job.status in sources]
-
-
-def job_create(**fields: Any) -> TrainingJob:
-    """Create a job (see `job_build` for the fields), running at once unless `start` is false.
-
-    Raises ValidationError, with a message per field, for anything out of range; nothing is
-    written then.
-    """
-    job = job_build(**fields)
-    job.save()
-    return job
-
-
-def job_build(
-    *,
-    owner: AbstractBaseUser,
-    name: str,
-    total_epochs: int,
-    steps_per_epoch: int,
-    steps_per_tick: int = 10,
-    source: str = TrainingJob.Source.SIMULATED,
-    description: str = "",
-    model_name: str = "",
-    dataset: str = "",
-    hyperparameters: dict[str, Any] | None = None,
-    initial_loss: float = 2.5,
-    final_loss: float = 0.3,
-    decay_rate: float | None = None,
-    seed: int | None = None,
-    base_learning_rate: float = 1e-3,
-    warmup_steps: int | None = None,
-    diverge_at_step: int | None = None,
-    start: bool = True,
-) -> TrainingJob:
-    """A new, validated, unsaved job: every rule `job_create` applies, without the write.
-
-    Raises ValidationError with a message per field. Unset simulator parameters get defaults
-    that span the job's length; `start=False` leaves it queued.
-    """
-    errors: dict[str, str] = {}
-    if not isinstance(name, str) or not name.strip():
-        errors["name"] = "Give the job a name."
-    for field, value, most in (
-        ("total_epochs", total_epochs, MAX_EPOCHS),
-        ("steps_per_epoch", steps_per_epoch, MAX_STEPS_PER_EPOCH),
-        ("steps_per_tick", steps_per_tick, MAX_STEPS_PER_TICK),
-    ):
-        label = field.replace("_", " ").capitalize()
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            errors[field] = f"{label} must be a positive integer."
-        elif value > most:
-            errors[field] = f"{label} can be at most {most:,}."
-    if not errors and total_epochs * steps_per_epoch > MAX_TOTAL_STEPS:
-        errors["steps_per_epoch"] = (
-            f"That is {total_epochs * steps_per_epoch:,} steps in all; the most is "
-            f"{MAX_TOTAL_STEPS:,}."
-        )
-    if not (_finite(initial_loss) and _finite(final_loss)):
-        errors["initial_loss"] = "Losses must be finite numbers."
-    elif final_loss < 0:
-        errors["final_loss"] = "The final loss cannot be negative."
-    elif final_loss >= initial_loss:
-        errors["final_loss"] = "The final loss must be lower than the initial loss."
-    if decay_rate is not None and not (_finite(decay_rate) and decay_rate > 0):
-        errors["decay_rate"] = "The decay rate must be a positive number."
-    if not (_finite(base_learning_rate) and base_learning_rate >= 0):
-        errors["base_learning_rate"] = "The learning rate must be a number >= 0."
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
-        errors["seed"] = f"The seed must be an integer from 0 to {MAX_SEED}."
-    if warmup_steps is not None and not (isinstance(warmup_steps, int) and warmup_steps >= 0):
-        errors["warmup_steps"] = "Warm-up steps must be an integer >= 0."
-    if diverge_at_step is not None and not (
-        isinstance(diverge_at_step, int) and diverge_at_step >= 0
-    ):
-        errors["diverge_at_step"] = "The divergence step must be an integer >= 0."
-    if hyperparameters is not None and not isinstance(hyperparameters, dict):
-        errors["hyperparameters"] = "Hyperparameters must be a JSON object."
-    elif problem := unstorable_json(hyperparameters):
-        errors["hyperparameters"] = problem
-    for field, text in (
-        ("name", name),
-        ("description", description),
-        ("model_name", model_name),
-        ("dataset", dataset),
-    ):
-        if field not in errors and isinstance(text, str) and (problem := unstorable_text(text)):
-            errors[field] = problem
-    if errors:
-        raise ValidationError(errors)
-
-    total_steps = total_epochs * steps_per_epoch
-    job = TrainingJob(
-        owner=owner,
-        name=name.strip(),
-        description=description,
-        model_name=model_name,
-        dataset=dataset,
-        hyperparameters=hyperparameters or {},
-        source=source,
-        total_epochs=total_epochs,
-        steps_per_epoch=steps_per_epoch,
-        steps_per_tick=steps_per_tick,
-        initial_loss=initial_loss,
-        final_loss=final_loss,
-        decay_rate=decay_rate if decay_rate is not None else DECAY_SPAN / total_steps,
-        seed=seed if seed is not None else secrets.randbelow(MAX_SEED),
-        base_learning_rate=base_learning_rate,
-        warmup_steps=warmup_steps if warmup_steps is not None else min(total_steps // 20, 500),
-        diverge_at_step=diverge_at_step,
-    )
-    if start:
-        job.status = Status.RUNNING
-        job.started_at = job.created_at
-    job.full_clean()
-    return job
+# Left unset (None), the service chooses them from the job's length.
+OPTIONAL_FIELDS = frozenset({"decay_rate", "seed", "warmup_steps", "diverge_at_step"})
+TEXT_FIELDS = ("name", "description", "model_name", "dataset")
+# What may change on an existing job. Status moves only through the transitions, progress only
+# through the write path, and the simulator's parameters would rewrite a curve in flight.
+EDITABLE_FIELDS = (
+    "name",
+    "owner",
+    "description",
+    "model_name",
+    "dataset",
+    "hyperparameters",
+    "steps_per_tick",
+)
 
 
 def unstorable_text(text: str) -> str | None:
@@ -225,17 +201,332 @@ def unstorable_json(value: Any) -> str | None:
     return None
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def name_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not name.strip():
+        return "Give the job a name."
+    return unstorable_text(name)
 
 
-def job_transition(job: TrainingJob, action: str, *, reason: str = "") -> TrainingJob:
+def text_problem(text: object) -> str | None:
+    if not isinstance(text, str):
+        return "Enter text."
+    return unstorable_text(text)
+
+
+def hyperparameters_problem(value: object) -> str | None:
+    """Why `value` cannot be a job's hyperparameters, or None if it can."""
+    if not isinstance(value, dict):
+        return "Hyperparameters must be a JSON object."
+    if problem := unstorable_json(value):
+        return problem
+    return hyperparameters_size_problem(value)
+
+
+def hyperparameters_size_problem(value: Any) -> str | None:
+    # The job and compare pages read the column whole: megabytes per job made every page
+    # that loaded it seconds slower.
+    limit = settings.TRAINMON_HYPERPARAMETERS_MAX_BYTES
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > limit:
+        return f"Hyperparameters can be at most {limit:,} bytes of JSON; these are {size:,}."
+    return None
+
+
+def total_steps_problem(total_epochs: int, steps_per_epoch: int) -> str | None:
+    total = total_epochs * steps_per_epoch
+    if total > MAX_TOTAL_STEPS:
+        return f"That is {total:,} steps in all; the most is {MAX_TOTAL_STEPS:,}."
+    return None
+
+
+def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    return lambda value: None if value is None else check(value)
+
+
+# field -> why a value is refused (None: it is fine). One entry per field job_build takes.
+FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    **{
+        field: _optional(bound.problem) if field in OPTIONAL_FIELDS else bound.problem
+        for field, bound in JOB_BOUNDS.items()
+    },
+    "name": name_problem,
+    **{field: text_problem for field in TEXT_FIELDS if field != "name"},
+    "hyperparameters": _optional(hyperparameters_problem),
+}
+
+
+def job_fields_check(values: dict[str, Any]) -> None:
+    """Raise ValidationError, a message per field, for every value in `values` refused.
+
+    Checks each field alone, plus the rules between two fields given together (total steps,
+    a loss that decreases). Fields without a rule are not checked.
+    """
+    errors = {
+        field: problem
+        for field, value in values.items()
+        if field in FIELD_CHECKS and (problem := FIELD_CHECKS[field](value))
+    }
+    valid = values.keys() - errors.keys()
+    if {"total_epochs", "steps_per_epoch"} <= valid and (
+        problem := total_steps_problem(values["total_epochs"], values["steps_per_epoch"])
+    ):
+        errors["steps_per_epoch"] = problem
+    if {"initial_loss", "final_loss"} <= valid:
+        initial, final = values["initial_loss"], values["final_loss"]
+        if final >= initial:
+            errors["final_loss"] = "The final loss must be lower than the initial loss."
+    if errors:
+        raise ValidationError(errors)
+
+
+# --- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobAction:
+    """A status change: where it may start, where it leads, and how people see it."""
+
+    name: str  # "pause": the URL, the admin action and the command use it
+    verb: str  # "Pause"
+    past_tense: str  # "paused"
+    sources: frozenset[str]
+    target: str
+    # People may ask for it (pages, admin, commands); the others belong to the engine and API.
+    by_users: bool = True
+    button: str = ""  # the job page's button; `verb` when empty
+    tone: str = "info"  # the toast's level; "success" and "warning" also colour the button
+    confirm: str = ""  # the button asks first, with this warning
+
+    @property
+    def label(self) -> str:
+        return self.button or self.verb
+
+
+_UNFINISHED = frozenset({Status.QUEUED, Status.RUNNING, Status.PAUSED, Status.STALLED})
+JOB_ACTIONS: dict[str, JobAction] = {
+    action.name: action
+    for action in (
+        JobAction(
+            "start", "Start", "started", frozenset({Status.QUEUED}), Status.RUNNING, tone="success"
+        ),
+        JobAction(
+            "pause",
+            "Pause",
+            "paused",
+            frozenset({Status.QUEUED, Status.RUNNING, Status.STALLED}),
+            Status.PAUSED,
+        ),
+        JobAction(
+            "resume",
+            "Resume",
+            "resumed",
+            frozenset({Status.PAUSED}),
+            Status.RUNNING,
+            tone="success",
+        ),
+        JobAction(
+            "cancel",
+            "Cancel",
+            "cancelled",
+            _UNFINISHED,
+            Status.CANCELLED,
+            button="Cancel job",
+            tone="warning",
+            confirm="A cancelled job cannot be resumed.",
+        ),
+        JobAction(
+            "complete",
+            "Complete",
+            "completed",
+            frozenset({Status.RUNNING, Status.PAUSED, Status.STALLED}),
+            Status.COMPLETED,
+            by_users=False,
+        ),
+        JobAction("fail", "Fail", "failed", _UNFINISHED, Status.FAILED, by_users=False),
+    )
+}
+# What a person may ask for from a page, the admin or a command.
+USER_ACTIONS = tuple(name for name, action in JOB_ACTIONS.items() if action.by_users)
+
+
+class JobTransitionError(Exception):
+    """An action that the job's current status does not allow."""
+
+    def __init__(self, job: TrainingJob, action: str) -> None:
+        self.job = job
+        self.action = action
+        super().__init__(f"Cannot {action} job {job.pk} ({job.name!r}): it is {job.status}.")
+
+
+def job_allowed_actions(*, job: TrainingJob, by_users: bool = False) -> list[str]:
+    """The transitions the job's status allows now, in table order (the buttons' order).
+
+    All of them, the engine's complete and fail included, unless `by_users`: then only those a
+    person may ask for.
+    """
+    return [
+        name
+        for name, action in JOB_ACTIONS.items()
+        if job.status in action.sources and (action.by_users or not by_users)
+    ]
+
+
+# --- creation and edits -------------------------------------------------------------------------
+
+
+def job_create(
+    *,
+    owner: AbstractBaseUser,
+    name: str,
+    total_epochs: int,
+    steps_per_epoch: int,
+    steps_per_tick: int = 10,
+    source: str = TrainingJob.Source.SIMULATED,
+    description: str = "",
+    model_name: str = "",
+    dataset: str = "",
+    hyperparameters: dict[str, Any] | None = None,
+    initial_loss: float = 2.5,
+    final_loss: float = 0.3,
+    decay_rate: float | None = None,
+    seed: int | None = None,
+    base_learning_rate: float = 1e-3,
+    warmup_steps: int | None = None,
+    diverge_at_step: int | None = None,
+    start: bool = True,
+) -> TrainingJob:
+    """Create a job, running at once unless `start` is false.
+
+    Raises ValidationError, with a message per field, for anything out of range; nothing is
+    written then. Unset simulator parameters get defaults that span the job's length.
+    """
+    job = job_build(
+        owner=owner,
+        name=name,
+        total_epochs=total_epochs,
+        steps_per_epoch=steps_per_epoch,
+        steps_per_tick=steps_per_tick,
+        source=source,
+        description=description,
+        model_name=model_name,
+        dataset=dataset,
+        hyperparameters=hyperparameters,
+        initial_loss=initial_loss,
+        final_loss=final_loss,
+        decay_rate=decay_rate,
+        seed=seed,
+        base_learning_rate=base_learning_rate,
+        warmup_steps=warmup_steps,
+        diverge_at_step=diverge_at_step,
+        start=start,
+    )
+    job.save()
+    return job
+
+
+def job_build(
+    *,
+    owner: AbstractBaseUser,
+    name: str,
+    total_epochs: int,
+    steps_per_epoch: int,
+    steps_per_tick: int = 10,
+    source: str = TrainingJob.Source.SIMULATED,
+    description: str = "",
+    model_name: str = "",
+    dataset: str = "",
+    hyperparameters: dict[str, Any] | None = None,
+    initial_loss: float = 2.5,
+    final_loss: float = 0.3,
+    decay_rate: float | None = None,
+    seed: int | None = None,
+    base_learning_rate: float = 1e-3,
+    warmup_steps: int | None = None,
+    diverge_at_step: int | None = None,
+    start: bool = True,
+) -> TrainingJob:
+    """A new, validated, unsaved job: every rule `job_create` applies, without the write."""
+    job_fields_check(
+        {
+            "name": name,
+            "total_epochs": total_epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "steps_per_tick": steps_per_tick,
+            "description": description,
+            "model_name": model_name,
+            "dataset": dataset,
+            "hyperparameters": hyperparameters,
+            "initial_loss": initial_loss,
+            "final_loss": final_loss,
+            "decay_rate": decay_rate,
+            "seed": seed,
+            "base_learning_rate": base_learning_rate,
+            "warmup_steps": warmup_steps,
+            "diverge_at_step": diverge_at_step,
+        }
+    )
+    total_steps = total_epochs * steps_per_epoch
+    job = TrainingJob(
+        owner=owner,
+        name=name.strip(),
+        description=description,
+        model_name=model_name,
+        dataset=dataset,
+        hyperparameters=hyperparameters or {},
+        source=source,
+        total_epochs=total_epochs,
+        steps_per_epoch=steps_per_epoch,
+        steps_per_tick=steps_per_tick,
+        initial_loss=initial_loss,
+        final_loss=final_loss,
+        decay_rate=decay_rate if decay_rate is not None else DECAY_SPAN / total_steps,
+        seed=seed if seed is not None else secrets.randbelow(MAX_SEED),
+        base_learning_rate=base_learning_rate,
+        warmup_steps=warmup_steps if warmup_steps is not None else min(total_steps // 20, 500),
+        diverge_at_step=diverge_at_step,
+    )
+    if start:
+        job.status = Status.RUNNING
+        job.started_at = job.created_at
+    job.full_clean()
+    return job
+
+
+def job_update_check(*, data: dict[str, Any]) -> None:
+    """Raise ValidationError if `data` is not an edit `job_update` would make."""
+    if refused := sorted(set(data) - set(EDITABLE_FIELDS)):
+        raise ValidationError(
+            dict.fromkeys(refused, "This field cannot be changed on an existing job.")
+        )
+    job_fields_check(data)
+
+
+def job_update(*, job: TrainingJob, data: dict[str, Any]) -> TrainingJob:
+    """Change the `EDITABLE_FIELDS` given in `data`, validated like a new job's.
+
+    Writes only those columns: a full save would write back progress and status read before a
+    concurrent tick or action changed them.
+    """
+    job_update_check(data=data)
+    if "name" in data:
+        data = {**data, "name": data["name"].strip()}
+    for field, value in data.items():
+        setattr(job, field, value)
+    job.updated_at = timezone.now()
+    job.save(update_fields=[*data, "updated_at"])
+    return job
+
+
+# --- transitions --------------------------------------------------------------------------------
+
+
+def job_transition(*, job: TrainingJob, action: str, reason: str = "") -> TrainingJob:
     """Move `job` along `action` if its status in the database allows it.
 
     A compare-and-set UPDATE, so a tick or another user acting at the same moment cannot
     slip a transition in between the check and the write. Updates `job` in place.
     """
-    sources, target = TRANSITIONS[action]
+    sources, target = JOB_ACTIONS[action].sources, JOB_ACTIONS[action].target
     now = timezone.now()
     changes: dict[str, Any] = {"status": target, "updated_at": now}
     if target == Status.RUNNING:
@@ -252,27 +543,27 @@ def job_transition(job: TrainingJob, action: str, *, reason: str = "") -> Traini
 
 
 def job_start(*, job: TrainingJob) -> TrainingJob:
-    return job_transition(job, "start")
+    return job_transition(job=job, action="start")
 
 
 def job_pause(*, job: TrainingJob) -> TrainingJob:
-    return job_transition(job, "pause")
+    return job_transition(job=job, action="pause")
 
 
 def job_resume(*, job: TrainingJob) -> TrainingJob:
-    return job_transition(job, "resume")
+    return job_transition(job=job, action="resume")
 
 
 def job_cancel(*, job: TrainingJob) -> TrainingJob:
-    return job_transition(job, "cancel")
+    return job_transition(job=job, action="cancel")
 
 
 def job_complete(*, job: TrainingJob) -> TrainingJob:
-    return job_transition(job, "complete")
+    return job_transition(job=job, action="complete")
 
 
 def job_fail(*, job: TrainingJob, reason: str) -> TrainingJob:
-    return job_transition(job, "fail", reason=reason)
+    return job_transition(job=job, action="fail", reason=reason)
 
 
 def job_delete(*, job: TrainingJob) -> None:

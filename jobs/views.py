@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpResponse, HttpResponseBadRequest
@@ -14,24 +12,14 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 from jobs import services
 from jobs.forms import JobCreateForm
 from jobs.models import TrainingJob
-from jobs.selectors import job_for_user, job_status_counts, jobs_for_dashboard
-from jobs.services import JobTransitionError
+from jobs.selectors import job_count_by_status, job_get_visible, job_list_dashboard
+from jobs.services import JOB_ACTIONS, JobTransitionError, job_transition
 from trainmon.http import HtmxHttpRequest
 
 JOBS_PER_PAGE = 50
 DASHBOARD_POLL_SECONDS = 2
 SEARCH_MAX_LENGTH = 200
 HTTP_CONFLICT = 409
-
-
-# The job page's actions (services.USER_ACTIONS): their service, and the toast they answer
-# with and its level.
-ACTIONS: dict[str, tuple[Callable[..., TrainingJob], str, str]] = {
-    "start": (services.job_start, "Started", "success"),
-    "pause": (services.job_pause, "Paused", "info"),
-    "resume": (services.job_resume, "Resumed", "success"),
-    "cancel": (services.job_cancel, "Cancelled", "warning"),
-}
 
 
 def _partial_request(request: HtmxHttpRequest) -> bool:
@@ -50,9 +38,9 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(
             "Search text cannot contain NUL characters.", content_type="text/plain; charset=utf-8"
         )
-    jobs = jobs_for_dashboard(request.user, status=status or None, search=search or None)
+    jobs = job_list_dashboard(user=request.user, status=status or None, search=search or None)
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
-    counts = job_status_counts(request.user)
+    counts = job_count_by_status(user=request.user)
     context = {
         "page": page,
         "jobs": page.object_list,
@@ -85,24 +73,26 @@ def job_new(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_GET
 def job_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    job = job_for_user(request.user, pk)
+    job = job_get_visible(user=request.user, job_id=pk)
     return render(request, "jobs/detail.html", {"job": job})
 
 
 @require_POST
 def job_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
-    job = job_for_user(request.user, pk)
-    service, verb, level = ACTIONS[action]
+    job = job_get_visible(user=request.user, job_id=pk)
+    # Only jobs.services.USER_ACTIONS route here (jobs/urls.py).
+    described = JOB_ACTIONS[action]
     try:
-        service(job=job)
+        job_transition(job=job, action=action)
     except JobTransitionError as error:
         return _action_answer(request, job, str(error), "error", status=HTTP_CONFLICT)
-    return _action_answer(request, job, f"{verb} “{job.name}”.", level)
+    message = f"{described.past_tense.capitalize()} “{job.name}”."
+    return _action_answer(request, job, message, described.tone)
 
 
 @require_POST
 def job_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    job = job_for_user(request.user, pk)
+    job = job_get_visible(user=request.user, job_id=pk)
     name = job.name
     services.job_delete(job=job)
     messages.success(request, f"Deleted “{name}”.")

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from jobs.models import TrainingJob
-from jobs.selectors import job_for_user, jobs_visible_to
+from jobs.selectors import job_get_visible, job_list_visible
 from metrics.export import (
     FORMATS,
     dumps_finite,
@@ -79,7 +79,7 @@ def series(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     except BadParameter as error:
         return _json_response({"error": str(error)}, status=400)
     max_points = min(max(max_points, SERIES_MIN_POINTS_PARAM), SERIES_MAX_POINTS_PARAM)
-    job = job_for_user(request.user, job_id)
+    job = job_get_visible(user=request.user, job_id=job_id)
     points = series_downsampled(job, max_points)
     return _json_response({**points.columns(), "shown": points.shown, "status": job.status})
 
@@ -93,7 +93,7 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
         known_status = _status_param(request.GET)
     except BadParameter as error:
         return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
-    job = job_for_user(request.user, job_id)
+    job = job_get_visible(user=request.user, job_id=job_id)
     points = metrics_after(job, after, POLL_MAX_POINTS)
     data = {
         **points.columns(),
@@ -130,7 +130,7 @@ def compare(request: HtmxHttpRequest) -> HttpResponse:
         job_ids = _job_ids(request.GET)
     except BadParameter as error:
         return render(request, "metrics/compare.html", {"error": str(error)}, status=400)
-    visible = {job.pk: job for job in jobs_visible_to(request.user).filter(pk__in=job_ids)}
+    visible = {job.pk: job for job in job_list_visible(user=request.user).filter(pk__in=job_ids)}
     jobs = [visible[job_id] for job_id in job_ids if job_id in visible]
     if not jobs:
         raise Http404("None of these jobs exist or are yours.")
@@ -281,7 +281,7 @@ def _export(
     fmt: str,
     chunks: Callable[[TrainingJob], Iterator[str]],
 ) -> StreamingHttpResponse:
-    job = job_for_user(request.user, job_id)
+    job = job_get_visible(user=request.user, job_id=job_id)
     return StreamingHttpResponse(
         chunks(job),
         content_type=FORMATS[fmt],

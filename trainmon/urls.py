@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from accounts.views import ThrottledLoginView
-from metrics.api import api
+from trainmon.api import api
 from trainmon.views import healthz
 
 urlpatterns = [

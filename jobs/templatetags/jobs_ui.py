@@ -1,7 +1,4 @@
-"""Filters that turn job figures into the short forms the pages show ("~4 min", "3 s ago").
-
-static/trainmon/relative-time.js repeats `ago` in the browser; keep the two in step.
-"""
+"""Filters that turn job figures into the short forms the pages show ("~4 min", "3 s ago")."""
 
 from __future__ import annotations
 
@@ -11,41 +8,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import template
-from django.utils import timezone
-from django.utils.formats import date_format
 
+from jobs.display import EMPTY, HOUR, MINUTE, progress_label, time_ago
 from jobs.models import TrainingJob
-from jobs.services import USER_ACTIONS, job_allowed_actions
+from jobs.services import JOB_ACTIONS, JobAction, job_allowed_actions
 
 register = template.Library()
 
-MINUTE = 60
-HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-WEEK = 7 * DAY
-EMPTY = "—"
 # Figures below this are shown in scientific notation (learning rates).
 SCIENTIFIC_BELOW = 1e-2
 LARGE_LOSS = 1000
 
 
 @register.filter
-def ago(moment: datetime | None) -> str:  # noqa: PLR0911 - a return per unit reads best
+def ago(moment: datetime | None) -> str:
     """'just now', '42 s ago', '3 min ago', '5 h ago', '2 d ago', then the date."""
-    if moment is None:
-        return EMPTY
-    seconds = (timezone.now() - moment).total_seconds()
-    if seconds < 1:
-        return "just now"
-    if seconds < MINUTE:
-        return f"{int(seconds)} s ago"
-    if seconds < HOUR:
-        return f"{int(seconds // MINUTE)} min ago"
-    if seconds < DAY:
-        return f"{int(seconds // HOUR)} h ago"
-    if seconds < WEEK:
-        return f"{int(seconds // DAY)} d ago"
-    return date_format(timezone.localtime(moment), "j M Y")
+    return time_ago(moment)
 
 
 @register.filter
@@ -91,8 +70,7 @@ def fraction_percent(value: float | None) -> str:
 @register.filter
 def progress(job: TrainingJob) -> str:
     """Rounded down, so a job shows 100% only when it is done."""
-    percent = math.floor(job.progress_percent * 10) / 10
-    return f"{percent:.0f}%" if percent in (0, 100) else f"{percent:.1f}%"
+    return progress_label(job.current_step, job.total_steps)
 
 
 @register.filter
@@ -127,5 +105,11 @@ def hyperparameter(value: Any) -> str:
 
 @register.filter
 def user_actions(job: TrainingJob) -> list[str]:
-    """The job page's buttons: the legal transitions a user may ask for (not complete/fail)."""
-    return [action for action in job_allowed_actions(job) if action in USER_ACTIONS]
+    """The legal transitions a user may ask for now (not the engine's complete/fail)."""
+    return job_allowed_actions(job=job, by_users=True)
+
+
+@register.filter
+def action_buttons(job: TrainingJob) -> list[JobAction]:
+    """The job page's buttons: `user_actions`, each with its label, tone and confirmation."""
+    return [JOB_ACTIONS[name] for name in user_actions(job)]

@@ -32,4 +32,4 @@ def test_the_revoke_action(staff_client, user):
         follow=True,
     )
     assert "Revoked 1 token(s)." in response.content.decode()
-    assert api_token_authenticate(raw) is None
+    assert api_token_authenticate(raw=raw) is None

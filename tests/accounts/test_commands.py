@@ -20,7 +20,7 @@ def test_prints_a_working_token_alone(user):
     raw = output.strip()
     assert output == raw + "\n"
     assert raw.startswith("tm_")
-    assert api_token_authenticate(raw) == user
+    assert api_token_authenticate(raw=raw) == user
     assert ApiToken.objects.get(user=user).name == "created by manage.py createapitoken"
 
 

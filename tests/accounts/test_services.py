@@ -45,7 +45,7 @@ def test_create_needs_a_reasonable_name(user, name):
 
 def test_authenticate_finds_the_owner_and_notes_the_use(user):
     token, raw = api_token_create(user=user, name="t")
-    assert api_token_authenticate(raw) == user
+    assert api_token_authenticate(raw=raw) == user
     token.refresh_from_db()
     assert token.last_used_at is not None
 
@@ -54,12 +54,12 @@ def test_last_used_is_written_at_most_once_a_minute(user):
     token, raw = api_token_create(user=user, name="t")
     recent = timezone.now() - LAST_USED_RESOLUTION / 2
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=recent)
-    api_token_authenticate(raw)
+    api_token_authenticate(raw=raw)
     token.refresh_from_db()
     assert token.last_used_at == recent
     old = timezone.now() - LAST_USED_RESOLUTION - timedelta(seconds=1)
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=old)
-    api_token_authenticate(raw)
+    api_token_authenticate(raw=raw)
     token.refresh_from_db()
     assert token.last_used_at > old
 
@@ -67,15 +67,15 @@ def test_last_used_is_written_at_most_once_a_minute(user):
 @pytest.mark.parametrize("raw", ["", "tm_nope", "x" * 10_000, "\ud800", None, 5])
 def test_unknown_or_malformed_tokens_fail(user, raw):
     api_token_create(user=user, name="t")
-    assert api_token_authenticate(raw) is None
+    assert api_token_authenticate(raw=raw) is None
 
 
 def test_a_tokens_prefix_or_hash_is_not_a_token(user):
     token, raw = api_token_create(user=user, name="t")
-    assert api_token_authenticate(token.prefix) is None
-    assert api_token_authenticate(token.key_hash) is None
-    assert api_token_authenticate(raw + "x") is None
-    assert api_token_authenticate(raw.upper()) is None
+    assert api_token_authenticate(raw=token.prefix) is None
+    assert api_token_authenticate(raw=token.key_hash) is None
+    assert api_token_authenticate(raw=raw + "x") is None
+    assert api_token_authenticate(raw=raw.upper()) is None
 
 
 def test_revoked_tokens_fail_and_revoking_twice_keeps_the_first_time(user):
@@ -83,7 +83,7 @@ def test_revoked_tokens_fail_and_revoking_twice_keeps_the_first_time(user):
     api_token_revoke(token=token)
     first = token.revoked_at
     assert first is not None
-    assert api_token_authenticate(raw) is None
+    assert api_token_authenticate(raw=raw) is None
     api_token_revoke(token=token)
     token.refresh_from_db()
     assert token.revoked_at == first
@@ -96,6 +96,6 @@ def test_inactive_and_deleted_users_tokens_fail(user, other_user):
     user.save()
     deleted_id = other_user.pk
     other_user.delete()
-    assert api_token_authenticate(inactive_raw) is None
-    assert api_token_authenticate(deleted_raw) is None
+    assert api_token_authenticate(raw=inactive_raw) is None
+    assert api_token_authenticate(raw=deleted_raw) is None
     assert not ApiToken.objects.filter(user_id=deleted_id).exists()

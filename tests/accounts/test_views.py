@@ -49,7 +49,7 @@ def test_creating_shows_the_token_once(user_client, user):
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
     raw = new_token_on(response.content.decode())
-    assert api_token_authenticate(raw) == user
+    assert api_token_authenticate(raw=raw) == user
     assert ApiToken.objects.get(user=user).name == "gpu-1"
     # Never again: not on the list page, not in the database.
     assert raw not in user_client.get(TOKENS).content.decode()
@@ -71,7 +71,7 @@ def test_revoke_my_token(user_client, user):
     assert response.redirect_chain == [(TOKENS, 302)]
     token.refresh_from_db()
     assert token.revoked_at is not None
-    assert api_token_authenticate(raw) is None
+    assert api_token_authenticate(raw=raw) is None
     page = response.content.decode()
     assert "Revoked the token" in page
     assert "revoked" in page
@@ -81,7 +81,7 @@ def test_another_users_token_cannot_be_revoked(user_client, other_user):
     token, raw = api_token_create(user=other_user, name="theirs")
     response = user_client.post(reverse("accounts:token_revoke", args=[token.pk]))
     assert response.status_code == 404
-    assert api_token_authenticate(raw) == other_user
+    assert api_token_authenticate(raw=raw) == other_user
 
 
 def test_revoke_needs_post(user_client, user):

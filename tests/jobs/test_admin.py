@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -13,6 +15,7 @@ from jobs.admin import LATEST_POINTS, TrainingJobAdmin
 from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory, UserFactory
+from tests.support.job_bounds import BOUND_REFUSALS
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
@@ -340,3 +343,96 @@ def test_a_nul_in_the_admin_search_is_not_a_500(staff_client, staff_user, url):
     TrainingJobFactory(owner=staff_user, name="bert")
     response = staff_client.get(reverse(url) + "?q=ber%00t")
     assert response.status_code == 200
+
+
+class TestServiceRules:
+    """The admin refuses what the web form and the API refuse, with the same words."""
+
+    @pytest.mark.parametrize(("field", "value", "message"), BOUND_REFUSALS)
+    def test_add_refuses_each_bound_with_its_message(
+        self, staff_client, user, field, value, message
+    ):
+        response = staff_client.post(ADD, TestAdd().form_data(user, **{field: value}))
+        assert response.status_code == 200
+        assert response.context["adminform"].form.errors[field] == [message]
+        assert not TrainingJob.objects.exists()
+
+    def test_the_add_form_shows_the_services_limits(self, staff_client):
+        html = staff_client.get(ADD).content.decode()
+        assert re.search(r'name="base_learning_rate"[^>]*max="10.0"', html)
+        assert re.search(r'name="steps_per_tick"[^>]*max="10000"', html)
+
+    def edit(self, staff_client, job, **changes):
+        data = {"name": job.name, "owner": job.owner_id, "hyperparameters": "{}"}
+        return staff_client.post(change_url(job), data | {"steps_per_tick": 10} | changes)
+
+    def test_an_edit_cannot_pass_the_speed_limit(self, staff_client, job):
+        response = self.edit(staff_client, job, steps_per_tick=10_001)
+        assert response.status_code == 200
+        errors = response.context["adminform"].form.errors
+        assert errors["steps_per_tick"] == ["Steps per tick can be at most 10,000."]
+        job.refresh_from_db()
+        assert job.steps_per_tick == 10
+
+    def test_an_edit_is_checked_by_job_update(self, staff_client, job, monkeypatch):
+        # The admin asks the service, so a rule added there reaches the admin untouched.
+        def refuse(*, data):
+            raise ValidationError({"name": "Refused by the service."})
+
+        monkeypatch.setattr("jobs.admin.job_update_check", refuse)
+        response = self.edit(staff_client, job, name="renamed")
+        assert response.context["adminform"].form.errors["name"] == ["Refused by the service."]
+        job.refresh_from_db()
+        assert job.name != "renamed"
+
+    def test_an_edit_cannot_store_oversized_hyperparameters(self, staff_client, job, settings):
+        settings.TRAINMON_HYPERPARAMETERS_MAX_BYTES = 50
+        response = self.edit(staff_client, job, hyperparameters=json.dumps({"x": "y" * 60}))
+        assert response.context["adminform"].form.errors["hyperparameters"] == [
+            "Hyperparameters can be at most 50 bytes of JSON; these are 68."
+        ]
+        job.refresh_from_db()
+        assert job.hyperparameters == {}
+
+    def test_the_changelist_never_loads_hyperparameters(self, staff_client, user):
+        TrainingJobFactory(owner=user, hyperparameters={"big": "x" * 1000})
+        with CaptureQueriesContext(connection) as captured:
+            response = staff_client.get(CHANGELIST)
+        assert response.status_code == 200
+        job_queries = [q["sql"] for q in captured if 'FROM "jobs_trainingjob"' in q["sql"]]
+        assert any('"jobs_trainingjob"."name"' in sql for sql in job_queries)
+        assert not any("hyperparameters" in sql for sql in job_queries)
+
+    def test_actions_act_on_the_deferred_list(self, staff_client, user):
+        job = TrainingJobFactory(owner=user, hyperparameters={"lr": 0.1})
+        response = staff_client.post(
+            CHANGELIST, {"action": "pause_jobs", "_selected_action": [job.pk]}, follow=True
+        )
+        assert messages_of(response) == ["Paused 1 job."]
+        job.refresh_from_db()
+        assert (job.status, job.hyperparameters) == (Status.PAUSED, {"lr": 0.1})
+
+    def test_one_action_per_user_action_with_the_tables_wording(self):
+        from django.contrib.admin import site
+
+        actions = TrainingJobAdmin(TrainingJob, site).actions
+        assert [action.__name__ for action in actions] == [
+            "start_jobs",
+            "pause_jobs",
+            "resume_jobs",
+            "cancel_jobs",
+        ]
+        assert [action.short_description for action in actions] == [
+            "Start selected jobs (queued)",
+            "Pause selected jobs",
+            "Resume selected jobs (paused)",
+            "Cancel selected jobs",
+        ]
+
+    @pytest.mark.parametrize(
+        ("step", "shown"), [(0, "0%"), (996, "99.6%"), (999, "99.9%"), (1000, "100%")]
+    )
+    def test_progress_is_rounded_down(self, staff_client, user, step, shown):
+        TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=1000, current_step=step)
+        html = staff_client.get(CHANGELIST).content.decode()
+        assert re.search(rf"</progress> {re.escape(shown)}</span>", html)

@@ -117,7 +117,23 @@ class TestJobsTable:
         assert header.split() == ["ID", "NAME", "STATUS", "PROGRESS", "LAST", "LOSS", "UPDATED"]
         rows = {line.split()[0]: line.split() for line in lines}
         assert rows[str(running.pk)][1:6] == ["alpha", "running", "25.0%", "0.1235", "just"]
-        assert rows[str(queued.pk)][1:5] == ["beta", "queued", "0.0%", "-"]
+        assert rows[str(queued.pk)][1:5] == ["beta", "queued", "0%", "-"]
+
+    def test_progress_and_age_read_as_on_the_pages(self, user):
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        TrainingJobFactory(
+            owner=user,
+            name="almost",
+            total_epochs=1,
+            steps_per_epoch=10_000,
+            current_step=9_996,
+            updated_at=timezone.now() - timedelta(minutes=3, seconds=5),
+        )
+        stdout, _ = run("jobs")
+        assert stdout.splitlines()[1].split()[3:] == ["99.9%", "-", "3", "min", "ago"]
 
     def test_status_filter(self, user):
         TrainingJobFactory(owner=user, name="alpha")

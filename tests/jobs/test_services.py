@@ -5,8 +5,9 @@ from django.core.exceptions import ValidationError
 
 from jobs import services
 from jobs.models import TrainingJob
-from jobs.services import JobTransitionError
+from jobs.services import JOB_BOUNDS, JobTransitionError
 from tests.support.factories import TrainingJobFactory
+from tests.support.job_bounds import BOUND_REFUSALS
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
@@ -89,7 +90,7 @@ class TestTransitions:
     def test_terminal_jobs_never_move(self, user, terminal, action):
         job = TrainingJobFactory(owner=user, status=terminal)
         with pytest.raises(JobTransitionError, match=f"Cannot {action}"):
-            services.job_transition(job, action)
+            services.job_transition(job=job, action=action)
         job.refresh_from_db()
         assert job.status == terminal
 
@@ -101,16 +102,33 @@ class TestTransitions:
         assert stale.status == Status.CANCELLED
 
     def test_allowed_actions_follow_the_table(self, user):
-        assert services.job_allowed_actions(TrainingJobFactory(owner=user)) == [
+        assert services.job_allowed_actions(job=TrainingJobFactory(owner=user)) == [
             "pause",
             "cancel",
             "complete",
             "fail",
         ]
         paused = TrainingJobFactory(owner=user, status=Status.PAUSED)
-        assert "resume" in services.job_allowed_actions(paused)
+        assert "resume" in services.job_allowed_actions(job=paused)
         done = TrainingJobFactory(owner=user, status=Status.COMPLETED)
-        assert services.job_allowed_actions(done) == []
+        assert services.job_allowed_actions(job=done) == []
+
+
+class TestVisibility:
+    def test_users_see_their_own_jobs_and_staff_see_all(self, user, other_user, staff_user):
+        from django.contrib.auth.models import AnonymousUser
+        from django.http import Http404
+
+        from jobs.selectors import job_get_visible, job_list_visible
+
+        mine = TrainingJobFactory(owner=user)
+        theirs = TrainingJobFactory(owner=other_user)
+        assert list(job_list_visible(user=user)) == [mine]
+        assert set(job_list_visible(user=staff_user)) == {mine, theirs}
+        assert not job_list_visible(user=AnonymousUser()).exists()
+        assert job_get_visible(user=user, job_id=mine.pk) == mine
+        with pytest.raises(Http404):
+            job_get_visible(user=user, job_id=theirs.pk)
 
 
 def nested(depth: int) -> list:
@@ -155,3 +173,97 @@ def test_job_build_validates_without_writing(user):
     assert not TrainingJob.objects.exists()
     with pytest.raises(ValidationError):
         services.job_build(owner=user, name="dry", total_epochs=0, steps_per_epoch=10)
+
+
+class TestBounds:
+    @pytest.mark.parametrize(("field", "value", "message"), BOUND_REFUSALS)
+    def test_each_bound_is_refused_with_its_message(self, user, field, value, message):
+        number = int(value) if JOB_BOUNDS[field].integer else float(value)
+        with pytest.raises(ValidationError) as error:
+            create(user, **{field: number})
+        assert error.value.message_dict[field] == [message]
+        assert not TrainingJob.objects.exists()
+
+    @pytest.mark.parametrize(
+        "overrides",
+        [
+            {"initial_loss": 1.7e308},  # the summary's loss sums overflowed to inf
+            {"base_learning_rate": 1e308},  # the schedule grew to Infinity, written into jsonb
+            {"initial_loss": 1e6 + 1},
+            {"decay_rate": 5e-324, "initial_loss": float("inf")},
+            {"seed": True},
+            {"warmup_steps": 2**31},  # past PostgreSQL's integer column
+            {"seed": 10**400},  # past any float, too
+            {"initial_loss": 10**400},
+        ],
+    )
+    def test_values_that_would_overflow_downstream_are_refused(self, user, overrides):
+        with pytest.raises(ValidationError):
+            create(user, **overrides)
+
+    def test_the_edges_are_accepted(self, user):
+        job = create(
+            user,
+            initial_loss=1e6,
+            final_loss=0.0,
+            decay_rate=10.0,
+            base_learning_rate=10.0,
+            warmup_steps=100_000_000,
+            diverge_at_step=100_000_000,
+            seed=2**63 - 1,
+            steps_per_tick=10_000,
+        )
+        job.refresh_from_db()
+        assert (job.initial_loss, job.base_learning_rate, job.seed) == (1e6, 10.0, 2**63 - 1)
+
+    def test_hyperparameters_size_is_a_setting(self, user, settings):
+        settings.TRAINMON_HYPERPARAMETERS_MAX_BYTES = 20
+        with pytest.raises(ValidationError) as error:
+            create(user, hyperparameters={"optimizer": "adamw-8bit"})
+        assert error.value.message_dict["hyperparameters"] == [
+            "Hyperparameters can be at most 20 bytes of JSON; these are 26."
+        ]
+        assert create(user, hyperparameters={"lr": 0.1}).hyperparameters == {"lr": 0.1}
+
+
+class TestJobUpdate:
+    def test_writes_only_the_given_columns(self, job):
+        TrainingJob.objects.filter(pk=job.pk).update(current_step=30)  # a tick since the read
+        services.job_update(job=job, data={"name": "  renamed  ", "steps_per_tick": 20})
+        job.refresh_from_db()
+        assert (job.name, job.steps_per_tick, job.current_step) == ("renamed", 20, 30)
+
+    @pytest.mark.parametrize(
+        ("data", "field"),
+        [
+            ({"steps_per_tick": 10_001}, "steps_per_tick"),
+            ({"name": " "}, "name"),
+            ({"hyperparameters": [1]}, "hyperparameters"),
+            ({"description": "a\x00b"}, "description"),
+            ({"initial_loss": 3.0}, "initial_loss"),  # a curve in flight is not rewritten
+            ({"status": "completed"}, "status"),
+        ],
+    )
+    def test_refuses_what_a_new_job_would_not_get(self, job, data, field):
+        before = TrainingJob.objects.values().get(pk=job.pk)
+        with pytest.raises(ValidationError) as error:
+            services.job_update(job=job, data=data)
+        assert field in error.value.message_dict
+        assert TrainingJob.objects.values().get(pk=job.pk) == before
+
+
+class TestActionTable:
+    def test_user_actions_are_the_tables_and_in_button_order(self):
+        assert services.USER_ACTIONS == ("start", "pause", "resume", "cancel")
+        assert {name: action.past_tense for name, action in services.JOB_ACTIONS.items()} == {
+            "start": "started",
+            "pause": "paused",
+            "resume": "resumed",
+            "cancel": "cancelled",
+            "complete": "completed",
+            "fail": "failed",
+        }
+
+    def test_users_are_offered_only_their_actions(self, user):
+        job = TrainingJobFactory(owner=user)
+        assert services.job_allowed_actions(job=job, by_users=True) == ["pause", "cancel"]

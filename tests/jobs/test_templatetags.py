@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from jobs import display
 from jobs.models import TrainingJob
 from jobs.templatetags import jobs_ui
 from tests.support.factories import TrainingJobFactory
@@ -25,7 +26,7 @@ from tests.support.factories import TrainingJobFactory
 )
 def test_ago(seconds, expected, monkeypatch):
     now = timezone.now()
-    monkeypatch.setattr(jobs_ui.timezone, "now", lambda: now)  # no clock between the two reads
+    monkeypatch.setattr(display.timezone, "now", lambda: now)  # no clock between the two reads
     assert jobs_ui.ago(now - timedelta(seconds=seconds)) == expected
 
 
@@ -91,3 +92,12 @@ def test_progress_rounds_down_so_only_done_is_100(step, expected):
 )
 def test_user_actions_leave_out_the_engines_transitions(status, actions):
     assert jobs_ui.user_actions(TrainingJobFactory.build(status=status)) == actions
+
+
+@pytest.mark.parametrize(
+    ("current", "total", "expected"),
+    [(0, 1000, "0%"), (1, 3, "33.3%"), (996, 1000, "99.6%"), (9996, 10000, "99.9%"),
+     (99_999_999, 100_000_000, "99.9%"), (1000, 1000, "100%")],
+)  # fmt: skip
+def test_progress_label_never_rounds_up_to_done(current, total, expected):
+    assert display.progress_label(current, total) == expected

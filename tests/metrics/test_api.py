@@ -223,6 +223,62 @@ def test_create_rejects_hyperparameters_no_database_can_store(api):
     assert not TrainingJob.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"total_epochs": 10_001}, "total_epochs", "Total epochs can be at most 10,000."),
+        ({"total_epochs": 0}, "total_epochs", "Total epochs must be a positive integer."),
+        (
+            {"steps_per_epoch": 1_000_001},
+            "steps_per_epoch",
+            "Steps per epoch can be at most 1,000,000.",
+        ),
+        (
+            {"total_epochs": 10_000, "steps_per_epoch": 1_000_000},
+            "body",
+            "That is 10,000,000,000 steps in all; the most is 100,000,000.",
+        ),
+    ],
+)
+def test_create_refuses_the_services_bounds_with_its_messages(api, body, field, message):
+    response = api.post("/jobs/", {"name": "x", "total_epochs": 1, "steps_per_epoch": 1} | body)
+    assert assert_error(response, 400) == {
+        "error": "Invalid request: 1 problem(s).",
+        "details": [{"field": field, "message": message}],
+    }
+    assert not TrainingJob.objects.exists()
+
+
+def test_create_refuses_oversized_hyperparameters(api, settings):
+    settings.TRAINMON_HYPERPARAMETERS_MAX_BYTES = 30
+    body = {"name": "x", "total_epochs": 1, "steps_per_epoch": 1}
+    response = api.post("/jobs/", body | {"hyperparameters": {"notes": "z" * 30}})
+    assert assert_error(response, 400)["details"] == [
+        {
+            "field": "hyperparameters",
+            "message": "Hyperparameters can be at most 30 bytes of JSON; these are 42.",
+        }
+    ]
+    assert not TrainingJob.objects.exists()
+
+
+def test_the_schema_documents_the_services_bounds(client):
+    schema = client.get("/api/v1/openapi.json").json()
+    job_in = schema["components"]["schemas"]["JobIn"]["properties"]
+    assert (job_in["total_epochs"]["minimum"], job_in["total_epochs"]["maximum"]) == (1, 10_000)
+    assert job_in["steps_per_epoch"]["maximum"] == 1_000_000
+
+
+def test_progress_is_rounded_down(api, user):
+    job = TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=1_000_000)
+    job.current_step = 999_999  # 99.9999 %: rounded to 3 decimals that would say done
+    job.save()
+    assert api.get(f"/jobs/{job.pk}/").json()["progress_percent"] == 99.999
+    job.current_step = 1_000_000
+    job.save()
+    assert api.get(f"/jobs/{job.pk}/").json()["progress_percent"] == 100
+
+
 @pytest.mark.parametrize("raw", ["", "{", "nope", '{"name": "x",}', "[]", "null", "5", "\xff"])
 def test_malformed_bodies_are_400(api, raw):
     assert_error(api.post("/jobs/", raw=raw), 400)

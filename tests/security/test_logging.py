@@ -165,7 +165,7 @@ def crashing(monkeypatch) -> Iterator[None]:
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("jobs.views.job_status_counts", boom)  # the dashboard
+    monkeypatch.setattr("jobs.views.job_count_by_status", boom)  # the dashboard
     monkeypatch.setattr("accounts.views.render", boom)  # the tokens page, with a new token
     monkeypatch.setattr("django.contrib.auth.backends.ModelBackend.user_can_authenticate", boom)
     yield

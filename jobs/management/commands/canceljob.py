@@ -5,5 +5,4 @@ from jobs.cli import JobTransitionCommand, transition_help
 
 class Command(JobTransitionCommand):
     action = "cancel"
-    past_tense = "cancelled"
-    help = transition_help(action, past_tense)
+    help = transition_help(action)

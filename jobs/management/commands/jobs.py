@@ -1,19 +1,16 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser
-from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from jobs.display import progress_label, time_ago
 from jobs.models import TrainingJob
 
 NAME_WIDTH = 40
 COLUMNS = ("ID", "NAME", "STATUS", "PROGRESS", "LAST LOSS", "UPDATED")
 RIGHT_ALIGNED = {"ID", "PROGRESS", "LAST LOSS"}
-# Past this age the table shows the date instead of "N units ago".
-RELATIVE_TIME_LIMIT = timedelta(days=7)
-_UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
 
 
 class Command(BaseCommand):
@@ -50,9 +47,9 @@ class Command(BaseCommand):
                 str(job.pk),
                 _truncate(job.name, NAME_WIDTH),
                 job.status,
-                f"{job.progress_percent:.1f}%",
+                progress_label(job.current_step, job.total_steps),
                 "-" if job.last_loss is None else f"{job.last_loss:.4f}",
-                _ago(job.updated_at, now),
+                time_ago(job.updated_at, now=now),
             )
             for job in jobs
         ]
@@ -70,14 +67,3 @@ class Command(BaseCommand):
 
 def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _ago(moment: datetime, now: datetime) -> str:
-    age = now - moment
-    if age >= RELATIVE_TIME_LIMIT:
-        return moment.date().isoformat()
-    seconds = max(int(age.total_seconds()), 0)
-    for unit, size in _UNITS:
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return "just now"

@@ -5,5 +5,4 @@ from jobs.cli import JobTransitionCommand, transition_help
 
 class Command(JobTransitionCommand):
     action = "resume"
-    past_tense = "resumed"
-    help = transition_help(action, past_tense)
+    help = transition_help(action)

@@ -1,0 +1,193 @@
+"""Request and response bodies of the job endpoints (jobs/api.py).
+
+Inputs are strict: a count is a JSON integer, not "5" or 5.0 or true, and unknown keys are
+errors, so a typo is reported instead of silently dropped. Limits and messages are the
+service's (jobs.services): the schema documents them and checks them with the same words.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from django.http import HttpRequest
+from ninja import Schema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from jobs.display import progress_floor
+from jobs.models import JobStatus, TrainingJob
+from jobs.services import (
+    JOB_BOUNDS,
+    hyperparameters_problem,
+    total_steps_problem,
+    unstorable_text,
+)
+
+LABEL_MAX_LENGTH = TrainingJob._meta.get_field("name").max_length
+DESCRIPTION_MAX_LENGTH = 10_000
+REASON_MAX_LENGTH = 2_000
+PROGRESS_DECIMALS = 3
+
+
+def storable_text(value: str) -> str:
+    if problem := unstorable_text(value):
+        raise PydanticCustomError("unstorable_text", problem)
+    return value
+
+
+def _none_as_empty(value: object) -> object:
+    return "" if value is None else value
+
+
+Text = Annotated[StrictStr, BeforeValidator(_none_as_empty)]
+
+
+def _service_bound(field: str) -> Any:
+    """An integer field checked by the service's bound: its range documented, its message."""
+    bound = JOB_BOUNDS[field]
+
+    def check(value: int) -> int:
+        if problem := bound.problem(value):
+            raise PydanticCustomError("out_of_range", problem)
+        return value
+
+    return Annotated[
+        StrictInt,
+        AfterValidator(check),
+        Field(json_schema_extra={"minimum": bound.minimum, "maximum": bound.maximum}),
+    ]
+
+
+TotalEpochs = _service_bound("total_epochs")
+StepsPerEpoch = _service_bound("steps_per_epoch")
+
+
+class JobIn(BaseModel):
+    """An external job: your training script reports its points."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(min_length=1, max_length=LABEL_MAX_LENGTH, examples=["mlp-spirals"])
+    total_epochs: TotalEpochs
+    steps_per_epoch: StepsPerEpoch
+    model_name: Text = Field("", max_length=LABEL_MAX_LENGTH)
+    dataset: Text = Field("", max_length=LABEL_MAX_LENGTH)
+    description: Text = Field("", max_length=DESCRIPTION_MAX_LENGTH)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Any JSON object, e.g. {"lr": 0.05}, at most '
+        "TRAINMON_HYPERPARAMETERS_MAX_BYTES (64 KiB) as JSON.",
+    )
+
+    @field_validator("name", "model_name", "dataset", "description")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return storable_text(value)
+
+    @field_validator("hyperparameters", mode="before")
+    @classmethod
+    def _null_hyperparameters(cls, value: object) -> object:
+        return {} if value is None else value
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _json_safe(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if problem := hyperparameters_problem(value):
+            raise PydanticCustomError("unstorable_json", problem)
+        return value
+
+    @model_validator(mode="after")
+    def _total_steps(self) -> JobIn:
+        if problem := total_steps_problem(self.total_epochs, self.steps_per_epoch):
+            raise PydanticCustomError("too_many_steps", problem)
+        return self
+
+
+class JobOut(Schema):
+    id: int
+    name: str
+    description: str
+    model_name: str
+    dataset: str
+    hyperparameters: dict[str, Any]
+    status: JobStatus
+    source: str
+    total_epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    current_step: int = Field(description="Steps done: points are steps 0..current_step-1.")
+    current_epoch: int
+    progress_percent: float = Field(description="Rounded down: 100 only once the job is done.")
+    last_loss: float | None
+    best_loss: float | None
+    best_loss_step: int | None
+    last_accuracy: float | None
+    last_learning_rate: float | None
+    steps_per_second: float | None
+    eta_seconds: float | None
+    failure_reason: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_reported_at: datetime | None
+    url: str = Field(description="The job's page.")
+
+    @classmethod
+    def of(cls, job: TrainingJob, request: HttpRequest) -> JobOut:
+        eta = job.eta
+        return cls(
+            id=job.pk,
+            name=job.name,
+            description=job.description,
+            model_name=job.model_name,
+            dataset=job.dataset,
+            hyperparameters=job.hyperparameters,
+            status=job.status,
+            source=job.source,
+            total_epochs=job.total_epochs,
+            steps_per_epoch=job.steps_per_epoch,
+            total_steps=job.total_steps,
+            current_step=job.current_step,
+            current_epoch=job.current_epoch,
+            progress_percent=progress_floor(
+                job.current_step, job.total_steps, decimals=PROGRESS_DECIMALS
+            ),
+            last_loss=job.last_loss,
+            best_loss=job.best_loss,
+            best_loss_step=job.best_loss_step,
+            last_accuracy=job.last_accuracy,
+            last_learning_rate=job.last_learning_rate,
+            steps_per_second=job.steps_per_second,
+            eta_seconds=None if eta is None else eta.total_seconds(),
+            failure_reason=job.failure_reason,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            last_reported_at=job.last_reported_at,
+            url=request.build_absolute_uri(job.get_absolute_url()),
+        )
+
+
+class FinishIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["completed", "failed"]
+    reason: Text = Field(
+        "", max_length=REASON_MAX_LENGTH, description="Why it failed (shown on the job page)."
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return storable_text(value)
