@@ -31,9 +31,11 @@ run: $(VENV)/.runtime-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## lint: ruff, then mypy over the app code (configured in pyproject.toml)
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .

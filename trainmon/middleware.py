@@ -13,7 +13,10 @@ class HtmxLoginRequiredMiddleware(LoginRequiredMiddleware):
     """LoginRequiredMiddleware that sends an htmx request (a poll, a search) to the login page
     as a whole, instead of a 302 that htmx would follow and swap the login page into a table."""
 
-    def handle_no_permission(self, request: Any, view_func: Any) -> HttpResponse:
+    # The stubs narrow the return to Django's HttpResponseRedirect; any response will do.
+    def handle_no_permission(  # type: ignore[override]
+        self, request: Any, view_func: Any
+    ) -> HttpResponse:
         if not getattr(request, "htmx", False):
             return super().handle_no_permission(request, view_func)
         # Come back to the page the user was on, not to the partial that was polled.

@@ -7,8 +7,12 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 
 from trainmon.env import env_bool, env_int, env_list
+
+# Lets annotations subscript Django's generic classes at runtime (`admin.ModelAdmin[Job]`).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("TRAINMON_VAR_DIR", BASE_DIR / "var"))
