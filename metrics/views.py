@@ -128,7 +128,8 @@ def compare(request: HtmxHttpRequest) -> HttpResponse:
     try:
         job_ids = _job_ids(request.GET)
     except BadParameter as error:
-        return render(request, "metrics/compare.html", {"error": str(error)}, status=400)
+        context = {"error": str(error), "max_jobs": COMPARE_MAX_JOBS}
+        return render(request, "metrics/compare.html", context, status=400)
     visible = {job.pk: job for job in jobs_visible_to(request.user).filter(pk__in=job_ids)}
     jobs = [visible[job_id] for job_id in job_ids if job_id in visible]
     if not jobs:
