@@ -128,14 +128,29 @@ def test_every_screen_keeps_to_the_content_security_policy(
     # The job page with live polling running: points arrive through the poller.
     assert_strict_csp(page.goto(live.get_absolute_url()))
     page.wait_for_function("() => Number(document.getElementById('charts').dataset.pointCount) > 0")
+    page.evaluate(
+        """() => document.addEventListener("transitionrun", (event) => {
+          if (event.propertyName === "width") window.widthTransitions = true;
+        })"""
+    )
     shown = int(page.get_attribute("#charts", "data-point-count"))
     page.wait_for_function(
         "n => Number(document.getElementById('charts').dataset.pointCount) > n", arg=shown
     )
     fill = page.locator(f"#progress-fill-{live.pk}")
-    # The width comes from data-width ("15%" for "15.00%"), through progress.js.
-    width, wanted = fill.evaluate("e => [e.style.width, e.dataset.width]")
-    assert float(width.removesuffix("%")) == float(wanted.removesuffix("%")) > 0
+    # A poll moved the bar with its CSS transition, and the width comes from data-width
+    # through progress.js's stylesheet, not a style attribute.
+    page.wait_for_function("() => window.widthTransitions === true")
+    assert fill.get_attribute("style") is None
+    page.wait_for_function(
+        """id => {
+          const fill = document.getElementById(id);
+          const bar = fill.parentElement.getBoundingClientRect().width;
+          const wanted = parseFloat(fill.dataset.width) / 100 * bar;
+          return wanted > 0 && Math.abs(fill.getBoundingClientRect().width - wanted) < 1;
+        }""",
+        arg=f"progress-fill-{live.pk}",
+    )
 
     assert_strict_csp(page.goto("/jobs/new/"))
     page.click("button:has-text('Create job')")  # empty: a 400, the errors inline
