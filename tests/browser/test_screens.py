@@ -163,11 +163,13 @@ def test_every_screen_keeps_to_the_content_security_policy(
     assert page.locator(".series-swatch").first.evaluate(
         "e => getComputedStyle(e).backgroundColor"
     ) not in ("", "rgba(0, 0, 0, 0)")
+    screenshot(page, "compare")
 
     assert_strict_csp(page.goto("/accounts/tokens/"))
     page.fill("#token-name", "csp-box")
     page.click(".token-form button[type=submit]")
     page.wait_for_selector("#new-token")
+    screenshot(page, "tokens")
 
     assert_strict_csp(page.goto("/api/v1/docs"))
     page.wait_for_selector(".swagger-ui .opblock")
