@@ -215,6 +215,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # the broker is back, however long it was away.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_CONSUMER = "trainmon.celery_worker:SteadyRetryConsumer"
+# While the broker is away, beat logs each unsendable tick as one warning line.
+CELERY_BEAT_SCHEDULER = "trainmon.celery_beat:SteadyScheduler"
 # Safe with idempotent ticks, and the default from Celery 6 on: a task whose broker
 # connection is lost is cancelled and re-delivered rather than finished unacknowledged.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
