@@ -284,6 +284,15 @@ class TestErrorPages:
         assert 'class="card error-panel"' in html and "Something went wrong" in html
         assert "app.css" in html and 'href="/"' in html
 
+    def test_a_csrf_failure_is_our_page_and_needs_no_inline_style(self, user):
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(user)
+        response = client.post("/jobs/new/", {"name": "x"})
+        assert response.status_code == 403
+        html = response.content.decode()
+        assert 'class="card error-panel"' in html and "This form has expired" in html
+        assert "<style" not in html
+
 
 class TestNewJob:
     def test_form_renders_essentials_then_advanced(self, user_client):
