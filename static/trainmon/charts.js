@@ -8,8 +8,9 @@
   "use strict";
 
   const DEFAULT_SMOOTHING = 0.6;
-  // Past this many points in the chart, fetch the downsampled series instead of growing.
-  const CHART_MAX_POINTS = 4000;
+  // Past this many times the series' size (data-max-points), a chart fetches the downsampled
+  // series again instead of growing.
+  const CHART_GROWTH = 2;
   const RETRY_MS = 5000;
   const RAW_ALPHA = 0.28; // the raw line sits faint behind the smoothed one
   const PALETTE_SIZE = 8;
@@ -350,7 +351,7 @@
       const steps = update.steps.slice(start);
       if (steps.length) {
         state.total += update.catch_up ? update.total : steps.length;
-        if (data.steps.length + steps.length > CHART_MAX_POINTS) {
+        if (data.steps.length + steps.length > CHART_GROWTH * maxPoints) {
           loadSeries();
           return;
         }
