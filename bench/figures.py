@@ -356,7 +356,8 @@ def tick_figures(plan: Plan, data: Data) -> list[Figure]:
 
 
 def chart_figure(plan: Plan, data: Data) -> Figure:
-    from metrics.selectors import POINTS_PER_BUCKET, series_downsampled
+    from metrics.selectors import series_downsampled
+    from metrics.series import POINTS_PER_BUCKET
     from metrics.summary import summary_series, summary_width_for
 
     figure = Figure("chart_ms_1m", "ms", "ratio <= 0.2")

@@ -17,7 +17,6 @@ from jobs.services import JOB_ACTIONS, JobTransitionError, job_transition
 from trainmon.http import HtmxHttpRequest
 
 JOBS_PER_PAGE = 50
-DASHBOARD_POLL_SECONDS = 2
 SEARCH_MAX_LENGTH = 200
 HTTP_CONFLICT = 409
 
@@ -47,7 +46,6 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         "polling": any(job.is_active for job in page.object_list),
         "status": status,
         "search": search,
-        "poll_seconds": DASHBOARD_POLL_SECONDS,
         "summary": [(value, label, counts[value]) for value, label in TrainingJob.Status.choices],
         "total": sum(counts.values()),
         "statuses": TrainingJob.Status.choices,

@@ -7,7 +7,6 @@ from django.db import connection
 from jobs.models import TrainingJob
 from metrics.models import TrainingMetric
 from metrics.series import (
-    MIN_DOWNSAMPLED_POINTS,
     POINTS_PER_BUCKET,
     POLL_MAX_POINTS,
     SERIES_MAX_POINTS,
@@ -15,15 +14,6 @@ from metrics.series import (
     check_max_points,
 )
 from metrics.summary import summary_series
-
-__all__ = [
-    "MIN_DOWNSAMPLED_POINTS",
-    "POLL_MAX_POINTS",
-    "SERIES_MAX_POINTS",
-    "Series",
-    "metrics_after",
-    "series_downsampled",
-]
 
 
 def metrics_after(job: TrainingJob, after_step: int, limit: int = POLL_MAX_POINTS) -> Series:

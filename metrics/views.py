@@ -28,13 +28,8 @@ from metrics.export import (
     export_filename,
     export_json_chunks,
 )
-from metrics.selectors import (
-    POLL_MAX_POINTS,
-    SERIES_MAX_POINTS,
-    Series,
-    metrics_after,
-    series_downsampled,
-)
+from metrics.selectors import metrics_after, series_downsampled
+from metrics.series import POLL_MAX_POINTS, SERIES_MAX_POINTS, Series
 from trainmon.http import HtmxHttpRequest
 
 Status = TrainingJob.Status
@@ -129,7 +124,8 @@ def compare(request: HtmxHttpRequest) -> HttpResponse:
     try:
         job_ids = _job_ids(request.GET)
     except BadParameter as error:
-        return render(request, "metrics/compare.html", {"error": str(error)}, status=400)
+        context = {"error": str(error), "max_jobs": COMPARE_MAX_JOBS}
+        return render(request, "metrics/compare.html", context, status=400)
     visible = {job.pk: job for job in job_list_visible(user=request.user).filter(pk__in=job_ids)}
     jobs = [visible[job_id] for job_id in job_ids if job_id in visible]
     if not jobs:

@@ -75,7 +75,7 @@ def progress(job: TrainingJob) -> str:
 
 @register.filter
 def progress_width(job: TrainingJob) -> str:
-    """For style="width: …": a plain decimal, never localized."""
+    """For data-width (progress.js sets the bar's width): a plain decimal, never localized."""
     return f"{job.progress_percent:.2f}%"
 
 

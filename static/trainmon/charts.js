@@ -8,8 +8,9 @@
   "use strict";
 
   const DEFAULT_SMOOTHING = 0.6;
-  // Past this many points in the chart, fetch the downsampled series instead of growing.
-  const CHART_MAX_POINTS = 4000;
+  // Past this many times the series' size (data-max-points), a chart fetches the downsampled
+  // series again instead of growing.
+  const CHART_GROWTH = 2;
   const RETRY_MS = 5000;
   const RAW_ALPHA = 0.28; // the raw line sits faint behind the smoothed one
   const PALETTE_SIZE = 8;
@@ -218,7 +219,7 @@
 
   function setupJobCharts(root) {
     const seriesUrl = root.dataset.seriesUrl;
-    const maxPoints = Number(root.dataset.maxPoints) || 2000;
+    const maxPoints = Number(root.dataset.maxPoints); // the server's SERIES_MAX_POINTS
     const poller = document.getElementById("charts-poller");
     const note = document.getElementById("points-note");
     const liveToggle = document.getElementById("live-toggle");
@@ -350,7 +351,7 @@
       const steps = update.steps.slice(start);
       if (steps.length) {
         state.total += update.catch_up ? update.total : steps.length;
-        if (data.steps.length + steps.length > CHART_MAX_POINTS) {
+        if (data.steps.length + steps.length > CHART_GROWTH * maxPoints) {
           loadSeries();
           return;
         }
@@ -366,8 +367,10 @@
       updateNotes();
     }
 
-    // Polling: htmx asks every 2 s while this says yes (see hx-trigger in _charts.html).
-    window.liveUpdatesEnabled = function () {
+    // Polling: htmx triggers the poller every poll_seconds (hx-trigger in _charts.html), and
+    // the poller's htmx:beforeRequest listener below cancels each request this says no to.
+    // (Not an hx-trigger filter: htmx evaluates those with eval, which the CSP refuses.)
+    function liveUpdatesEnabled() {
       return (
         state.loaded &&
         !state.fetching &&
@@ -375,13 +378,16 @@
         !state.stopped &&
         document.visibilityState === "visible"
       );
-    };
+    }
 
     function pollNow() {
-      if (poller && window.liveUpdatesEnabled()) htmx.trigger(poller, "charts-poll-now");
+      if (poller && liveUpdatesEnabled()) htmx.trigger(poller, "charts-poll-now");
     }
 
     if (poller) {
+      poller.addEventListener("htmx:beforeRequest", (event) => {
+        if (!liveUpdatesEnabled()) event.preventDefault();
+      });
       poller.addEventListener("htmx:configRequest", (event) => {
         // The page's header knows the status the user last saw (an action may have changed it).
         const header = document.getElementById("job-header");
@@ -398,7 +404,7 @@
       poller.addEventListener("htmx:afterRequest", (event) => {
         const status = event.detail.xhr ? event.detail.xhr.status : 0;
         // 286: the job finished and htmx stopped polling. 404: the job was deleted meanwhile;
-        // liveUpdatesEnabled() now says no, so polling stops too.
+        // liveUpdatesEnabled() now says no, so no further request is sent.
         if (status === 286 || status === 404) {
           state.stopped = true;
           renderLiveToggle();

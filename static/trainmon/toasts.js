@@ -88,11 +88,8 @@
     show("Cannot reach the server; retrying.", "warning");
   });
 
-  // htmx snapshots the page for the back button; a restored page should not replay toasts.
-  document.addEventListener("htmx:beforeHistorySave", () => {
-    const box = region();
-    if (box) box.replaceChildren();
-  });
+  // htmx snapshots the page for the back button, toasts included; #toasts is hx-preserve, so a
+  // restore keeps the live toasts and never replays the snapshot's.
 
   function armServerToasts() {
     const box = region();

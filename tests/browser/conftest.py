@@ -41,11 +41,26 @@ def chromium():
         browser.close()
 
 
+# Reports every Content-Security-Policy violation of every document the page loads (init
+# scripts run before the page's own and are not subject to its CSP).
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportCspViolation(
+    `${event.effectiveDirective} blocked ${event.blockedURI || "inline"} ` +
+      `in ${event.documentURI} (${event.sourceFile}:${event.lineNumber}) ${event.sample}`
+  );
+});
+"""
+
+
 @dataclass
 class BrowserErrors:
-    """JavaScript errors and console errors seen by a page; a test ends with none."""
+    """JavaScript errors, console errors and CSP violations seen by a page; a test ends with
+    none. `csp_violations` holds the `securitypolicyviolation` events alone (Chromium also
+    logs each one to the console as an error)."""
 
     messages: list[str] = field(default_factory=list)
+    csp_violations: list[str] = field(default_factory=list)
 
     def watch(self, page) -> None:
         page.on(
@@ -53,6 +68,12 @@ class BrowserErrors:
             lambda message: message.type == "error" and self.messages.append(message.text),
         )
         page.on("pageerror", lambda error: self.messages.append(f"pageerror: {error}"))
+        page.expose_function("reportCspViolation", self._csp_violation)
+        page.add_init_script(REPORT_CSP_VIOLATIONS)
+
+    def _csp_violation(self, text: str) -> None:
+        self.csp_violations.append(text)
+        self.messages.append(f"CSP violation: {text}")
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 
 from jobs import services
@@ -96,3 +98,56 @@ def test_compare_button_needs_two_jobs(open_page, user, browser_errors):
     page.wait_for_url("**/compare/**")
     assert f"jobs={jobs[0].pk}" in page.url and f"jobs={jobs[2].pk}" in page.url
     assert TrainingJob.objects.count() == 3
+
+
+def wait_for_refresh(page) -> None:
+    """Waits for the table's next 2-second refresh to be swapped in and settled."""
+    with page.expect_response(
+        lambda r: urlsplit(r.url).path == "/" and r.request.headers.get("hx-request") == "true"
+    ):
+        pass
+    page.wait_for_timeout(100)  # htmx settles 20 ms after the swap
+
+
+def test_keyboard_focus_survives_the_refreshes(open_page, user, ticker, browser_errors):
+    job = services.job_create(
+        owner=user, name="focus-run", total_epochs=1, steps_per_epoch=400, steps_per_tick=2
+    )
+    page = open_page(user)
+    page.goto("/")
+    ticker([job.pk])
+    for element_id in (f"job-link-{job.pk}", f"compare-{job.pk}", "summary-running"):
+        page.focus(f"#{element_id}")
+        page.evaluate("() => { window.focusedBefore = document.activeElement; }")
+        wait_for_refresh(page)
+        assert page.evaluate("() => document.activeElement.id") == element_id
+        if element_id.startswith("job-link"):
+            # A new element took the old one's place, and the focus with it.
+            assert page.evaluate("() => !document.body.contains(window.focusedBefore)")
+    assert browser_errors.messages == []
+
+
+def test_toasts_survive_history_saves_and_are_not_replayed(open_page, user, browser_errors):
+    for name in ("bert-base", "vit-small"):
+        services.job_create(owner=user, name=name, total_epochs=1, steps_per_epoch=5, start=False)
+    doomed = services.job_create(owner=user, name="doomed", total_epochs=1, steps_per_epoch=5)
+    page = open_page(user)
+    page.goto(doomed.get_absolute_url())
+    page.click("#job-actions [data-action=delete]")  # hx-confirm: accepted by the fixture
+    page.wait_for_url(lambda url: urlsplit(url).path == "/")
+    toast = page.locator("#toasts .toast:has-text('Deleted “doomed”.')")
+    assert toast.is_visible()
+
+    # A search pushes a history entry, so htmx snapshots the page first: the toast stays.
+    page.locator("#job-search").press_sequentially("bert")
+    page.wait_for_function("() => document.querySelectorAll('tr.job-row').length === 1")
+    assert "q=bert" in page.url
+    assert toast.is_visible()
+
+    # Dismissed, it stays dismissed when Back restores the snapshot taken while it showed.
+    toast.locator(".toast-close").click()
+    page.wait_for_selector("#toasts .toast", state="detached")
+    page.go_back()
+    page.wait_for_function("() => document.querySelectorAll('tr.job-row').length === 2")
+    assert page.locator("#toasts .toast").count() == 0
+    assert browser_errors.messages == []

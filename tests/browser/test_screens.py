@@ -1,7 +1,10 @@
-"""Whole screens: no sideways scrolling on a phone, and each screen showing what it must in
-both themes, its screenshot kept for people to look at (test-artifacts/, git-ignored)."""
+"""Whole screens: the Content-Security-Policy holds on every page, no sideways scrolling on a
+phone, and each screen showing what it must in both themes, its screenshot kept for people to
+look at (test-artifacts/, git-ignored)."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -146,3 +149,134 @@ def test_screenshots(open_page, user, jobs_with_history, color_scheme, browser_e
     assert not scrolls_sideways(phone)
     screenshot(phone, f"job-phone-{color_scheme}")
     assert browser_errors.messages == []
+
+
+def assert_strict_csp(response) -> None:
+    policy = response.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in policy, policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy, policy
+
+
+def wait_for_poll(page, path: str) -> None:
+    """Waits for the next htmx poll of `path` to come back and settle."""
+    with page.expect_response(
+        lambda r: urlsplit(r.url).path == path and r.request.headers.get("hx-request") == "true"
+    ):
+        pass
+    page.wait_for_timeout(100)  # the settle step: htmx swaps in attributes 20 ms later
+
+
+def test_every_screen_keeps_to_the_content_security_policy(
+    open_page, user, jobs_with_history, ticker, browser_errors
+):
+    live = services.job_create(
+        owner=user, name="csp-live", total_epochs=1, steps_per_epoch=400, steps_per_tick=5, seed=3
+    )
+    ticker([live.pk])
+    page = open_page(user)
+
+    assert_strict_csp(page.goto("/"))
+    assert page.get_attribute("#job-table", "data-polling") == "true"
+    wait_for_poll(page, "/")
+    page.locator("#job-search").press_sequentially("resnet")
+    page.wait_for_function("() => document.querySelectorAll('tr.job-row').length === 1")
+
+    # The job page with live polling running: points arrive through the poller.
+    assert_strict_csp(page.goto(live.get_absolute_url()))
+    page.wait_for_function("() => Number(document.getElementById('charts').dataset.pointCount) > 0")
+    page.evaluate(
+        """() => document.addEventListener("transitionrun", (event) => {
+          if (event.propertyName === "width") window.widthTransitions = true;
+        })"""
+    )
+    shown = int(page.get_attribute("#charts", "data-point-count"))
+    page.wait_for_function(
+        "n => Number(document.getElementById('charts').dataset.pointCount) > n", arg=shown
+    )
+    fill = page.locator(f"#progress-fill-{live.pk}")
+    # A poll moved the bar with its CSS transition, and the width comes from data-width
+    # through progress.js's stylesheet, not a style attribute.
+    page.wait_for_function("() => window.widthTransitions === true")
+    assert fill.get_attribute("style") is None
+    page.wait_for_function(
+        """id => {
+          const fill = document.getElementById(id);
+          const bar = fill.parentElement.getBoundingClientRect().width;
+          const wanted = parseFloat(fill.dataset.width) / 100 * bar;
+          return wanted > 0 && Math.abs(fill.getBoundingClientRect().width - wanted) < 1;
+        }""",
+        arg=f"progress-fill-{live.pk}",
+    )
+
+    assert_strict_csp(page.goto("/jobs/new/"))
+    page.click("button:has-text('Create job')")  # empty: a 400, the errors inline
+    page.wait_for_selector(".field-errors")
+
+    first, second = jobs_with_history[0], jobs_with_history[1]
+    assert_strict_csp(page.goto(f"/compare/?jobs={first.pk},{second.pk}"))
+    page.wait_for_load_state("networkidle")
+    assert page.locator(".series-swatch[data-series]").count() == 2
+    assert page.locator(".series-swatch").first.evaluate(
+        "e => getComputedStyle(e).backgroundColor"
+    ) not in ("", "rgba(0, 0, 0, 0)")
+    screenshot(page, "compare")
+
+    assert_strict_csp(page.goto("/accounts/tokens/"))
+    page.fill("#token-name", "csp-box")
+    page.click(".token-form button[type=submit]")
+    page.wait_for_selector("#new-token")
+    screenshot(page, "tokens")
+
+    assert_strict_csp(page.goto("/api/v1/docs"))
+    page.click(".swagger-ui .opblock-summary >> nth=0")  # open an operation: more rendering
+    page.wait_for_selector(".swagger-ui .opblock-body")
+
+    missing = page.goto("/no/such/page/")
+    assert missing.status == 404
+    assert_strict_csp(missing)
+
+    anonymous = open_page()
+    assert_strict_csp(anonymous.goto("/accounts/login/"))
+    anonymous.wait_for_selector("#id_username")
+
+    assert browser_errors.csp_violations == []
+    # The console's only errors: the statuses of the bad form (400) and the missing page (404).
+    expected = ("400 (Bad Request)", "404 (Not Found)")
+    assert [m for m in browser_errors.messages if not m.endswith(expected)] == []
+
+
+def test_the_admin_keeps_to_the_content_security_policy(open_page, staff_user, browser_errors):
+    from metrics.services import simulation_advance
+
+    job = services.job_create(
+        owner=staff_user, name="admin-csp", total_epochs=1, steps_per_epoch=20
+    )
+    simulation_advance(job_ids=[job.pk])
+    page = open_page(staff_user)
+    # The admin links no icon, so Chromium asks for /favicon.ico (a 404 in the console).
+    page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
+    for path in (
+        "/admin/",
+        "/admin/jobs/trainingjob/",
+        f"/admin/jobs/trainingjob/{job.pk}/change/",
+        "/admin/jobs/trainingjob/add/",
+        "/admin/metrics/trainingmetric/",
+        "/admin/accounts/apitoken/",
+    ):
+        response = page.goto(path)
+        assert response.status == 200, path
+        assert "unsafe-inline" not in response.headers["content-security-policy"]
+        page.wait_for_load_state("networkidle")
+    assert browser_errors.csp_violations == []
+    assert browser_errors.messages == []
+
+
+def test_error_pages_look_like_the_app(open_page, user, browser_errors):
+    page = open_page(user)
+    response = page.goto("/jobs/999999/")
+    assert response.status == 404
+    assert page.locator(".error-panel h1").inner_text() == "Page not found"
+    assert page.locator(".topbar .brand").is_visible()
+    assert page.locator(".error-panel").evaluate("e => getComputedStyle(e).textAlign") == "center"
+    screenshot(page, "error-404")
+    assert browser_errors.csp_violations == []

@@ -75,7 +75,7 @@ def test_progress_bar_is_accessible_and_keeps_its_fill_id(job):
     html = render_to_string("jobs/_job_progress.html", {"job": job})
     assert 'role="progressbar"' in html
     assert 'aria-valuemin="0" aria-valuemax="60" aria-valuenow="15"' in html
-    assert f'id="progress-fill-{job.pk}" style="width: 25.00%"' in html
+    assert f'id="progress-fill-{job.pk}" data-width="25.00%"' in html
     assert "25.0%" in html
 
 

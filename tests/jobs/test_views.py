@@ -5,11 +5,13 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.views.defaults import permission_denied, server_error
 
 from jobs.models import TrainingJob
 from jobs.views import JOBS_PER_PAGE
@@ -240,6 +242,57 @@ class TestDashboard:
         html = user_client.get("/").content.decode()
         assert "<script>alert(1)</script>" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+class TestDashboardRefresh:
+    def test_polls_at_the_configured_interval(self, user_client, user, settings):
+        TrainingJobFactory(owner=user)
+        settings.TRAINMON_POLL_SECONDS = 5
+        assert 'hx-trigger="every 5s"' in user_client.get("/").content.decode()
+
+    def test_focusable_parts_keep_their_ids_across_refreshes(self, user_client, user):
+        # htmx gives focus back to the element with the focused one's id after a swap.
+        job = TrainingJobFactory(owner=user)
+        pages = [user_client.get("/"), user_client.get("/", headers=HTMX)]
+        for html in (page.content.decode() for page in pages):
+            assert f'id="job-link-{job.pk}"' in html
+            assert f'id="compare-{job.pk}"' in html
+            assert 'id="summary-all"' in html and 'id="summary-running"' in html
+
+
+class TestErrorPages:
+    def test_404_is_our_page(self, user_client):
+        response = user_client.get("/jobs/999999/")
+        assert response.status_code == 404
+        html = response.content.decode()
+        assert 'class="card error-panel"' in html and "Page not found" in html
+        assert 'class="topbar"' in html  # the base layout, with the user's menu
+        assert "app.css" in html
+
+    def test_403_is_our_page(self, rf, user):
+        request = rf.get("/")
+        request.user = user
+        response = permission_denied(request, PermissionDenied())
+        assert response.status_code == 403
+        html = response.content.decode()
+        assert 'class="card error-panel"' in html and "Not allowed" in html
+
+    def test_500_needs_no_request_context_and_no_database(self, rf, django_assert_num_queries):
+        with django_assert_num_queries(0):
+            response = server_error(rf.get("/"))
+        assert response.status_code == 500
+        html = response.content.decode()
+        assert 'class="card error-panel"' in html and "Something went wrong" in html
+        assert "app.css" in html and 'href="/"' in html
+
+    def test_a_csrf_failure_is_our_page_and_needs_no_inline_style(self, user):
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(user)
+        response = client.post("/jobs/new/", {"name": "x"})
+        assert response.status_code == 403
+        html = response.content.decode()
+        assert 'class="card error-panel"' in html and "This form has expired" in html
+        assert "<style" not in html
 
 
 class TestNewJob:

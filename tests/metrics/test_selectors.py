@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 
 from metrics.models import TrainingMetric
-from metrics.selectors import (
-    MIN_DOWNSAMPLED_POINTS,
-    Series,
-    metrics_after,
-    series_downsampled,
-)
+from metrics.selectors import metrics_after, series_downsampled
+from metrics.series import MIN_DOWNSAMPLED_POINTS, Series
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory
 from tests.support.metric_points import points_write
 

@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from jobs.models import TrainingJob
 from jobs.services import job_fail, job_pause
+from metrics.series import SERIES_MAX_POINTS
 from metrics.views import COMPARE_MAX_JOBS, series_colours
 from tests.support.factories import TrainingJobFactory
 from tests.support.metric_points import points_write
@@ -255,6 +256,14 @@ def test_charts_partial_exposes_the_dom_contract(rf, running):
         assert f'<canvas id="{canvas}"' in html
 
 
+def test_charts_take_their_figures_from_the_server(user_client, running, settings):
+    settings.TRAINMON_POLL_SECONDS = 7
+    html = user_client.get(running.get_absolute_url()).content.decode()
+    assert f'data-max-points="{SERIES_MAX_POINTS}"' in html
+    # Gated by charts.js (htmx:beforeRequest), not by an hx-trigger filter, which needs eval.
+    assert 'hx-trigger="every 7s, charts-poll-now"' in html
+
+
 def test_a_finished_jobs_charts_do_not_poll(rf, user):
     job = TrainingJobFactory(owner=user, status=Status.COMPLETED)
     request = rf.get("/")
@@ -354,6 +363,7 @@ def test_compare_rejects_bad_ids_with_a_clear_page(user_client, query, message):
     response = compare(user_client, query)
     assert response.status_code == 400
     assert message in response.content.decode()
+    assert f"Tick up to {COMPARE_MAX_JOBS} jobs" in response.content.decode()
 
 
 def test_compare_queries_are_bounded_by_the_job_count(

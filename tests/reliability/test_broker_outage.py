@@ -177,6 +177,13 @@ def test_web_and_api_answer_through_a_broker_outage_and_the_engine_resumes(
     # The worker lost the broker and retried it once a second, with no limit on the tries.
     assert "Connection to broker lost" in log
     assert set(RETRY.findall(log)) == {("1.00", "None")}, RETRY.findall(log)
+    # Beat said so in one warning line per tick it could not send, with no traceback (Celery's
+    # own scheduler logs "Message Error" with some 160 lines of stack, every tick).
+    assert "WARNING/Beat] Cannot send simulate-tick: the broker is unreachable" in log
+    assert "Message Error" not in log
+    assert [line for line in log.splitlines() if "/Beat]" in line and "INFO/" not in line] == [
+        line for line in log.splitlines() if "WARNING/Beat] Cannot send " in line
+    ]
     assert history_problems([*simulated, created]) == []
     steps = list(
         TrainingMetric.objects.filter(job=external).order_by("step").values_list("step", flat=True)
