@@ -9,7 +9,7 @@ from accounts.services import api_token_revoke
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     list_select_related = ("user",)
@@ -32,7 +32,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(LoginFailure)
-class LoginFailureAdmin(admin.ModelAdmin):
+class LoginFailureAdmin(admin.ModelAdmin[LoginFailure]):
     """Who is locked out, and the way to unlock them early: delete their failures."""
 
     list_display = ("username", "ip_address", "created_at")

@@ -33,14 +33,16 @@ class LoginThrottleMixin:
         form: Any = self
         username = form.cleaned_data.get("username")
         if not (username and form.cleaned_data.get("password")):
-            return super().clean()  # type: ignore[misc]
+            # misc: a mixin's super() is object to mypy; the form class after it has clean().
+            unchecked: dict[str, Any] = super().clean()  # type: ignore[misc]
+            return unchecked
         address = client_address(form.request)
         if wait := login_wait_seconds(username=username, ip_address=address):
             raise ValidationError(
                 self.throttle_message, code=THROTTLED, params={"wait": _minutes(wait)}
             )
         try:
-            cleaned = super().clean()  # type: ignore[misc]
+            cleaned: dict[str, Any] = super().clean()  # type: ignore[misc]  # as above
         except ValidationError as error:
             if error.code == "invalid_login":
                 login_failure_record(username=username, ip_address=address)

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -21,7 +21,9 @@ from accounts.models import ApiToken
 TOKEN_PREFIX = "tm_"
 TOKEN_BYTES = 32
 PREFIX_LENGTH = len(TOKEN_PREFIX) + 6  # "tm_" and six characters, shown in lists
-NAME_MAX_LENGTH = ApiToken._meta.get_field("name").max_length
+_name_max_length = ApiToken._meta.get_field("name").max_length
+assert _name_max_length is not None  # a CharField always has one; narrows int | None
+NAME_MAX_LENGTH: int = _name_max_length
 # Far longer than any real token: bounds the work an oversized header can cause.
 RAW_TOKEN_MAX_LENGTH = 200
 # last_used_at is for people ("used 3 minutes ago"); one write a minute per token is plenty.
@@ -33,7 +35,7 @@ def token_hash(raw: str) -> str:
 
 
 @sensitive_variables("raw")
-def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
     """Create a token for `user`; returns it and its plaintext, which is never stored."""
     name = name.strip() if isinstance(name, str) else ""
     if not name:
@@ -61,7 +63,7 @@ def api_token_revoke(*, token: ApiToken) -> ApiToken:
 
 
 @sensitive_variables("raw")
-def api_token_authenticate(*, raw: str) -> AbstractBaseUser | None:
+def api_token_authenticate(*, raw: str) -> User | None:
     """The active user owning the live token `raw`, or None.
 
     The lookup is by the token's hash, never by the token: timing differences in the index

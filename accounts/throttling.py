@@ -27,10 +27,11 @@ def client_address(request: HttpRequest) -> str:
     """The address a request came from: the proxy's last hop when behind one (the address
     the trusted proxy saw), else the socket's peer."""
     if settings.TRAINMON_BEHIND_PROXY:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        forwarded: str = request.META.get("HTTP_X_FORWARDED_FOR", "")
         if hops := [hop.strip() for hop in forwarded.split(",") if hop.strip()]:
             return hops[-1]
-    return request.META.get("REMOTE_ADDR") or "0.0.0.0"
+    peer: str = request.META.get("REMOTE_ADDR") or "0.0.0.0"
+    return peer
 
 
 def login_wait_seconds(*, username: str, ip_address: str, now: datetime | None = None) -> int:

@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_variables
@@ -15,10 +15,11 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.forms import ThrottledAuthenticationForm, is_throttled
 from accounts.models import ApiToken
 from accounts.services import NAME_MAX_LENGTH, api_token_create, api_token_revoke
+from trainmon.http import AuthenticatedHttpRequest
 
 
 def _page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     *,
     new_token: str | None = None,
     name: str = "",
@@ -37,13 +38,13 @@ def _page(
 
 
 @require_GET
-def tokens(request: HttpRequest) -> HttpResponse:
+def tokens(request: AuthenticatedHttpRequest) -> HttpResponse:
     return _page(request)
 
 
 @require_POST
 @sensitive_variables()  # every frame below, the template's context too, holds the plaintext
-def token_create(request: HttpRequest) -> HttpResponse:
+def token_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     # The page is rendered here rather than redirected to: the plaintext is shown in this
     # response only and is never stored, not even in the session.
     name = request.POST.get("name", "")
@@ -57,7 +58,7 @@ def token_create(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def token_revoke(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     token = get_object_or_404(ApiToken, pk=pk, user=request.user)
     was_live = not token.is_revoked
     api_token_revoke(token=token)

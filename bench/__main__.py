@@ -14,8 +14,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.support import (
     BenchError,
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(figure.error for figure in figures) else 0
 
 
-def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict]:
+def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]]:
     import django
     from django.core.management import call_command
 
@@ -77,7 +79,7 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict]:
     meta = _machine(quick)
     results: list[Figure] = []
 
-    def step(label: str, name: str, unit: str, target: str, build) -> None:
+    def step(label: str, name: str, unit: str, target: str, build: Callable[[], Any]) -> None:
         print(f"bench: {label} ...", flush=True)
         results.extend(f.guarded(name, unit, target, build))
 
@@ -117,7 +119,7 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict]:
     return results + seed, meta
 
 
-def _machine(quick: bool) -> dict:
+def _machine(quick: bool) -> dict[str, Any]:
     from django.db import connection
 
     with connection.cursor() as cursor:

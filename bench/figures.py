@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -209,7 +210,7 @@ def copy_binary_baseline(batches: list[tuple[int, MetricBatch]], now: datetime) 
     return time.perf_counter() - started
 
 
-def _point_rows(batch: MetricBatch) -> Iterator[tuple]:
+def _point_rows(batch: MetricBatch) -> Iterator[tuple[Any, ...]]:
     """(step, epoch, loss, accuracy, learning_rate) per point, as Python values."""
     return zip(
         batch.steps.tolist(),
@@ -379,10 +380,11 @@ def chart_figure(plan: Plan, data: Data) -> Figure:
     )
     for _ in range(plan.raw_chart_repeats):
 
-        def raw() -> list:
+        def raw() -> list[tuple[Any, ...]]:
             with connection.cursor() as cursor:
                 cursor.execute(sql, [raw_width, job.pk, raw_width])
-                return cursor.fetchall()
+                rows: list[tuple[Any, ...]] = cursor.fetchall()
+                return rows
 
         seconds, _ = timed(raw)
         figure.baseline_samples.append(seconds * 1000)
@@ -486,10 +488,11 @@ def poll_figure(plan: Plan, data: Data, port: int) -> Figure:
     in_process = []
     for _ in range(plan.poll_requests):
 
-        def raw() -> list:
+        def raw() -> list[tuple[Any, ...]]:
             with connection.cursor() as cursor:
                 cursor.execute(sql, [job.pk, after])
-                return cursor.fetchall()
+                rows: list[tuple[Any, ...]] = cursor.fetchall()
+                return rows
 
         seconds, rows = timed(raw)
         figure.baseline_samples.append(seconds * 1000)
@@ -582,12 +585,13 @@ def export_http_figure(plan: Plan, data: Data, port: int) -> list[Figure]:
         figure = Figure(f"export_{fmt}_http_s_1m", "s", "ratio <= 5")
         for _ in range(plan.export_repeats):
             seconds, (status, _, body) = timed(
-                lambda fmt=fmt: client.request("GET", f"/jobs/{job.pk}/metrics.{fmt}")
+                partial(client.request, "GET", f"/jobs/{job.pk}/metrics.{fmt}")
             )
             if status != 200:
                 raise RuntimeError(f"metrics.{fmt} answered {status}")
             figure.samples.append(seconds)
-            in_process, size = timed(lambda chunks=chunks: sum(map(len, chunks(job))))
+            # chunks() is a generator: the export runs inside sum(), within the timing.
+            in_process, size = timed(partial(sum, map(len, chunks(job))))
             figure.baseline_samples.append(in_process)
         figure.met = _below(figure.ratio, 5, inclusive=True)
         figure.extra |= {"mb": len(body) / 1e6}

@@ -26,9 +26,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from bench.processes import LOG_TAIL_CHARS, Process
@@ -134,6 +136,7 @@ class Browser:
                     self._reused = False
                 self._writer.write(raw)
                 await self._writer.drain()
+                assert self._reader is not None  # opened with the writer
                 status_line = await self._reader.readline()
                 if not status_line:
                     raise ConnectionResetError("closed before answering")
@@ -192,7 +195,7 @@ class Browser:
 @dataclass
 class Stats:
     latencies: dict[str, list[float]] = field(default_factory=dict)
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
     error_examples: list[str] = field(default_factory=list)
     points_seen: int = 0
     reconnects: int = 0
@@ -211,7 +214,7 @@ class Stats:
 
 
 async def timed(
-    browser: Browser, stats: Stats, kind: str, method: str, path: str, **kwargs
+    browser: Browser, stats: Stats, kind: str, method: str, path: str, **kwargs: Any
 ) -> Response | None:
     """One request, recorded: its latency if answered, an error unless the status is expected."""
     started = time.perf_counter()
@@ -277,7 +280,9 @@ async def watch_job(
             await timed(browser, stats, "dashboard", "GET", "/", headers={"HX-Request": "true"})
 
 
-async def run_pollers(port: int, password: str, job_ids: list[int], args) -> tuple[Stats, dict]:
+async def run_pollers(
+    port: int, password: str, job_ids: list[int], args: argparse.Namespace
+) -> tuple[Stats, dict[str, Any]]:
     stats = Stats()
     browsers = [Browser(port) for _ in range(args.pollers)]
     gate = asyncio.Semaphore(CONCURRENT_LOGINS)
@@ -382,7 +387,9 @@ def steps_done(job_ids: list[int]) -> int:
     return total["current_step__sum"] or 0
 
 
-def report(args: argparse.Namespace, engine: str, stats: Stats, timing: dict, steps: int) -> str:
+def report(
+    args: argparse.Namespace, engine: str, stats: Stats, timing: dict[str, Any], steps: int
+) -> str:
     window = timing["window_seconds"]
     measured = {k: v for k, v in stats.latencies.items() if not k.startswith("login")}
     latencies = [value for values in measured.values() for value in values]
@@ -429,8 +436,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.loadtest", description=__doc__.split("\n")[0]
     )
 
-    def bounded(kind, low, high):
-        def parse(text: str):
+    def bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+        def parse(text: str) -> float:
             try:
                 value = kind(text)
             except ValueError:
@@ -508,7 +515,7 @@ def run(
     password: str,
     job_ids: list[int],
     var_dir: Path,
-) -> tuple[Stats, dict, int]:
+) -> tuple[Stats, dict[str, Any], int]:
     ticker = Process(
         "engine",
         engine_command(engine, job_ids, args.duration, var_dir),

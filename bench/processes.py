@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -38,7 +39,8 @@ def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]  # (host, port) for AF_INET
+        return port
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
@@ -101,7 +103,7 @@ class Process:
         self.starts += 1
         return self
 
-    def _popen(self, log: object) -> subprocess.Popen[bytes]:
+    def _popen(self, log: IO[bytes] | None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             self.args,
             cwd=self.cwd,

@@ -170,7 +170,11 @@ class Http:
         self._connection: http.client.HTTPConnection | None = None
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         if self._connection is None:
             self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)

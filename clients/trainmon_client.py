@@ -270,7 +270,8 @@ class Run:
             last_attempt = attempt == self.max_retries
             try:
                 with urlopen(request, timeout=self.timeout) as response:
-                    return json.load(response)
+                    answer: dict[str, Any] = json.load(response)
+                    return answer
             except urllib.error.HTTPError as error:
                 message, details = _error_message(error)
                 if error.code not in retry_statuses or last_attempt:
@@ -292,7 +293,7 @@ class Run:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delay(self, attempt: int) -> float:
-        return min(self.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
+        return min(self.backoff * 2.0**attempt, MAX_BACKOFF_SECONDS)
 
 
 def _loss(value: float) -> float | str:

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.db.models import Count, F, FloatField, QuerySet
+from django.db.models import Count, F, Field, FloatField, QuerySet
 from django.db.models.functions import Cast
 from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
@@ -35,6 +36,9 @@ from jobs.services import (
     job_update_check,
 )
 
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldsetSpec
+
 # The change page shows this many of the newest points: one indexed query, never the history.
 LATEST_POINTS = 20
 COMPACT_TIME = "%Y-%m-%d %H:%M"
@@ -58,7 +62,7 @@ SIMULATION_FIELDS = (
 SERVICE_DEFAULTS = ("decay_rate", "seed", "warmup_steps")
 
 
-class TrainingJobAddForm(forms.ModelForm):
+class TrainingJobAddForm(forms.ModelForm[TrainingJob]):
     """The service's parameters; `job_create` both validates them and creates the job."""
 
     start = forms.BooleanField(
@@ -94,7 +98,7 @@ class TrainingJobAddForm(forms.ModelForm):
     def service_arguments(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in (*self.Meta.fields, "start")}
 
-    def clean(self) -> dict[str, Any]:
+    def clean(self) -> dict[str, Any] | None:
         cleaned_data = super().clean()
         if not self.errors:
             # The service is the validator, so the admin refuses exactly what the web form,
@@ -103,7 +107,7 @@ class TrainingJobAddForm(forms.ModelForm):
         return cleaned_data
 
 
-class TrainingJobChangeForm(forms.ModelForm):
+class TrainingJobChangeForm(forms.ModelForm[TrainingJob]):
     """An existing job's editable fields, checked by `job_update` as it will save them."""
 
     class Meta:
@@ -113,14 +117,16 @@ class TrainingJobChangeForm(forms.ModelForm):
     def service_arguments(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in self.changed_data if name in self.fields}
 
-    def clean(self) -> dict[str, Any]:
+    def clean(self) -> dict[str, Any] | None:
         cleaned_data = super().clean()
         if not self.errors:
             _add_service_errors(self, job_update_check, data=self.service_arguments())
         return cleaned_data
 
 
-def _add_service_errors(form: forms.Form, check: Callable[..., object], **arguments: Any) -> None:
+def _add_service_errors(
+    form: forms.BaseForm, check: Callable[..., object], **arguments: Any
+) -> None:
     # The service is the validator: its messages land on the fields they name.
     try:
         check(**arguments)
@@ -130,7 +136,9 @@ def _add_service_errors(form: forms.Form, check: Callable[..., object], **argume
 
 
 class TrainingJobChangeList(ChangeList):
-    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet:
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: Any = None
+    ) -> QuerySet[TrainingJob]:
         # The list never shows hyperparameters, and they may be kilobytes per job.
         return super().get_queryset(request, exclude_parameters).defer("hyperparameters")
 
@@ -141,7 +149,9 @@ def _transition_action(action: JobAction) -> Callable[..., None]:
 
     @admin.action(description=f"{action.verb} selected jobs{only}", permissions=["change"])
     def transition_selected(
-        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[TrainingJob]
+        modeladmin: admin.ModelAdmin[TrainingJob],
+        request: HttpRequest,
+        queryset: QuerySet[TrainingJob],
     ) -> None:
         changed = 0
         refusals: list[str] = []
@@ -172,7 +182,7 @@ def _transition_action(action: JobAction) -> Callable[..., None]:
 
 
 @admin.register(TrainingJob)
-class TrainingJobAdmin(admin.ModelAdmin):
+class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
     list_display = (
         "name",
         "status",
@@ -195,7 +205,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
     actions = tuple(_transition_action(JOB_ACTIONS[name]) for name in USER_ACTIONS)
     add_form = TrainingJobAddForm
     form = TrainingJobChangeForm
-    add_fieldsets = (
+    add_fieldsets: _FieldsetSpec = (
         (None, {"fields": ("name", "owner", "start")}),
         ("Labels", {"fields": ("description", "model_name", "dataset", "hyperparameters")}),
         ("Simulation", {"fields": ("source", *SIMULATION_FIELDS)}),
@@ -227,7 +237,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
         ("Simulation", {"fields": ("source", *SIMULATION_FIELDS), "classes": ("collapse",)}),
     )
 
-    def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs: Any):
+    def formfield_for_dbfield(
+        self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.Field | None:
         if db_field.name == "hyperparameters":
             # Refuses what PostgreSQL's jsonb cannot store (NUL, NaN) with a message, not a 500.
             kwargs["form_class"] = HyperparametersField
@@ -237,25 +249,37 @@ class TrainingJobAdmin(admin.ModelAdmin):
             bind_to_service(field, db_field.name)
         return field
 
-    def get_form(self, request: HttpRequest, obj: TrainingJob | None = None, **kwargs: Any):
+    def get_form(
+        self,
+        request: HttpRequest,
+        obj: TrainingJob | None = None,
+        change: bool = False,
+        **kwargs: Any,
+    ) -> type[forms.ModelForm[TrainingJob]]:
         if obj is None:
             kwargs["form"] = self.add_form
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change=change, **kwargs)
 
-    def get_fieldsets(self, request: HttpRequest, obj: TrainingJob | None = None):
+    def get_fieldsets(self, request: HttpRequest, obj: TrainingJob | None = None) -> _FieldsetSpec:
         return self.add_fieldsets if obj is None else self.fieldsets
 
-    def get_readonly_fields(self, request: HttpRequest, obj: TrainingJob | None = None):
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: TrainingJob | None = None
+    ) -> tuple[str, ...]:
         if obj is None:
             return ()
-        fields = (field for fieldset in self.fieldsets for field in fieldset[1]["fields"])
+        fields = flatten_fieldsets(self.fieldsets)
         return tuple(field for field in fields if field not in EDITABLE_FIELDS)
 
     def view_on_site(self, obj: TrainingJob) -> str:
         return obj.get_absolute_url()
 
     def save_model(
-        self, request: HttpRequest, obj: TrainingJob, form: forms.ModelForm, change: bool
+        self,
+        request: HttpRequest,
+        obj: TrainingJob,
+        form: TrainingJobAddForm | TrainingJobChangeForm,
+        change: bool,
     ) -> None:
         if not change:
             job = job_create(**form.service_arguments())
@@ -277,7 +301,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
         for job in queryset:
             job_delete(job=job)
 
-    def get_deleted_objects(self, objs, request: HttpRequest):
+    def get_deleted_objects(
+        self, objs: Sequence[TrainingJob] | QuerySet[TrainingJob], request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[str]]:
         # Django's default lists every related point, a line each: a long run has millions.
         jobs = list(objs)
         metric_model = TrainingJob._meta.get_field("metrics").related_model
@@ -291,13 +317,14 @@ class TrainingJobAdmin(admin.ModelAdmin):
         deleted = [
             [f"Training job: {job}", [f"{points.get(job.pk, 0):,} metric points"]] for job in jobs
         ]
-        counts = {TrainingJob._meta.verbose_name_plural: len(jobs)}
-        perms_needed = set()
+        # str(): the names are lazy translations; the admin's template shows them as text.
+        counts = {str(TrainingJob._meta.verbose_name_plural): len(jobs)}
+        perms_needed: set[str] = set()
         if total := sum(points.values()):
-            counts[metric_opts.verbose_name_plural] = total
+            counts[str(metric_opts.verbose_name_plural)] = total
             codename = get_permission_codename("delete", metric_opts)
             if not request.user.has_perm(f"{metric_opts.app_label}.{codename}"):
-                perms_needed.add(metric_opts.verbose_name_plural)
+                perms_needed.add(str(metric_opts.verbose_name_plural))
         return deleted, counts, perms_needed, []
 
     # --- columns and read-only panels ---------------------------------------------------------

@@ -6,7 +6,6 @@ turn the exceptions raised here into JSON errors.
 
 from __future__ import annotations
 
-from django.http import HttpRequest
 from ninja import Router, Status
 
 from jobs.api_schemas import FinishIn, JobIn, JobOut
@@ -14,12 +13,13 @@ from jobs.models import TrainingJob
 from jobs.selectors import job_get_owned
 from jobs.services import job_complete, job_create, job_fail
 from trainmon.api_errors import HTTP_CONFLICT, ApiError, responses
+from trainmon.http import ApiRequest
 
 router = Router(tags=["jobs"])
 
 
 @router.post("/jobs/", response=responses({201: JobOut}), url_name="job_create")
-def create_job(request: HttpRequest, payload: JobIn) -> Status:
+def create_job(request: ApiRequest, payload: JobIn) -> Status[JobOut]:
     """Create an external job, running at once; report its points with POST .../metrics/."""
     job = job_create(
         owner=request.auth,
@@ -31,7 +31,7 @@ def create_job(request: HttpRequest, payload: JobIn) -> Status:
 
 
 @router.get("/jobs/{int:job_id}/", response=responses({200: JobOut}), url_name="job")
-def get_job(request: HttpRequest, job_id: int) -> JobOut:
+def get_job(request: ApiRequest, job_id: int) -> JobOut:
     """A job's status and progress."""
     return JobOut.of(job_get_owned(user=request.auth, job_id=job_id), request)
 
@@ -41,7 +41,7 @@ def get_job(request: HttpRequest, job_id: int) -> JobOut:
     response=responses({200: JobOut}, HTTP_CONFLICT),
     url_name="job_finish",
 )
-def finish_job(request: HttpRequest, job_id: int, payload: FinishIn) -> JobOut:
+def finish_job(request: ApiRequest, job_id: int, payload: FinishIn) -> JobOut:
     """Mark an external job completed or failed (with a reason). A finished job answers 409."""
     job = job_reportable(job_get_owned(user=request.auth, job_id=job_id))
     if payload.status == "completed":

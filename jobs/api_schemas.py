@@ -8,7 +8,7 @@ service's (jobs.services): the schema documents them and checks them with the sa
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from django.http import HttpRequest
 from ninja import Schema
@@ -69,8 +69,12 @@ def _service_bound(field: str) -> Any:
     ]
 
 
-TotalEpochs = _service_bound("total_epochs")
-StepsPerEpoch = _service_bound("steps_per_epoch")
+if TYPE_CHECKING:  # mypy cannot use a type built at run time; to it, both are strict ints
+    TotalEpochs = StrictInt
+    StepsPerEpoch = StrictInt
+else:
+    TotalEpochs = _service_bound("total_epochs")
+    StepsPerEpoch = _service_bound("steps_per_epoch")
 
 
 class JobIn(BaseModel):
@@ -153,7 +157,7 @@ class JobOut(Schema):
             model_name=job.model_name,
             dataset=job.dataset,
             hyperparameters=job.hyperparameters,
-            status=job.status,
+            status=JobStatus(job.status),
             source=job.source,
             total_epochs=job.total_epochs,
             steps_per_epoch=job.steps_per_epoch,

@@ -5,9 +5,10 @@ The transition commands take their wording from jobs.services.JOB_ACTIONS."""
 from __future__ import annotations
 
 from argparse import ArgumentParser
+from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -20,7 +21,7 @@ OWNER_HELP = (
 )
 
 
-def owner_from_option(username: str | None) -> AbstractBaseUser:
+def owner_from_option(username: str | None) -> User:
     """The user named `username`, or the only superuser when no name is given."""
     User = get_user_model()
     if username:
@@ -61,7 +62,7 @@ class JobTransitionCommand(BaseCommand):
             "job_ids", nargs="+", type=int, metavar="JOB_ID", help="Job ids, as `jobs` lists them."
         )
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         job_ids = list(dict.fromkeys(options["job_ids"]))  # in the given order, once each
         jobs = TrainingJob.objects.in_bulk(job_ids)
         if missing := [job_id for job_id in job_ids if job_id not in jobs]:

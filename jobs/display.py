@@ -43,7 +43,7 @@ def progress_floor(current_step: int, total_steps: int, *, decimals: int = 1) ->
     """
     if total_steps <= 0:
         return 0.0
-    scale = 10**decimals
+    scale: int = 10**decimals  # int ** int is Any to mypy (a negative power is a float)
     return min(current_step * 100 * scale // total_steps, 100 * scale) / scale
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.forms.fields import InvalidJSONInput
 
@@ -177,7 +177,7 @@ class JobCreateForm(forms.Form):
     def advanced_has_errors(self) -> bool:
         return self.is_bound and any(name in self.errors for name in ADVANCED_FIELDS)
 
-    def create_job(self, *, owner: AbstractBaseUser) -> TrainingJob | None:
+    def create_job(self, *, owner: User) -> TrainingJob | None:
         """Create the job through the service; on a rule it rejects, put its messages on the
         fields and return None."""
         if not self.is_valid():

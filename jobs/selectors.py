@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 
@@ -12,7 +12,7 @@ from jobs.models import TrainingJob
 LIST_DEFERRED_FIELDS = ("hyperparameters", "description")
 
 
-def job_list_visible(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[TrainingJob]:
+def job_list_visible(*, user: User | AnonymousUser) -> QuerySet[TrainingJob]:
     """Users see their own jobs; staff see everyone's."""
     if not user.is_authenticated:
         return TrainingJob.objects.none()
@@ -21,7 +21,7 @@ def job_list_visible(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Trai
     return TrainingJob.objects.filter(owner=user)
 
 
-def job_get_visible(*, user: AbstractBaseUser | AnonymousUser, job_id: int) -> TrainingJob:
+def job_get_visible(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
     """The job if `user` may see it; another user's job is a 404, like a missing one."""
     try:
         return job_list_visible(user=user).get(pk=job_id)
@@ -29,7 +29,7 @@ def job_get_visible(*, user: AbstractBaseUser | AnonymousUser, job_id: int) -> T
         raise Http404(f"No job {job_id}.") from None
 
 
-def job_get_owned(*, user: AbstractBaseUser | AnonymousUser, job_id: int) -> TrainingJob:
+def job_get_owned(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
     """The job if `user` owns it, staff or not; anything else is a 404.
 
     For API tokens: a token sits on a training machine, so it reaches its user's own jobs
@@ -45,7 +45,7 @@ def job_get_owned(*, user: AbstractBaseUser | AnonymousUser, job_id: int) -> Tra
 
 def job_list_dashboard(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     status: str | None = None,
     search: str | None = None,
 ) -> QuerySet[TrainingJob]:
@@ -67,7 +67,7 @@ def job_list_dashboard(
     )
 
 
-def job_count_by_status(*, user: AbstractBaseUser | AnonymousUser) -> dict[str, int]:
+def job_count_by_status(*, user: User | AnonymousUser) -> dict[str, int]:
     """How many of the user's visible jobs are in each status (every status, zeros included)."""
     counts = dict.fromkeys(TrainingJob.Status.values, 0)
     rows = job_list_visible(user=user).order_by().values_list("status").annotate(count=Count("id"))

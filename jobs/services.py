@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Q
@@ -376,7 +376,7 @@ def job_allowed_actions(*, job: TrainingJob, by_users: bool = False) -> list[str
 
 def job_create(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     name: str,
     total_epochs: int,
     steps_per_epoch: int,
@@ -426,7 +426,7 @@ def job_create(
 
 def job_build(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     name: str,
     total_epochs: int,
     steps_per_epoch: int,
@@ -640,7 +640,7 @@ def jobs_record_progress(summaries: Sequence[BatchSummary], *, now: datetime) ->
         )
 
 
-def _progress_row(summary: BatchSummary, now: datetime) -> tuple:
+def _progress_row(summary: BatchSummary, now: datetime) -> tuple[object, ...]:
     job = summary.job
     previous_step = job.current_step
     if summary.max_step is not None and summary.max_step + 1 > job.current_step:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from django.db import transaction
-from django.http import Http404, HttpRequest
+from django.http import Http404
 from ninja import Query, Router
 from pydantic import BaseModel, Field
 
@@ -34,6 +34,7 @@ from trainmon.api_errors import (
     bounded,
     responses,
 )
+from trainmon.http import ApiRequest
 
 # GET .../metrics/ answers with at most this many points.
 SERIES_LIMIT = 10_000
@@ -46,7 +47,7 @@ router = Router(tags=["metrics"])
     response=responses({200: MetricsOut}, HTTP_CONFLICT, HTTP_PAYLOAD_TOO_LARGE),
     url_name="metrics_write",
 )
-def write_metrics(request: HttpRequest, job_id: int, payload: MetricsIn) -> MetricsOut:
+def write_metrics(request: ApiRequest, job_id: int, payload: MetricsIn) -> MetricsOut:
     """Store a batch of points, all or nothing; safe to retry.
 
     Steps already stored are skipped and counted as duplicates. A NaN or infinite loss, or one
@@ -83,7 +84,7 @@ class SeriesQuery(BaseModel):
 @router.get(
     "/jobs/{int:job_id}/metrics/", response=responses({200: SeriesOut}), url_name="metrics_read"
 )
-def read_metrics(request: HttpRequest, job_id: int, query: Query[SeriesQuery]) -> SeriesOut:
+def read_metrics(request: ApiRequest, job_id: int, query: Query[SeriesQuery]) -> SeriesOut:
     """The job's points after `after`, at most `max_points` of them (downsampled if more)."""
     job = job_get_owned(user=request.auth, job_id=job_id)
     series = metrics_after(job, query.after, limit=query.max_points)
@@ -139,5 +140,5 @@ def _batch_for(job: TrainingJob, points: Sequence[PointIn]) -> MetricBatch:
     )
 
 
-def _point_problem(index: int, field: str, message: str) -> dict[str, Any]:
+def _point_problem(index: int | np.integer[Any], field: str, message: str) -> dict[str, Any]:
     return {"field": f"points[{index}].{field}", "index": int(index), "message": message}

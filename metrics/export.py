@@ -36,7 +36,9 @@ def export_filename(job: TrainingJob, fmt: str) -> str:
     return f"trainmon-job-{job.pk}-{slug}.{fmt}"
 
 
-def export_pages(job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE) -> Iterator[list[tuple]]:
+def export_pages(
+    job: TrainingJob, page_size: int = EXPORT_PAGE_SIZE
+) -> Iterator[list[tuple[Any, ...]]]:
     """The job's points as lists of EXPORT_COLUMNS tuples, in step order, page by page."""
     after = -1
     while True:
@@ -176,7 +178,7 @@ def _drain(buffer: io.StringIO) -> str:
     return text
 
 
-def _json_list_items(points: list[dict]) -> str:
+def _json_list_items(points: list[dict[str, Any]]) -> str:
     return dumps_finite(points)[1:-1]
 
 

@@ -76,7 +76,9 @@ def binary_copy_data(types: Sequence[str], columns: Sequence[np.ndarray]) -> byt
     return b"".join(parts)
 
 
-def _fixed_rows(types: Sequence[str], columns: Sequence[np.ndarray], nulls: frozenset) -> bytes:
+def _fixed_rows(
+    types: Sequence[str], columns: Sequence[np.ndarray], nulls: frozenset[int]
+) -> bytes:
     # One structured array: field count, then per column its byte length (-1: NULL, no value
     # follows) and its value.
     layout: list[tuple[str, str]] = [("fields", ">i2")]
@@ -96,7 +98,10 @@ def _fixed_rows(types: Sequence[str], columns: Sequence[np.ndarray], nulls: froz
 
 
 def stage_rows(
-    cursor: CursorWrapper, table: str, columns: Sequence[tuple[str, str]], values: Sequence
+    cursor: CursorWrapper,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    values: Sequence[np.ndarray],
 ) -> None:
     """Fill the session's temporary `table` (`columns` = (name, type) pairs) with `values`.
 

@@ -47,7 +47,7 @@ class Series:
         return self.steps[-1] if self.steps else None
 
     @classmethod
-    def from_rows(cls, rows: list[tuple], total: int | None = None) -> Series:
+    def from_rows(cls, rows: list[tuple[Any, ...]], total: int | None = None) -> Series:
         """From (step, loss, accuracy, learning_rate) rows in step order."""
         if not rows:
             return cls(total=total or 0)

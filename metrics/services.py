@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -153,7 +154,7 @@ def _insert_points(
 
 def _points_source(
     cursor: CursorWrapper, batches: Sequence[tuple[int, MetricBatch]], db_now: object
-) -> tuple[str, list]:
+) -> tuple[str, list[Any]]:
     """A SELECT of all the points in INSERT column order, and its parameters."""
     job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in batches])
     columns = [

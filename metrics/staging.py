@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from django.db import connection
@@ -22,7 +23,7 @@ def staged_rows(
     table: str,
     columns: Sequence[tuple[str, str]],
     values: Sequence[np.ndarray],
-) -> tuple[str, list]:
+) -> tuple[str, list[Any]]:
     """A FROM clause yielding the rows, with `columns`' names, and its parameters.
 
     `columns` are (name, PostgreSQL type) pairs; `values[i]` fills columns[i]. NaN in a float

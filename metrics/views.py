@@ -44,7 +44,7 @@ MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
 PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7
 MISSING_VALUE = "—"
 
-_STATUS_TOASTS = {
+_STATUS_TOASTS: dict[str, tuple[str, str]] = {
     Status.COMPLETED: ("completed", "success"),
     Status.STALLED: ("stalled: no report received lately", "warning"),
     Status.CANCELLED: ("cancelled", "warning"),
@@ -52,7 +52,7 @@ _STATUS_TOASTS = {
     Status.QUEUED: ("queued", "info"),
 }
 # What a job that runs again did, by the status it left.
-_RESUMED_VERBS = {
+_RESUMED_VERBS: dict[str, str] = {
     Status.QUEUED: "started",
     Status.PAUSED: "resumed",
     Status.STALLED: "is reporting again",
@@ -244,7 +244,9 @@ def _job_id(text: str) -> int:
     raise BadParameter(f"{text[:40]!r} is not a job id.")
 
 
-def _hyperparameter_table(jobs: list[TrainingJob]) -> tuple[list[dict], list[list[dict]]]:
+def _hyperparameter_table(
+    jobs: list[TrainingJob],
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """Columns (key, differs) and per job the cells (present, value, differs), keys sorted."""
     params = [job.hyperparameters if isinstance(job.hyperparameters, dict) else {} for job in jobs]
     keys = sorted({key for p in params for key in p})

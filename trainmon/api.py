@@ -15,7 +15,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.urls import URLPattern, re_path, reverse
+from django.urls import URLPattern, URLResolver, re_path, reverse
 from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI, Swagger
 
@@ -28,7 +28,7 @@ from trainmon.api_errors import HTTP_METHOD_NOT_ALLOWED, HTTP_NOT_FOUND, error_r
 
 class TrainmonAPI(NinjaAPI):
     @property
-    def urls(self) -> tuple[list[URLPattern], str, str]:
+    def urls(self) -> tuple[list[URLResolver | URLPattern], str, str]:
         """Ninja's URL patterns, open to token-only clients, with JSON for every error.
 
         LoginRequiredMiddleware would send an anonymous API request to the login page: the
@@ -36,7 +36,7 @@ class TrainmonAPI(NinjaAPI):
         under /api/v1/ with a JSON 404 instead of the site's HTML page.
         """
         patterns, app_name, namespace = super().urls
-        wrapped = []
+        wrapped: list[URLResolver | URLPattern] = []
         for pattern in patterns:
             if not isinstance(pattern, URLPattern):
                 raise TypeError(f"Unexpected nested URL conf in the API: {pattern!r}")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -19,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("username", metavar="USER", help="The user the token acts as.")
         parser.add_argument("--name", default=DEFAULT_NAME, help="What the token is for.")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         username = options["username"]
         User = get_user_model()
         try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
@@ -53,7 +54,7 @@ class Command(BaseCommand):
             help="Make the loss blow up from this step on, so the job fails (for demos).",
         )
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         owner = owner_from_option(options["owner"])
         try:
             with transaction.atomic():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -26,7 +27,7 @@ class Command(BaseCommand):
             "--limit", type=int, metavar="N", help="Show at most N jobs (default: all)."
         )
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         jobs = TrainingJob.objects.only(
             "name", "status", "current_step", "total_epochs", "steps_per_epoch", "last_loss",
             "updated_at", "created_at",

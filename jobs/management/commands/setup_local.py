@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -19,7 +20,7 @@ class Command(BaseCommand):
         "and seed demo jobs into an empty database. Prints how to log in."
     )
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         password_file = settings.VAR_DIR / "admin-password"
         User = get_user_model()
         if not User.objects.filter(is_superuser=True).exists():

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
@@ -127,7 +127,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--owner", metavar="USER", help=OWNER_HELP)
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         count = options["jobs"]
         if count < 1:
             raise CommandError("--jobs must be at least 1.")
@@ -147,7 +147,7 @@ class Command(BaseCommand):
         )
 
 
-def _seed_job(owner: AbstractBaseUser, index: int, now: datetime) -> tuple[TrainingJob, int]:
+def _seed_job(owner: User, index: int, now: datetime) -> tuple[TrainingJob, int]:
     spec = DEMO_JOBS[index % len(DEMO_JOBS)]
     repeat = index // len(DEMO_JOBS)
     job = job_create(
