@@ -412,6 +412,12 @@
         if (status === 404) note.textContent = "This job no longer exists.";
       });
       document.addEventListener("visibilitychange", pollNow);
+      // Deleting the job leaves the page: no poll may race the redirect into a 404.
+      document.body.addEventListener("htmx:beforeRequest", (event) => {
+        if (!event.detail.elt.closest("[data-action=delete]")) return;
+        state.stopped = true;
+        htmx.trigger(poller, "htmx:abort"); // and one in flight, whose answer would be a 404
+      });
     }
 
     if (liveToggle) {
