@@ -587,6 +587,8 @@ def export_http_figure(plan: Plan, data: Data, port: int) -> list[Figure]:
             seconds, (status, _, body) = timed(
                 partial(client.request, "GET", f"/jobs/{job.pk}/metrics.{fmt}")
             )
+            # The in-process run below outlasts gunicorn's keep-alive: a new connection each.
+            client.close()
             if status != 200:
                 raise RuntimeError(f"metrics.{fmt} answered {status}")
             figure.samples.append(seconds)
