@@ -59,7 +59,7 @@ class Series:
         return self.steps[-1] if self.steps else None
 
     @classmethod
-    def from_rows(cls, rows: list[tuple], total: int | None = None) -> Series:
+    def from_rows(cls, rows: list[tuple[Any, ...]], total: int | None = None) -> Series:
         """From (step, loss, accuracy, learning_rate, unix time) rows in step order."""
         if not rows:
             return cls(total=total or 0)
@@ -105,7 +105,7 @@ class NamedSeries:
         return self.steps[-1] if self.steps else None
 
     @classmethod
-    def from_rows(cls, rows: list[tuple], total: int | None = None) -> NamedSeries:
+    def from_rows(cls, rows: list[tuple[Any, ...]], total: int | None = None) -> NamedSeries:
         """From (step, value, unix time) rows in step order; non-finite values become None."""
         if not rows:
             return cls(total=total or 0)
