@@ -70,13 +70,16 @@ class Series:
         return cls(steps, loss, accuracy, learning_rate, total=total, times=times)
 
     def columns(self) -> dict[str, Any]:
-        """The columns as JSON-ready lists, with the total and the last step shown."""
+        """The columns as JSON-ready lists, with the total and the last step shown.
+
+        `times` is left out: today's responses keep their shape; a caller that wants the
+        wall-time axis adds `"times": series.times`.
+        """
         return {
             "steps": self.steps,
             "loss": self.loss,
             "accuracy": self.accuracy,
             "learning_rate": self.learning_rate,
-            "times": self.times,
             "total": self.total,
             "last_step": self.last_step,
         }
