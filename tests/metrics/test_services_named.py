@@ -166,3 +166,14 @@ def test_the_primary_metric_is_loss_if_logged_else_the_first_key(user):
     chosen = TrainingJobFactory(owner=user, primary_metric="grad")
     named_write(chosen, {"loss": ([0], 1.0), "grad": ([0], 1.0)})
     assert reload(chosen).primary_metric == "grad"
+
+
+def test_deleting_a_job_deletes_its_keys_points_summaries_and_log(user):
+    doomed, kept = TrainingJobFactory(owner=user), TrainingJobFactory(owner=user)
+    for job in (doomed, kept):
+        named_write(job, {"a": (range(50), 1.0), "b": ([3], 2.0)})
+    doomed.delete()
+    assert set(MetricKey.objects.values_list("job_id", flat=True)) == {kept.pk}
+    assert NamedMetric.objects.count() == 51
+    assert set(KeySummary.objects.values_list("key__job_id", flat=True)) == {kept.pk}
+    assert set(IngestLog.objects.values_list("job_id", flat=True)) == {kept.pk}
