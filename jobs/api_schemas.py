@@ -66,17 +66,16 @@ def _service_check(field: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _service_range(field: str) -> Any:
-    """The service's bound for `field`, documented in the schema."""
+def _service_range(field: str) -> dict[str, Any]:
+    """The service's bound for `field`, for the schema (json_schema_extra)."""
     bound = JOB_BOUNDS[field]
-    return Field(json_schema_extra={"minimum": bound.minimum, "maximum": bound.maximum})
+    return {"minimum": bound.minimum, "maximum": bound.maximum}
 
 
-# Integer fields checked by the service's bounds: their range documented, their messages.
-TotalEpochs = Annotated[StrictInt, _service_check("total_epochs"), _service_range("total_epochs")]
-StepsPerEpoch = Annotated[
-    StrictInt, _service_check("steps_per_epoch"), _service_range("steps_per_epoch")
-]
+# Integer fields checked by the service's bounds, with their messages; the fields document
+# the range themselves (`_service_range`), beside the null that leaves them out.
+TotalEpochs = Annotated[StrictInt, _service_check("total_epochs")]
+StepsPerEpoch = Annotated[StrictInt, _service_check("steps_per_epoch")]
 
 
 LENGTH_HINT = (
@@ -95,9 +94,13 @@ class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: StrictStr = Field(min_length=1, max_length=LABEL_MAX_LENGTH, examples=["mlp-spirals"])
-    total_epochs: TotalEpochs | None = Field(None, description=LENGTH_HINT)
+    total_epochs: TotalEpochs | None = Field(
+        None, description=LENGTH_HINT, json_schema_extra=_service_range("total_epochs")
+    )
     steps_per_epoch: StepsPerEpoch | None = Field(
-        None, description="Optional, with total_epochs: give both or neither."
+        None,
+        description="Optional, with total_epochs: give both or neither.",
+        json_schema_extra=_service_range("steps_per_epoch"),
     )
     model_name: Text = Field("", max_length=LABEL_MAX_LENGTH)
     dataset: Text = Field("", max_length=LABEL_MAX_LENGTH)
