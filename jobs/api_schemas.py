@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobs.display import progress_floor
+from jobs.display import progress_floor, progress_open_end
 from jobs.models import JobSource, JobStatus, TrainingJob
 from jobs.services import (
     JOB_BOUNDS,
@@ -193,7 +193,10 @@ class JobOut(Schema):
             current_step=job.current_step,
             current_epoch=job.current_epoch,
             progress_percent=progress_floor(
-                job.current_step, job.total_steps, decimals=PROGRESS_DECIMALS
+                job.current_step,
+                job.total_steps,
+                decimals=PROGRESS_DECIMALS,
+                open_end=progress_open_end(job),
             ),
             last_loss=job.last_loss,
             best_loss=job.best_loss,

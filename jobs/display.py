@@ -9,7 +9,9 @@ Progress (`job_progress`) has four cases, since a declared length is a hint, nev
   "step 421 / 1,000", with an ETA;
 - at it: "100%" once the declared steps are done. A script numbering its steps from 1 ends
   on step M, one past a 0-based count of M, so one step of slack still counts as "at it" and
-  reads "step M / M";
+  reads "step M / M". The other way round, M steps counted from 0 are M - 1 steps of a
+  1-based run: an unfinished external job (`open_end`) at exactly M reads "99.9%" until its
+  script finishes it or sends one more step, so neither numbering shows 100% before the end;
 - past it (more than one step over): the bar stays full and reads "step 1,234 of 1,000
   declared, past it"; no ETA;
 - no declared length: "1,234 steps", the rate and the elapsed time, and an indeterminate bar
@@ -68,24 +70,29 @@ def duration_label(duration: timedelta) -> str:
 
 
 def progress_floor(
-    current_step: int, total_steps: int | None, *, decimals: int = 1
+    current_step: int, total_steps: int | None, *, decimals: int = 1, open_end: bool = False
 ) -> float | None:
     """The percentage done, rounded down to `decimals`: 100 only once every step is done.
 
     Integer arithmetic, so 999 of 1,000 steps is exactly 99.9, never 99.89999 or 100. Past
-    the declared length it stays 100; None without a declared length.
+    the declared length it stays 100; None without a declared length. `open_end`: the job
+    ends when its script says so (see the module's docstring), so exactly at the declared
+    length it is one unit short of 100.
     """
     if total_steps is None:
         return None
     if total_steps <= 0:
         return 0.0
     scale: int = 10**decimals
-    return min(current_step * 100 * scale // total_steps, 100 * scale) / scale
+    value = min(current_step * 100 * scale // total_steps, 100 * scale)
+    if open_end and current_step == total_steps:
+        value -= 1
+    return value / scale
 
 
-def progress_label(current_step: int, total_steps: int | None) -> str:
+def progress_label(current_step: int, total_steps: int | None, *, open_end: bool = False) -> str:
     """'0%', '0.1%', '99.9%', '100%' (only when done), 'past length', or '1,234 steps'."""
-    return Progress(current_step, total_steps).label
+    return Progress(current_step, total_steps, open_end=open_end).label
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ class Progress:
 
     current_step: int  # steps done: the highest step seen + 1
     total_steps: int | None  # the declared length, None for an open-ended run
+    # The run ends when its script says so (an unfinished external job), not at its last
+    # declared step: exactly at the declared length it is not 100% yet.
+    open_end: bool = False
 
     @property
     def known(self) -> bool:
@@ -107,7 +117,7 @@ class Progress:
     @property
     def percent(self) -> float | None:
         """Rounded down to 0.1, at most 100; None without a declared length."""
-        return progress_floor(self.current_step, self.total_steps)
+        return progress_floor(self.current_step, self.total_steps, open_end=self.open_end)
 
     @property
     def shown_step(self) -> int:
@@ -153,12 +163,16 @@ class Progress:
     @property
     def width(self) -> str | None:
         """The bar's fill for data-width ('42.10%'); None: the bar is indeterminate."""
-        if self.total_steps is None:
-            return None
-        if self.total_steps <= 0:
-            return "0.00%"
-        return f"{min(100.0 * self.current_step / self.total_steps, 100.0):.2f}%"
+        percent = progress_floor(
+            self.current_step, self.total_steps, decimals=2, open_end=self.open_end
+        )
+        return None if percent is None else f"{percent:.2f}%"
 
 
 def job_progress(job: TrainingJob) -> Progress:
-    return Progress(job.current_step, job.total_steps)
+    return Progress(job.current_step, job.total_steps, open_end=progress_open_end(job))
+
+
+def progress_open_end(job: TrainingJob) -> bool:
+    """Whether the job ends at its script's word rather than at its last declared step."""
+    return job.source == job.Source.EXTERNAL and not job.is_terminal
