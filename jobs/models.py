@@ -149,6 +149,14 @@ class TrainingJob(models.Model):
         return self.total_epochs * self.steps_per_epoch
 
     @property
+    def simulation_length(self) -> tuple[int, int]:
+        """(total_steps, steps_per_epoch) of a job that must have a length: a simulated one
+        always does (a database constraint). For the simulator's callers, which need ints."""
+        if self.total_epochs is None or self.steps_per_epoch is None:
+            raise ValueError(f"Job {self.pk} has no declared length; only external jobs may.")
+        return self.total_epochs * self.steps_per_epoch, self.steps_per_epoch
+
+    @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL_STATUSES
 

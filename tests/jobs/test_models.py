@@ -96,3 +96,13 @@ def test_the_eta_counts_down_within_the_declared_length(user):
 def test_a_points_epoch_is_derived_from_the_declared_length_but_not_capped(user, step, epoch):
     job = TrainingJobFactory.build(owner=user, total_epochs=3, steps_per_epoch=20)
     assert job.epoch_at(step) == epoch
+
+
+def test_the_simulators_length_is_ints_or_an_error(user):
+    assert TrainingJobFactory.build(total_epochs=3, steps_per_epoch=20).simulation_length == (
+        60,
+        20,
+    )
+    job = TrainingJobFactory.build(source=External, total_epochs=None, steps_per_epoch=None)
+    with pytest.raises(ValueError, match="no declared length"):
+        job.simulation_length  # noqa: B018
