@@ -156,9 +156,9 @@ class Data:
         figure = Figure("seed_points_per_s", "points/s", "— (setup)")
         job = self.big_job
         simulator = simulator_for(job)
-        total, size = job.total_steps, self.plan.seed_batch
+        (total, steps_per_epoch), size = job.simulation_length, self.plan.seed_batch
         for start in range(0, self.plan.big_job_points, size):
-            batch = simulator.generate_metrics_batch(start, size, total, job.steps_per_epoch)
+            batch = simulator.generate_metrics_batch(start, size, total, steps_per_epoch)
 
             def write(batch: MetricBatch = batch) -> None:
                 with transaction.atomic():
@@ -253,9 +253,10 @@ def _next_tick_batches(job_ids: list[int]) -> list[tuple[int, MetricBatch]]:
 
     batches = []
     for job in TrainingJob.objects.filter(pk__in=job_ids).order_by("pk"):
-        count = min(job.steps_per_tick, job.total_steps - job.current_step)
+        total_steps, steps_per_epoch = job.simulation_length
+        count = min(job.steps_per_tick, total_steps - job.current_step)
         points = simulator_for(job).generate_metrics_batch(
-            job.current_step, count, job.total_steps, job.steps_per_epoch
+            job.current_step, count, total_steps, steps_per_epoch
         )
         batches.append((job.pk, points))
     return batches
@@ -655,9 +656,7 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
     _bare_table()
     binary_copy_samples: list[float] = []
     for index in range(plan.api_repeats + 1):
-        batch = simulator.generate_metrics_batch(
-            index * size, size, job.total_steps, job.steps_per_epoch
-        )
+        batch = simulator.generate_metrics_batch(index * size, size, *job.simulation_length)
         body = json.dumps(
             {
                 "points": [

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from jobs.display import progress_floor, progress_label, time_ago
+from jobs.display import job_progress, time_ago
 from jobs.forms import HyperparametersField, bind_to_service
 from jobs.models import TrainingJob
 from jobs.services import (
@@ -334,13 +334,21 @@ class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
         ordering=Cast("current_step", FloatField()) / (F("total_epochs") * F("steps_per_epoch")),
     )
     def progress(self, job: TrainingJob) -> SafeString:
+        progress = job_progress(job)
+        if progress.percent is None:
+            # No declared length: a <progress> without a value is the indeterminate bar.
+            return format_html(
+                '<span style="white-space: nowrap" title="{}">'
+                '<progress style="width: 5em"></progress> {}</span>',
+                progress.value_text,
+                progress.label,
+            )
         return format_html(
-            '<span style="white-space: nowrap" title="step {} / {}">'
+            '<span style="white-space: nowrap" title="{}">'
             '<progress value="{}" max="100" style="width: 5em"></progress> {}</span>',
-            f"{job.current_step:,}",
-            f"{job.total_steps:,}",
-            progress_floor(job.current_step, job.total_steps),
-            progress_label(job.current_step, job.total_steps),
+            progress.steps_text,
+            progress.percent,
+            progress.label,
         )
 
     @admin.display(description="Last loss", ordering="last_loss")
@@ -373,7 +381,13 @@ class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (f"{step:,}", epoch, f"{loss:.5g}", _optional(accuracy), _optional(rate))
+                (
+                    f"{step:,}",
+                    "-" if epoch is None else epoch,
+                    f"{loss:.5g}",
+                    _optional(accuracy),
+                    _optional(rate),
+                )
                 for step, epoch, loss, accuracy, rate in points
             ),
         )

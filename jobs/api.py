@@ -20,7 +20,11 @@ router = Router(tags=["jobs"])
 
 @router.post("/jobs/", response=responses({201: JobOut}), url_name="job_create")
 def create_job(request: ApiRequest, payload: JobIn) -> Status[JobOut]:
-    """Create an external job, running at once; report its points with POST .../metrics/."""
+    """Create an external job, running at once; report its points with POST .../metrics/.
+
+    Its length (total_epochs and steps_per_epoch, both or neither) is optional: a hint for
+    progress and ETA, never a limit.
+    """
     job = job_create(
         owner=request.auth,
         source=TrainingJob.Source.EXTERNAL,

@@ -8,7 +8,7 @@ service's (jobs.services): the schema documents them and checks them with the sa
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.http import HttpRequest
 from ninja import Schema
@@ -25,11 +25,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jobs.display import progress_floor
-from jobs.models import JobStatus, TrainingJob
+from jobs.display import progress_floor, progress_open_end
+from jobs.models import JobSource, JobStatus, TrainingJob
 from jobs.services import (
     JOB_BOUNDS,
     hyperparameters_problem,
+    length_problems,
     total_steps_problem,
     unstorable_text,
 )
@@ -53,8 +54,8 @@ def _none_as_empty(value: object) -> object:
 Text = Annotated[StrictStr, BeforeValidator(_none_as_empty)]
 
 
-def _service_bound(field: str) -> Any:
-    """An integer field checked by the service's bound: its range documented, its message."""
+def _service_check(field: str) -> AfterValidator:
+    """The service's bound for `field`, with its message."""
     bound = JOB_BOUNDS[field]
 
     def check(value: int) -> int:
@@ -62,29 +63,45 @@ def _service_bound(field: str) -> Any:
             raise PydanticCustomError("out_of_range", problem)
         return value
 
-    return Annotated[
-        StrictInt,
-        AfterValidator(check),
-        Field(json_schema_extra={"minimum": bound.minimum, "maximum": bound.maximum}),
-    ]
+    return AfterValidator(check)
 
 
-if TYPE_CHECKING:  # mypy cannot use a type built at run time; to it, both are strict ints
-    TotalEpochs = StrictInt
-    StepsPerEpoch = StrictInt
-else:
-    TotalEpochs = _service_bound("total_epochs")
-    StepsPerEpoch = _service_bound("steps_per_epoch")
+def _service_range(field: str) -> dict[str, Any]:
+    """The service's bound for `field`, for the schema (json_schema_extra)."""
+    bound = JOB_BOUNDS[field]
+    return {"minimum": bound.minimum, "maximum": bound.maximum}
+
+
+# Integer fields checked by the service's bounds, with their messages; the fields document
+# the range themselves (`_service_range`), beside the null that leaves them out.
+TotalEpochs = Annotated[StrictInt, _service_check("total_epochs")]
+StepsPerEpoch = Annotated[StrictInt, _service_check("steps_per_epoch")]
+
+
+LENGTH_HINT = (
+    "Optional, with steps_per_epoch: give both or neither. A hint for progress and ETA, never "
+    "a limit: points past it are stored."
+)
 
 
 class JobIn(BaseModel):
-    """An external job: your training script reports its points."""
+    """An external job: your training script reports its points.
+
+    The length (total_epochs and steps_per_epoch) is optional: leave both out for a run of
+    unknown length, whose pages show steps done, rate and elapsed time instead of a percentage.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     name: StrictStr = Field(min_length=1, max_length=LABEL_MAX_LENGTH, examples=["mlp-spirals"])
-    total_epochs: TotalEpochs
-    steps_per_epoch: StepsPerEpoch
+    total_epochs: TotalEpochs | None = Field(
+        None, description=LENGTH_HINT, json_schema_extra=_service_range("total_epochs")
+    )
+    steps_per_epoch: StepsPerEpoch | None = Field(
+        None,
+        description="Optional, with total_epochs: give both or neither.",
+        json_schema_extra=_service_range("steps_per_epoch"),
+    )
     model_name: Text = Field("", max_length=LABEL_MAX_LENGTH)
     dataset: Text = Field("", max_length=LABEL_MAX_LENGTH)
     description: Text = Field("", max_length=DESCRIPTION_MAX_LENGTH)
@@ -113,6 +130,10 @@ class JobIn(BaseModel):
 
     @model_validator(mode="after")
     def _total_steps(self) -> JobIn:
+        if problems := length_problems(JobSource.EXTERNAL, self.total_epochs, self.steps_per_epoch):
+            raise PydanticCustomError("length_incomplete", " ".join(problems.values()))
+        if self.total_epochs is None or self.steps_per_epoch is None:
+            return self
         if problem := total_steps_problem(self.total_epochs, self.steps_per_epoch):
             raise PydanticCustomError("too_many_steps", problem)
         return self
@@ -127,19 +148,26 @@ class JobOut(Schema):
     hyperparameters: dict[str, Any]
     status: JobStatus
     source: str
-    total_epochs: int
-    steps_per_epoch: int
-    total_steps: int
-    current_step: int = Field(description="Steps done: points are steps 0..current_step-1.")
-    current_epoch: int
-    progress_percent: float = Field(description="Rounded down: 100 only once the job is done.")
+    total_epochs: int | None = Field(description="Declared; null for a run of unknown length.")
+    steps_per_epoch: int | None = Field(description="Declared; null for a run of unknown length.")
+    total_steps: int | None = Field(
+        description="total_epochs * steps_per_epoch: a hint, points may run past it."
+    )
+    current_step: int = Field(description="Steps done: the highest step reported + 1.")
+    current_epoch: int | None = Field(description="null for a run of unknown length.")
+    progress_percent: float | None = Field(
+        description="Of the declared length, rounded down: 100 only once every declared step "
+        "is done, and it stays 100 past them. null for a run of unknown length."
+    )
     last_loss: float | None
     best_loss: float | None
     best_loss_step: int | None
     last_accuracy: float | None
     last_learning_rate: float | None
     steps_per_second: float | None
-    eta_seconds: float | None
+    eta_seconds: float | None = Field(
+        description="null unless running with a rate, within a declared length."
+    )
     failure_reason: str
     created_at: datetime
     started_at: datetime | None
@@ -165,7 +193,10 @@ class JobOut(Schema):
             current_step=job.current_step,
             current_epoch=job.current_epoch,
             progress_percent=progress_floor(
-                job.current_step, job.total_steps, decimals=PROGRESS_DECIMALS
+                job.current_step,
+                job.total_steps,
+                decimals=PROGRESS_DECIMALS,
+                open_end=progress_open_end(job),
             ),
             last_loss=job.last_loss,
             best_loss=job.best_loss,

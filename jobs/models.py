@@ -45,8 +45,10 @@ class TrainingJob(models.Model):
     status = models.CharField(max_length=16, choices=JobStatus, default=JobStatus.QUEUED)
     source = models.CharField(max_length=16, choices=JobSource, default=JobSource.SIMULATED)
 
-    total_epochs = models.PositiveIntegerField()
-    steps_per_epoch = models.PositiveIntegerField()
+    # The declared length: a hint for progress and ETA, never a limit. External jobs may leave
+    # both out (open-ended runs); simulated jobs need both (constraints below).
+    total_epochs = models.PositiveIntegerField(null=True, blank=True)
+    steps_per_epoch = models.PositiveIntegerField(null=True, blank=True)
     steps_per_tick = models.PositiveIntegerField(
         default=10, help_text="Simulation speed: steps written per tick."
     )
@@ -116,8 +118,20 @@ class TrainingJob(models.Model):
             models.CheckConstraint(
                 condition=Q(base_learning_rate__gte=0), name="job_learning_rate_nonneg"
             ),
+            # Both lengths or neither; a simulated job has both (it runs to its last step).
             models.CheckConstraint(
-                condition=Q(current_step__lte=F("total_epochs") * F("steps_per_epoch")),
+                condition=Q(total_epochs__isnull=True, steps_per_epoch__isnull=True)
+                | Q(total_epochs__isnull=False, steps_per_epoch__isnull=False),
+                name="job_length_both_or_neither",
+            ),
+            models.CheckConstraint(
+                condition=~Q(source=JobSource.SIMULATED) | Q(total_epochs__isnull=False),
+                name="job_simulated_has_length",
+            ),
+            # An external job's declared length is a hint: its points may run past it.
+            models.CheckConstraint(
+                condition=~Q(source=JobSource.SIMULATED)
+                | Q(current_step__lte=F("total_epochs") * F("steps_per_epoch")),
                 name="job_current_step_within_total",
             ),
         ]
@@ -129,8 +143,19 @@ class TrainingJob(models.Model):
         return reverse("jobs:detail", args=[self.pk])
 
     @property
-    def total_steps(self) -> int:
+    def total_steps(self) -> int | None:
+        """The declared number of steps; None for an open-ended external job."""
+        if self.total_epochs is None or self.steps_per_epoch is None:
+            return None
         return self.total_epochs * self.steps_per_epoch
+
+    @property
+    def simulation_length(self) -> tuple[int, int]:
+        """(total_steps, steps_per_epoch) of a job that must have a length: a simulated one
+        always does (a database constraint). For the simulator's callers, which need ints."""
+        if self.total_epochs is None or self.steps_per_epoch is None:
+            raise ValueError(f"Job {self.pk} has no declared length; only external jobs may.")
+        return self.total_epochs * self.steps_per_epoch, self.steps_per_epoch
 
     @property
     def is_terminal(self) -> bool:
@@ -141,16 +166,51 @@ class TrainingJob(models.Model):
         return self.status in self.ACTIVE_STATUSES
 
     @property
-    def progress_percent(self) -> float:
-        return 100.0 * self.current_step / self.total_steps if self.total_steps else 0.0
+    def progress_percent(self) -> float | None:
+        """Share of the declared length done, at most 100; None without a declared length."""
+        total = self.total_steps
+        if total is None:
+            return None
+        return min(100.0 * self.current_step / total, 100.0) if total else 0.0
 
     @property
-    def current_epoch(self) -> int:
-        """The epoch the next step belongs to (the last one once all steps are done)."""
+    def current_epoch(self) -> int | None:
+        """The epoch the next step belongs to (the last one once all steps are done).
+
+        None without a declared length. Past the declared length it stays at the last
+        declared epoch: the progress bar says the run went past it.
+        """
+        if self.total_epochs is None or self.steps_per_epoch is None:
+            return None
         return min(self.current_step // self.steps_per_epoch + 1, self.total_epochs)
+
+    def epoch_at(self, step: int) -> int | None:
+        """The epoch of a point at `step` that came without one: step // steps_per_epoch + 1.
+
+        Not capped at total_epochs (a declared length is never a limit); None when the job
+        has no declared length, so the point's epoch stays empty.
+        """
+        if self.steps_per_epoch is None:
+            return None
+        return step // self.steps_per_epoch + 1
+
+    @property
+    def elapsed(self) -> timedelta | None:
+        """Wall time since the start, up to the finish (or now); None before the start."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max(end - self.started_at, timedelta(0))
 
     @property
     def eta(self) -> timedelta | None:
-        if self.status != self.Status.RUNNING or not self.steps_per_second:
+        """Time left at the current rate; None without a declared length or once it is reached."""
+        total = self.total_steps
+        if (
+            total is None
+            or self.current_step >= total
+            or self.status != self.Status.RUNNING
+            or not self.steps_per_second
+        ):
             return None
-        return timedelta(seconds=(self.total_steps - self.current_step) / self.steps_per_second)
+        return timedelta(seconds=(total - self.current_step) / self.steps_per_second)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
+from django.db.models import Case, Count, FloatField, IntegerField, Q, QuerySet, Value, When
+from django.db.models.expressions import RawSQL
 from django.http import Http404
 
 from jobs.models import TrainingJob
 
 # Columns no list shows; hyperparameters may be tens of kilobytes per job.
 LIST_DEFERRED_FIELDS = ("hyperparameters", "description")
+# The named keys' table (metrics.MetricKey, one row per job and key, with its running stats).
+# Named here rather than imported: the jobs app never imports metrics.
+METRIC_KEY_TABLE = "metrics_metrickey"
 
 
 def job_list_visible(*, user: User | AnonymousUser) -> QuerySet[TrainingJob]:
@@ -62,9 +66,32 @@ def job_list_dashboard(
         default=Value(1),
         output_field=IntegerField(),
     )
-    return jobs.annotate(running_first=running_first).order_by(
+    ordered = jobs.annotate(running_first=running_first).order_by(
         "running_first", "-created_at", "-id"
     )
+    return with_primary_metric_stats(ordered)
+
+
+def with_primary_metric_stats(jobs: QuerySet[TrainingJob]) -> QuerySet[TrainingJob]:
+    """`jobs` annotated with `primary_last` and `primary_min`: the last and lowest value of
+    each job's `primary_metric` key, for rows that show it when the job has no headline loss.
+
+    Two correlated subqueries in the list's one query, each a lookup on the keys' (job, name)
+    unique index, so a page of jobs costs no query per row. Raw SQL against the table name:
+    the jobs app does not import metrics (see METRIC_KEY_TABLE). Both are NULL when the job
+    has no such key, or no finite value in it yet.
+    """
+    job_table = TrainingJob._meta.db_table
+
+    def stat(column: str) -> RawSQL:
+        return RawSQL(
+            f"SELECT k.{column} FROM {METRIC_KEY_TABLE} k "
+            f"WHERE k.job_id = {job_table}.id AND k.name = {job_table}.primary_metric",
+            (),
+            output_field=FloatField(),
+        )
+
+    return jobs.annotate(primary_last=stat("last_value"), primary_min=stat("min_value"))
 
 
 def job_count_by_status(*, user: User | AnonymousUser) -> dict[str, int]:

@@ -150,8 +150,14 @@ JOB_BOUNDS: dict[str, Bound] = {
         f"The divergence step can be at most {MAX_TOTAL_STEPS:,}.",
     ),
 }
-# Left unset (None), the service chooses them from the job's length.
-OPTIONAL_FIELDS = frozenset({"decay_rate", "seed", "warmup_steps", "diverge_at_step"})
+# Left unset (None), the service chooses them from the job's length. The length itself is
+# optional for external jobs only (`length_problems`).
+OPTIONAL_FIELDS = frozenset(
+    {"decay_rate", "seed", "warmup_steps", "diverge_at_step", "total_epochs", "steps_per_epoch"}
+)
+LENGTH_FIELDS = ("total_epochs", "steps_per_epoch")
+# An open-ended job's simulator parameters are never used; the decay still needs a value > 0.
+OPEN_ENDED_DECAY_RATE = DECAY_SPAN / MAX_TOTAL_STEPS
 TEXT_FIELDS = ("name", "description", "model_name", "dataset")
 # What may change on an existing job. Status moves only through the transitions, progress only
 # through the write path, and the simulator's parameters would rewrite a curve in flight.
@@ -232,6 +238,31 @@ def hyperparameters_size_problem(value: Any) -> str | None:
     return None
 
 
+def length_problems(
+    source: str, total_epochs: int | None, steps_per_epoch: int | None
+) -> dict[str, str]:
+    """Why the declared length cannot be left out as it is: field -> message.
+
+    A simulated job runs to its last step, so it needs both. An external job may give both
+    (a hint for progress and ETA, never a limit) or neither (an open-ended run), not one.
+    """
+    missing = [
+        field
+        for field, value in zip(LENGTH_FIELDS, (total_epochs, steps_per_epoch), strict=True)
+        if value is None
+    ]
+    if not missing:
+        return {}
+    if source == TrainingJob.Source.SIMULATED:
+        return {field: f"A simulated job needs {field.replace('_', ' ')}." for field in missing}
+    if len(missing) == 1:
+        return {
+            missing[0]: "Give both total_epochs and steps_per_epoch, or neither (a run of "
+            "unknown length)."
+        }
+    return {}
+
+
 def total_steps_problem(total_epochs: int, steps_per_epoch: int) -> str | None:
     total = total_epochs * steps_per_epoch
     if total > MAX_TOTAL_STEPS:
@@ -259,16 +290,28 @@ def job_fields_check(values: dict[str, Any]) -> None:
     """Raise ValidationError, a message per field, for every value in `values` refused.
 
     Checks each field alone, plus the rules between two fields given together (total steps,
-    a loss that decreases). Fields without a rule are not checked.
+    a loss that decreases, a length that only external jobs may leave out: pass "source" with
+    the two length fields for that one). Fields without a rule are not checked.
     """
     errors = {
         field: problem
         for field, value in values.items()
         if field in FIELD_CHECKS and (problem := FIELD_CHECKS[field](value))
     }
+    if {"source", *LENGTH_FIELDS} <= values.keys():
+        length = length_problems(
+            values["source"], values["total_epochs"], values["steps_per_epoch"]
+        )
+        errors = {**length, **errors}
     valid = values.keys() - errors.keys()
-    if {"total_epochs", "steps_per_epoch"} <= valid and (
-        problem := total_steps_problem(values["total_epochs"], values["steps_per_epoch"])
+    if (
+        {"total_epochs", "steps_per_epoch"} <= valid
+        and None
+        not in (
+            values["total_epochs"],
+            values["steps_per_epoch"],
+        )
+        and (problem := total_steps_problem(values["total_epochs"], values["steps_per_epoch"]))
     ):
         errors["steps_per_epoch"] = problem
     if {"initial_loss", "final_loss"} <= valid:
@@ -378,8 +421,8 @@ def job_create(
     *,
     owner: User,
     name: str,
-    total_epochs: int,
-    steps_per_epoch: int,
+    total_epochs: int | None = None,
+    steps_per_epoch: int | None = None,
     steps_per_tick: int = 10,
     source: str = TrainingJob.Source.SIMULATED,
     description: str = "",
@@ -398,7 +441,9 @@ def job_create(
     """Create a job, running at once unless `start` is false.
 
     Raises ValidationError, with a message per field, for anything out of range; nothing is
-    written then. Unset simulator parameters get defaults that span the job's length.
+    written then. Unset simulator parameters get defaults that span the job's length. An
+    external job may leave out both `total_epochs` and `steps_per_epoch` (a run of unknown
+    length); a simulated one needs both.
     """
     job = job_build(
         owner=owner,
@@ -428,8 +473,8 @@ def job_build(
     *,
     owner: User,
     name: str,
-    total_epochs: int,
-    steps_per_epoch: int,
+    total_epochs: int | None = None,
+    steps_per_epoch: int | None = None,
     steps_per_tick: int = 10,
     source: str = TrainingJob.Source.SIMULATED,
     description: str = "",
@@ -449,6 +494,7 @@ def job_build(
     job_fields_check(
         {
             "name": name,
+            "source": source,
             "total_epochs": total_epochs,
             "steps_per_epoch": steps_per_epoch,
             "steps_per_tick": steps_per_tick,
@@ -465,7 +511,13 @@ def job_build(
             "diverge_at_step": diverge_at_step,
         }
     )
-    total_steps = total_epochs * steps_per_epoch
+    total_steps = (
+        None if total_epochs is None or steps_per_epoch is None else total_epochs * steps_per_epoch
+    )
+    if decay_rate is None:
+        decay_rate = OPEN_ENDED_DECAY_RATE if total_steps is None else DECAY_SPAN / total_steps
+    if warmup_steps is None:
+        warmup_steps = 0 if total_steps is None else min(total_steps // 20, 500)
     job = TrainingJob(
         owner=owner,
         name=name.strip(),
@@ -479,10 +531,10 @@ def job_build(
         steps_per_tick=steps_per_tick,
         initial_loss=initial_loss,
         final_loss=final_loss,
-        decay_rate=decay_rate if decay_rate is not None else DECAY_SPAN / total_steps,
+        decay_rate=decay_rate,
         seed=seed if seed is not None else secrets.randbelow(MAX_SEED),
         base_learning_rate=base_learning_rate,
-        warmup_steps=warmup_steps if warmup_steps is not None else min(total_steps // 20, 500),
+        warmup_steps=warmup_steps,
         diverge_at_step=diverge_at_step,
     )
     if start:
@@ -682,6 +734,7 @@ def _progress_row(summary: BatchSummary, now: datetime) -> tuple[object, ...]:
         finished = True
     elif (
         job.source == TrainingJob.Source.SIMULATED
+        and job.total_steps is not None  # always, for a simulated job (a DB constraint)
         and job.current_step >= job.total_steps
         and not job.is_terminal
     ):

@@ -96,22 +96,9 @@ def _batch_for(job: TrainingJob, points: Sequence[PointIn]) -> MetricBatch:
     count = len(points)
     steps = np.fromiter((p.step for p in points), dtype=np.int64, count=count)
     epochs = np.fromiter((p.epoch for p in points), dtype=np.int64, count=count)
+    # No check against the job's declared length: it is a hint, never a limit (a script
+    # numbering steps from 1, or one that trains longer than it said, loses nothing).
     problems: list[dict[str, Any]] = []
-    for index in np.flatnonzero(steps >= job.total_steps):
-        problems.append(
-            _point_problem(
-                index,
-                "step",
-                f"Step {steps[index]} is past the job's last step "
-                f"({job.total_steps - 1}: steps count from 0).",
-            )
-        )
-    for index in np.flatnonzero(epochs > job.total_epochs):
-        problems.append(
-            _point_problem(
-                index, "epoch", f"Epoch {epochs[index]} is past the job's {job.total_epochs}."
-            )
-        )
     order = np.argsort(steps, kind="stable")
     repeated = order[1:][steps[order][1:] == steps[order][:-1]]
     for index in np.sort(repeated):

@@ -679,9 +679,7 @@ def _advance(jobs: list[TrainingJob], now: datetime) -> list[WriteResult]:
     batches = [(job, _next_points(job)) for job in jobs]
     moment = now.timestamp()
     named = {
-        job.pk: simulator_for(job).generate_named_batch(
-            batch, job.total_steps, job.steps_per_epoch, moment
-        )
+        job.pk: simulator_for(job).generate_named_batch(batch, *job.simulation_length, moment)
         for job, batch in batches
     }
     return metric_batches_write(batches, named=named, now=now)
@@ -705,9 +703,10 @@ def _due_for_tick(tick: int | None) -> QuerySet[TrainingJob]:
 
 def _next_points(job: TrainingJob) -> MetricBatch:
     # A running job already at its last step gets an empty batch, which completes it.
-    count = max(0, min(job.steps_per_tick, job.total_steps - job.current_step))
+    total_steps, steps_per_epoch = job.simulation_length
+    count = max(0, min(job.steps_per_tick, total_steps - job.current_step))
     return simulator_for(job).generate_metrics_batch(
-        job.current_step, count, job.total_steps, job.steps_per_epoch
+        job.current_step, count, total_steps, steps_per_epoch
     )
 
 

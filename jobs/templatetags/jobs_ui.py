@@ -9,13 +9,12 @@ from typing import Any
 
 from django import template
 
-from jobs.display import EMPTY, HOUR, MINUTE, progress_label, time_ago
+from jobs.display import EMPTY, Progress, duration_label, job_progress, time_ago
 from jobs.models import TrainingJob
 from jobs.services import JOB_ACTIONS, JobAction, job_allowed_actions
 
 register = template.Library()
 
-DAY = 24 * HOUR
 # Figures below this are shown in scientific notation (learning rates).
 SCIENTIFIC_BELOW = 1e-2
 LARGE_LOSS = 1000
@@ -30,18 +29,13 @@ def ago(moment: datetime | None) -> str:
 @register.filter
 def approx_duration(duration: timedelta | None) -> str:
     """An ETA as people say it: '~45 s', '~4 min', '~2 h 10 min', '~3 d 4 h'."""
-    if duration is None:
-        return EMPTY
-    seconds = max(duration.total_seconds(), 0)
-    if seconds < MINUTE:
-        return f"~{max(round(seconds), 1)} s"
-    if seconds < HOUR:
-        return f"~{round(seconds / MINUTE)} min"
-    if seconds < DAY:
-        hours, minutes = divmod(round(seconds / MINUTE), 60)
-        return f"~{hours} h {minutes} min" if minutes else f"~{hours} h"
-    days, hours = divmod(round(seconds / HOUR), 24)
-    return f"~{days} d {hours} h" if hours else f"~{days} d"
+    return EMPTY if duration is None else f"~{duration_label(duration)}"
+
+
+@register.filter
+def duration(value: timedelta | None) -> str:
+    """An elapsed time: '45 s', '4 min', '2 h 10 min'."""
+    return EMPTY if value is None else duration_label(value)
 
 
 @register.filter
@@ -69,14 +63,34 @@ def fraction_percent(value: float | None) -> str:
 
 @register.filter
 def progress(job: TrainingJob) -> str:
-    """Rounded down, so a job shows 100% only when it is done."""
-    return progress_label(job.current_step, job.total_steps)
+    """Rounded down, so a job shows 100% only when it is done; see jobs.display.Progress."""
+    return job_progress(job).label
+
+
+@register.filter
+def progress_of(job: TrainingJob) -> Progress:
+    """The job's progress and its wordings (label, steps_text, summary, value_text, width)."""
+    return job_progress(job)
+
+
+@register.filter
+def steps_of(job: TrainingJob) -> str:
+    """Steps done against the declared length: '421 / 1,000', '1,234 / 1,000 declared',
+    or '1,234' for an open-ended run."""
+    total = job.total_steps
+    if total is None:
+        return f"{job.current_step:,}"
+    declared = " declared" if job_progress(job).past else ""
+    return f"{job.current_step:,} / {total:,}{declared}"
 
 
 @register.filter
 def progress_width(job: TrainingJob) -> str:
-    """For data-width (progress.js sets the bar's width): a plain decimal, never localized."""
-    return f"{job.progress_percent:.2f}%"
+    """For data-width (progress.js sets the bar's width): a plain decimal, never localized.
+
+    Empty without a declared length: the bar is indeterminate then.
+    """
+    return job_progress(job).width or ""
 
 
 @register.filter

@@ -198,7 +198,8 @@ def test_4xx_is_not_retried_and_carries_the_servers_message(live_server, monkeyp
 
 def test_invalid_points_raise_with_the_servers_details(run_args):
     with pytest.raises(TrainmonError) as error, Run(**run_args) as run:
-        run.log(100, loss=1.0)  # the job has steps 0..99
+        # A negative step (a step past the declared length is stored since issue 12).
+        run.log(-1, loss=1.0, epoch=1)
         run.flush()
     assert error.value.status == 400
     assert error.value.details[0]["field"] == "points[0].step"

@@ -436,3 +436,55 @@ class TestServiceRules:
         TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=1000, current_step=step)
         html = staff_client.get(CHANGELIST).content.decode()
         assert re.search(rf"</progress> {re.escape(shown)}</span>", html)
+
+
+class TestOpenEndedJobs:
+    """Issue 12: external jobs without a declared length in the admin."""
+
+    def test_the_list_shows_an_indeterminate_bar_and_the_steps(self, staff_client, user):
+        TrainingJobFactory(
+            owner=user,
+            source=TrainingJob.Source.EXTERNAL,
+            total_epochs=None,
+            steps_per_epoch=None,
+            current_step=1234,
+        )
+        TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL, current_step=90)
+        html = staff_client.get(CHANGELIST).content.decode()
+        assert re.search(r'<progress style="width: 5em"></progress> 1,234 steps</span>', html)
+        assert re.search(r'title="step 90 of 60 declared, past it">', html)
+        assert re.search(r"</progress> past length</span>", html)
+
+    def test_the_change_page_of_a_job_without_length_loads(self, staff_client, user):
+        job = TrainingJobFactory(
+            owner=user, source=TrainingJob.Source.EXTERNAL, total_epochs=None, steps_per_epoch=None
+        )
+        response = staff_client.get(reverse("admin:jobs_trainingjob_change", args=[job.pk]))
+        assert response.status_code == 200
+
+    def test_add_an_external_job_without_length(self, staff_client, user):
+        data = TestAdd().form_data(user, source="external", total_epochs="", steps_per_epoch="")
+        response = staff_client.post(ADD, data)
+        assert response.status_code == 302
+        job = TrainingJob.objects.get()
+        assert (job.source, job.total_steps) == ("external", None)
+
+    @pytest.mark.parametrize(
+        ("overrides", "field", "message"),
+        [
+            ({"total_epochs": ""}, "total_epochs", "A simulated job needs total epochs."),
+            (
+                {"source": "external", "steps_per_epoch": ""},
+                "steps_per_epoch",
+                "Give both total_epochs and steps_per_epoch, or neither",
+            ),
+        ],
+    )
+    def test_add_refuses_a_missing_or_half_length(
+        self, staff_client, user, overrides, field, message
+    ):
+        response = staff_client.post(ADD, TestAdd().form_data(user, **overrides))
+        assert response.status_code == 200
+        errors = response.context["adminform"].form.errors[field]
+        assert any(message in error for error in errors)
+        assert not TrainingJob.objects.exists()

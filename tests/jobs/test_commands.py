@@ -224,3 +224,21 @@ def test_every_option_has_help(app, name):
     assert own or name == "setup_local"  # the one command without options
     assert all(action.help for action in own), [a.dest for a in own if not a.help]
     assert command.help
+
+
+class TestJobsOpenEnded:
+    def test_lists_a_run_without_length_and_one_past_it(self, db):
+        TrainingJobFactory(
+            name="open",
+            source=TrainingJob.Source.EXTERNAL,
+            total_epochs=None,
+            steps_per_epoch=None,
+            current_step=1234,
+        )
+        TrainingJobFactory(name="over", source=TrainingJob.Source.EXTERNAL, current_step=90)
+        TrainingJobFactory(name="within", current_step=30)
+        out, _ = run("jobs")
+        rows = {line.split()[1]: line for line in out.splitlines()[1:]}
+        assert "1,234 steps" in rows["open"]
+        assert "past length" in rows["over"]
+        assert "50.0%" in rows["within"]

@@ -34,3 +34,75 @@ def test_progress_properties(user):
     assert job.progress_percent == 30.0
     assert job.current_epoch == 2
     assert TrainingJob.objects.get(pk=job.pk).is_active
+
+
+# --- open-ended external runs (issue 12) --------------------------------------------------------
+
+External = TrainingJob.Source.EXTERNAL
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"total_epochs": None, "steps_per_epoch": None},  # a simulated job needs its length
+        {"total_epochs": None},  # both or neither
+        {"steps_per_epoch": None, "source": External},
+    ],
+)
+def test_the_database_rejects_a_missing_or_half_length(user, fields):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        TrainingJobFactory(owner=user, **fields)
+
+
+def test_an_external_job_may_run_past_its_declared_length_or_have_none(user):
+    past = TrainingJobFactory(owner=user, source=External, current_step=1_000)  # 60 declared
+    open_ended = TrainingJobFactory(
+        owner=user, source=External, total_epochs=None, steps_per_epoch=None, current_step=7
+    )
+    assert TrainingJob.objects.filter(pk__in=[past.pk, open_ended.pk]).count() == 2
+
+
+def test_progress_properties_without_a_declared_length(user):
+    job = TrainingJobFactory(
+        owner=user,
+        source=External,
+        total_epochs=None,
+        steps_per_epoch=None,
+        current_step=1_234,
+        steps_per_second=10.0,
+    )
+    assert job.total_steps is None
+    assert job.progress_percent is None
+    assert job.current_epoch is None
+    assert job.eta is None  # running with a rate, but nothing to count down to
+    assert job.epoch_at(500) is None
+    assert job.elapsed is not None
+
+
+def test_past_the_declared_length_the_bar_is_full_and_there_is_no_eta(user):
+    job = TrainingJobFactory(owner=user, source=External, current_step=90, steps_per_second=5.0)
+    assert job.total_steps == 60
+    assert job.progress_percent == 100.0
+    assert job.current_epoch == 3  # the last declared epoch
+    assert job.eta is None
+
+
+def test_the_eta_counts_down_within_the_declared_length(user):
+    job = TrainingJobFactory(owner=user, source=External, current_step=50, steps_per_second=5.0)
+    assert job.eta.total_seconds() == 2.0
+
+
+@pytest.mark.parametrize(("step", "epoch"), [(0, 1), (19, 1), (20, 2), (59, 3), (60, 4), (200, 11)])
+def test_a_points_epoch_is_derived_from_the_declared_length_but_not_capped(user, step, epoch):
+    job = TrainingJobFactory.build(owner=user, total_epochs=3, steps_per_epoch=20)
+    assert job.epoch_at(step) == epoch
+
+
+def test_the_simulators_length_is_ints_or_an_error(user):
+    assert TrainingJobFactory.build(total_epochs=3, steps_per_epoch=20).simulation_length == (
+        60,
+        20,
+    )
+    job = TrainingJobFactory.build(source=External, total_epochs=None, steps_per_epoch=None)
+    with pytest.raises(ValueError, match="no declared length"):
+        job.simulation_length  # noqa: B018

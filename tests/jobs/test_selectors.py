@@ -36,3 +36,29 @@ def test_the_dashboard_list_leaves_hyperparameters_unread(user):
     TrainingJobFactory(owner=user, hyperparameters={"notes": "x" * 1000})
     (job,) = job_list_dashboard(user=user)
     assert "hyperparameters" in job.get_deferred_fields()
+
+
+# --- the primary metric of jobs without a headline loss (issue 12) -------------------------------
+
+
+def test_the_dashboard_list_carries_each_jobs_primary_metric(user, metric_key):
+    external = TrainingJob.Source.EXTERNAL
+    named = TrainingJobFactory(owner=user, source=external, primary_metric="val_loss")
+    metric_key(named, "val_loss", last=0.41, low=0.39)
+    metric_key(named, "grad_norm", last=7.0, low=1.0)  # not its primary key
+    without_key = TrainingJobFactory(owner=user, source=external, primary_metric="val_loss")
+    metric_key(TrainingJobFactory(owner=user), "val_loss", last=9.0, low=9.0)  # another job's
+
+    rows = {job.pk: job for job in job_list_dashboard(user=user)}
+    assert (rows[named.pk].primary_last, rows[named.pk].primary_min) == (0.41, 0.39)
+    assert (rows[without_key.pk].primary_last, rows[without_key.pk].primary_min) == (None, None)
+
+
+def test_the_primary_metric_costs_no_query_per_row(user, metric_key, django_assert_num_queries):
+    for index in range(30):
+        job = TrainingJobFactory(owner=user, primary_metric="val_loss", last_loss=None)
+        metric_key(job, "val_loss", last=float(index), low=0.0)
+    list(job_list_dashboard(user=user))  # the first list also looks for the keys' table, once
+    with django_assert_num_queries(1):
+        jobs = list(job_list_dashboard(user=user))
+    assert sorted(job.primary_last for job in jobs) == [float(index) for index in range(30)]

@@ -267,3 +267,102 @@ class TestActionTable:
     def test_users_are_offered_only_their_actions(self, user):
         job = TrainingJobFactory(owner=user)
         assert services.job_allowed_actions(job=job, by_users=True) == ["pause", "cancel"]
+
+
+# --- open-ended external runs (issue 12) --------------------------------------------------------
+
+
+def write_points(job, steps, *, epochs=None):
+    """Store headline points through the one write path, as the API does."""
+    import numpy as np
+    from django.db import transaction
+
+    from metrics.points import MetricBatch
+    from metrics.services import metric_batches_write
+
+    steps = np.asarray(steps, dtype=np.int64)
+    batch = MetricBatch(
+        steps=steps,
+        epochs=np.asarray(epochs if epochs is not None else [1] * len(steps), dtype=np.int64),
+        losses=np.linspace(2.0, 1.0, len(steps)),
+        accuracies=np.full(len(steps), np.nan),
+        learning_rates=np.full(len(steps), np.nan),
+    )
+    with transaction.atomic():
+        [locked] = services.jobs_lock([job.pk])
+        [result] = metric_batches_write([(locked, batch)])
+    job.refresh_from_db()
+    return result
+
+
+class TestOpenEndedJobs:
+    def test_an_external_job_may_leave_out_its_length(self, user):
+        job = create(
+            user, source=TrainingJob.Source.EXTERNAL, total_epochs=None, steps_per_epoch=None
+        )
+        job.refresh_from_db()
+        assert (job.total_epochs, job.steps_per_epoch, job.total_steps) == (None, None, None)
+        assert job.status == Status.RUNNING
+        assert job.decay_rate > 0  # never used, but the column needs a value
+        assert job.warmup_steps == 0
+
+    def test_a_simulated_job_needs_its_length(self, user):
+        with pytest.raises(ValidationError) as error:
+            create(user, total_epochs=None, steps_per_epoch=None)
+        assert error.value.message_dict == {
+            "total_epochs": ["A simulated job needs total epochs."],
+            "steps_per_epoch": ["A simulated job needs steps per epoch."],
+        }
+        assert not TrainingJob.objects.exists()
+
+    @pytest.mark.parametrize("missing", ["total_epochs", "steps_per_epoch"])
+    def test_an_external_job_gives_both_or_neither(self, user, missing):
+        with pytest.raises(ValidationError) as error:
+            create(user, source=TrainingJob.Source.EXTERNAL, **{missing: None})
+        assert error.value.message_dict == {
+            missing: [
+                "Give both total_epochs and steps_per_epoch, or neither (a run of unknown length)."
+            ]
+        }
+        assert not TrainingJob.objects.exists()
+
+    def test_points_of_a_job_without_length_are_stored_and_counted(self, user):
+        job = create(
+            user, source=TrainingJob.Source.EXTERNAL, total_epochs=None, steps_per_epoch=None
+        )
+        result = write_points(job, range(1, 501))  # numbered from 1
+        assert result.created == 500
+        assert job.current_step == 501
+        assert job.status == Status.RUNNING
+        assert job.progress_percent is None
+
+    @pytest.mark.parametrize(
+        ("first", "before_last", "label"), [(0, "99.5%", "99.9%"), (1, "99.9%", "100%")]
+    )
+    def test_steps_numbered_from_0_or_1_both_end_at_the_declared_length(
+        self, user, first, before_last, label
+    ):
+        # 5 epochs x 40 steps: 0..199 or 1..200, the issue's numpy script.
+        job = create(user, source=TrainingJob.Source.EXTERNAL, total_epochs=5, steps_per_epoch=40)
+        assert write_points(job, range(first, first + 199)).created == 199
+        from jobs.display import job_progress
+
+        assert job_progress(job).label == before_last  # not 100% before the end
+        assert write_points(job, [first + 199]).created == 1  # the last one is stored
+        assert job.metrics.count() == 200
+        # 0-based: every declared step is in, but the script may number from 1 and send one
+        # more: 100% once it finishes the job (or sends it).
+        assert job_progress(job).label == label
+        assert job.status == Status.RUNNING  # an external job ends when its script says so
+        services.job_complete(job=job)
+        assert job_progress(job).label == "100%"
+
+    def test_points_past_the_declared_length_are_stored(self, user):
+        job = create(user, source=TrainingJob.Source.EXTERNAL, total_epochs=1, steps_per_epoch=10)
+        assert write_points(job, range(25)).created == 25
+        assert job.current_step == 25
+        assert job.metrics.count() == 25
+        assert job.status == Status.RUNNING
+        from jobs.display import job_progress
+
+        assert job_progress(job).steps_text == "step 25 of 10 declared, past it"

@@ -577,3 +577,128 @@ def test_every_user_action_has_a_view_and_only_those_route():
         reverse("jobs:action", args=[1, action])
     with pytest.raises(NoReverseMatch):
         reverse("jobs:action", args=[1, "complete"])
+
+
+class TestOpenEndedJobs:
+    """Issue 12: jobs without a declared length, or past it, on the dashboard and job page."""
+
+    @staticmethod
+    def open_ended(user, **fields):
+        return TrainingJobFactory(
+            owner=user,
+            source=TrainingJob.Source.EXTERNAL,
+            total_epochs=None,
+            steps_per_epoch=None,
+            current_step=1_234,
+            steps_per_second=12.5,
+            started_at=timezone.now() - timedelta(minutes=5),
+            **fields,
+        )
+
+    @staticmethod
+    def progress_bar(html: str, job) -> str:
+        return re.search(
+            rf'<div class="progress[^"]*"[^>]*aria-label="Progress of {job.name}"[^>]*>', html
+        ).group(0)
+
+    def test_the_dashboard_shows_steps_rate_and_elapsed_with_an_indeterminate_bar(
+        self, user_client, user
+    ):
+        job = self.open_ended(user)
+        html = user_client.get("/").content.decode()
+        bar = self.progress_bar(html, job)
+        assert "progress-indeterminate" in bar
+        assert 'role="progressbar"' in bar
+        assert "aria-valuenow" not in bar  # ARIA's indeterminate progress bar
+        assert 'aria-valuetext="1,234 steps done, no declared length"' in bar
+        assert "1,234 steps · 5 min elapsed" in html
+        row = re.search(
+            rf'<tr class="job-row"[^>]*data-job-id="{job.pk}">.*?</tr>', html, re.S
+        ).group(0)
+        assert re.search(r'data-label="Epoch">—</td>', row)
+        assert re.search(r'data-label="ETA">—</td>', row)
+        assert re.search(r'data-label="Steps/s">12.5</td>', row)
+        assert "%" not in row
+
+    def test_the_dashboard_shows_a_run_past_its_declared_length(self, user_client, user):
+        job = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL, current_step=90)
+        html = user_client.get("/").content.decode()
+        bar = self.progress_bar(html, job)
+        assert "progress-past" in bar
+        assert 'aria-valuenow="60"' in bar and 'aria-valuemax="60"' in bar
+        assert 'data-width="100.00%"' in html
+        assert "step 90 of 60 declared, past it" in html
+        assert "100%" not in re.search(r'<span class="progress-text">[^<]*</span>', html).group(0)
+
+    def test_a_job_without_headline_loss_shows_its_primary_metric(
+        self, user_client, user, metric_key
+    ):
+        job = self.open_ended(user, primary_metric="val_loss", last_loss=None, best_loss=None)
+        metric_key(job, "val_loss", last=0.41, low=0.3875)
+        with_loss = TrainingJobFactory(owner=user, last_loss=1.5, best_loss=1.25)
+        metric_key(with_loss, "loss", last=9.0, low=9.0)
+        html = user_client.get("/").content.decode()
+        assert re.search(
+            r'data-label="Last"><span class="metric-name">val_loss</span> 0.4100</td>', html
+        )
+        assert re.search(
+            r'data-label="Best"><span class="metric-name">val_loss</span> 0.3875</td>', html
+        )
+        assert 'data-label="Loss">1.5000</td>' in html  # the headline loss wins where there is one
+        assert 'data-label="Best">1.2500</td>' in html
+
+    def test_the_dashboard_costs_the_same_queries_with_the_primary_metric(
+        self, user_client, user, metric_key, django_assert_num_queries
+    ):
+        job = self.open_ended(user, primary_metric="val_loss", last_loss=None)
+        metric_key(job, "val_loss", last=0.4, low=0.3)
+        user_client.get("/")  # the keys' table is looked for once per process
+        with CaptureQueriesContext(connection) as few:
+            user_client.get("/")
+        for _ in range(20):
+            other = self.open_ended(user, primary_metric="val_loss", last_loss=None)
+            metric_key(other, "val_loss", last=0.5, low=0.2)
+        with django_assert_num_queries(len(few.captured_queries)):
+            user_client.get("/")
+
+    def test_the_job_page_shows_steps_rate_and_elapsed(self, user_client, user):
+        job = self.open_ended(user)
+        html = user_client.get(job.get_absolute_url()).content.decode()
+        progress = re.search(r'<section id="job-progress".*?</section>', html, re.S).group(0)
+        assert '<span class="progress-big num">1,234 steps</span>' in progress
+        assert "12.5 steps/s · 5 min elapsed" in progress
+        assert '<span class="progress-eta num">running</span>' in progress
+        assert "aria-valuenow" not in progress
+        assert "%" not in progress
+        stats = re.search(r'<dl id="job-stats".*?</dl>', html, re.S).group(0)
+        assert "no declared length" in stats
+        assert "5 min elapsed" in stats
+        assert "not declared (open-ended run)" in html
+
+    def test_the_job_page_of_a_finished_open_ended_run_fills_its_bar(self, user_client, user):
+        job = self.open_ended(user, status=Status.COMPLETED, finished_at=timezone.now())
+        html = user_client.get(job.get_absolute_url()).content.decode()
+        assert 'data-width="100.00%"' in html
+        assert '<span class="progress-eta num">done</span>' in html
+
+    def test_the_job_page_past_the_declared_length(self, user_client, user):
+        job = TrainingJobFactory(
+            owner=user, source=TrainingJob.Source.EXTERNAL, current_step=90, steps_per_second=3.0
+        )
+        html = user_client.get(job.get_absolute_url()).content.decode()
+        assert '<span class="progress-big num">past length</span>' in html
+        assert "step 90 of 60 declared, past it" in html
+        assert '<span class="progress-eta num">running</span>' in html  # no ETA past the length
+
+    def test_the_compare_table_shows_steps_without_a_length(self, user_client, user):
+        job = self.open_ended(user)
+        bounded = TrainingJobFactory(owner=user, current_step=30)
+        html = user_client.get(f"/compare/?jobs={job.pk},{bounded.pk}").content.decode()
+        assert '<td class="num">1,234</td>' in html
+        assert '<td class="num">30 / 60</td>' in html
+
+    def test_the_json_export_header_leaves_the_length_empty(self, user_client, user):
+        job = self.open_ended(user)
+        body = b"".join(user_client.get(f"/jobs/{job.pk}/metrics.json").streaming_content)
+        header = json.loads(body)["job"]
+        assert (header["total_epochs"], header["steps_per_epoch"]) == (None, None)

@@ -471,19 +471,21 @@ def test_non_finite_accuracy_or_learning_rate_literals_are_refused(api, ext_job,
     assert not ext_job.metrics.exists()
 
 
-def test_points_beyond_the_job_or_repeated_are_refused(api, ext_job):
+def test_repeated_points_are_refused_but_points_past_the_declared_length_are_not(api, ext_job):
+    # Issue 12: the declared length (steps 0..59, epochs 1..3) is a hint, never a limit.
     batch = points(range(5))
-    batch[1]["step"] = 60  # steps are 0..59
-    batch[2]["epoch"] = 4  # epochs are 1..3
+    batch[1]["step"] = 60
+    batch[2]["epoch"] = 4
     batch[4]["step"] = 3  # twice in the batch
     body = assert_error(api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}), 400)
-    assert [(p["index"], p["field"]) for p in body["details"]] == [
-        (1, "points[1].step"),
-        (2, "points[2].epoch"),
-        (4, "points[4].step"),
-    ]
-    assert "3 invalid point(s)" in body["error"]
+    assert [(p["index"], p["field"]) for p in body["details"]] == [(4, "points[4].step")]
+    assert "1 invalid point(s)" in body["error"]
     assert not ext_job.metrics.exists()
+
+    del batch[4]
+    response = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch})
+    assert response.status_code == 200, response.content
+    assert stored_steps(ext_job) == [0, 2, 3, 60]
 
 
 def test_the_error_list_is_bounded(api, ext_job):

@@ -41,7 +41,7 @@ class TrainingJobFactory(factory.django.DjangoModelFactory):
     steps_per_epoch = 20
     steps_per_tick = 10
     decay_rate = factory.LazyAttribute(
-        lambda job: 5.0 / max(job.total_epochs * job.steps_per_epoch, 1)
+        lambda job: 5.0 / max((job.total_epochs or 1) * (job.steps_per_epoch or 1), 1)
     )
     seed = factory.Sequence(lambda n: 1000 + n)
     warmup_steps = 5
@@ -54,7 +54,8 @@ class TrainingMetricFactory(factory.django.DjangoModelFactory):
 
     job = factory.SubFactory(TrainingJobFactory)
     step = factory.Sequence(lambda n: n)
-    epoch = factory.LazyAttribute(lambda point: point.step // point.job.steps_per_epoch + 1)
+    # A job without a declared length has no epochs; the headline column still needs one.
+    epoch = factory.LazyAttribute(lambda point: point.job.epoch_at(point.step) or 1)
     loss = 1.0
     accuracy = 0.5
     learning_rate = 1e-3

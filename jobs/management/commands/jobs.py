@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from jobs.display import progress_label, time_ago
+from jobs.display import job_progress, time_ago
 from jobs.models import TrainingJob
 
 NAME_WIDTH = 40
@@ -29,8 +29,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: Any) -> None:
         jobs = TrainingJob.objects.only(
-            "name", "status", "current_step", "total_epochs", "steps_per_epoch", "last_loss",
-            "updated_at", "created_at",
+            "name", "status", "source", "current_step", "total_epochs", "steps_per_epoch",
+            "last_loss", "updated_at", "created_at",
         )  # fmt: skip
         if status := options["status"]:
             if status not in TrainingJob.Status.values:
@@ -48,7 +48,7 @@ class Command(BaseCommand):
                 str(job.pk),
                 _truncate(job.name, NAME_WIDTH),
                 job.status,
-                progress_label(job.current_step, job.total_steps),
+                job_progress(job).label,
                 "-" if job.last_loss is None else f"{job.last_loss:.4f}",
                 time_ago(job.updated_at, now=now),
             )

@@ -165,7 +165,8 @@ def _seed_job(owner: User, index: int, now: datetime) -> tuple[TrainingJob, int]
         diverge_at_step=spec.diverge_at_step,
         **spec.options,
     )
-    steps = round(job.total_steps * spec.done)
+    total_steps, steps_per_epoch = job.simulation_length
+    steps = round(total_steps * spec.done)
     steps_per_second = job.steps_per_tick / settings.TRAINMON_TICK_SECONDS
     started = now - spec.ended_ago - timedelta(seconds=steps / steps_per_second)
     # Backdated as if the job had run for real; the status still comes from the services.
@@ -179,7 +180,7 @@ def _seed_job(owner: User, index: int, now: datetime) -> tuple[TrainingJob, int]
     written = 0
     for start in range(0, steps, batch_size):
         size = min(batch_size, steps - start)
-        batch = simulator.generate_metrics_batch(start, size, job.total_steps, job.steps_per_epoch)
+        batch = simulator.generate_metrics_batch(start, size, total_steps, steps_per_epoch)
         (job,) = jobs_lock([job.pk])
         reported = started + timedelta(seconds=(start + size) / steps_per_second)
         (result,) = metric_batches_write([(job, batch)], now=reported)

@@ -61,7 +61,8 @@ class Command(BaseCommand):
             # Each tick moves every job on by its steps_per_tick, so the slowest job bounds
             # the loop; one spare tick lets it complete if it sits at its last step.
             expected = max(
-                math.ceil((job.total_steps - job.current_step) / job.steps_per_tick) for job in jobs
+                math.ceil((job.simulation_length[0] - job.current_step) / job.steps_per_tick)
+                for job in jobs
             )
             budget = expected + 1
         else:
