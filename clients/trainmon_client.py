@@ -406,6 +406,7 @@ class Run:
             metrics=metrics,
         )
         spill: list[dict[str, Any]] = []
+        first_spill = False
         with self._cond:
             self._raise_if_stopped()
             if self._deadline is not None:
@@ -417,18 +418,23 @@ class Run:
                 )
             if len(self._buffer) >= self.buffer_size:
                 # The server is slow or down: training goes on, the oldest points go to disk.
+                first_spill = not self._overflowing
                 self._overflowing = True
                 count = min(self.batch_size, len(self._buffer))
                 spill = [self._buffer.popleft() for _ in range(count)]
                 self.spilled += count
             self._buffer.append(point)
-            if len(self._buffer) >= self.batch_size:
+            # Wake the sender when it has something new to time or to send; not at every
+            # point, which would wake it thousands of times a second in a tight loop.
+            count = len(self._buffer)
+            if count == 1 or count >= self.batch_size:
                 self._cond.notify_all()
         if spill:
             path = self._write_unsent(spill)
+        if spill and first_spill:
             logger.warning(
-                "trainmon: the buffer is full (server slow or down): %d points moved to %s",
-                len(spill),
+                "trainmon: the buffer is full (server slow or down): the oldest points go to "
+                "%s until the server takes points again",
                 path,
             )
 
@@ -543,11 +549,14 @@ class Run:
             error, self._error = self._error, None
             raise error
         if finished_too and self.finished:
-            reason = f" ({self.job['failure_reason']})" if self.job.get("failure_reason") else ""
-            raise TrainmonError(
-                f"Job {self.job_id} is {self.job['status']}{reason}: it takes no more points.",
-                status=HTTP_CONFLICT,
-            )
+            raise self._finished_error()
+
+    def _finished_error(self) -> TrainmonError:
+        reason = f" ({self.job['failure_reason']})" if self.job.get("failure_reason") else ""
+        return TrainmonError(
+            f"Job {self.job_id} is {self.job['status']}{reason}: it takes no more points.",
+            status=HTTP_CONFLICT,
+        )
 
     def _sender_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -619,8 +628,11 @@ class Run:
                 self.named_duplicates += reply.get("named_duplicates", 0)
                 self.job = reply["job"]
                 self._overflowing = False
-                if self.finished:
+                if self.finished and self._buffer:
+                    # Diverged (a NaN loss), or finished elsewhere, with points still to
+                    # send: the server would refuse them, and training should hear of it.
                     self._drop_buffer()
+                    self._error = self._finished_error()
             return True
 
     def _refuse(self, error: TrainmonError, batch: list[dict[str, Any]]) -> None:

@@ -129,7 +129,7 @@ def test_the_postgres_copy_path_writes_what_the_portable_path_writes(job_with_ke
 
 @pytest.mark.postgres
 def test_the_postgres_copy_path_sends_large_chunks(user, monkeypatch):
-    job = TrainingJobFactory(owner=user, source="external")
+    job = TrainingJobFactory(owner=user, source="external", total_epochs=1, steps_per_epoch=3000)
     named_write(job, [(f"k{step % 3}", step, float(step), T0) for step in range(3000)])
     monkeypatch.setattr(export, "EXPORT_CHUNK_CHARS", 8192)
     chunks = list(named_csv_chunks(job))
