@@ -14,8 +14,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.support import (
     BenchError,
@@ -98,8 +100,8 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict]:
     except Exception as error:  # the page and poll figures say so below
         named_page, named_page_error = None, f"{type(error).__name__}: {error}"
 
-    def with_page(build):
-        def run():
+    def with_page(build: Callable[[f.NamedPage], Any]) -> Callable[[], Any]:
+        def run() -> Any:
             if named_page is None:
                 raise RuntimeError(f"seeding the {f.PAGE_KEYS}-key job failed: {named_page_error}")
             return build(named_page)

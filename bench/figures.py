@@ -889,10 +889,10 @@ def named_chart_figure(plan: Plan, data: Data) -> Figure:
     )
     for _ in range(plan.raw_chart_repeats):
 
-        def raw() -> list:
+        def raw() -> list[tuple[Any, ...]]:
             with connection.cursor() as cursor:
                 cursor.execute(sql, [width, key.pk, width])
-                return cursor.fetchall()
+                return list(cursor.fetchall())
 
         seconds, _ = timed(raw)
         figure.baseline_samples.append(seconds * 1000)

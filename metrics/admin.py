@@ -103,7 +103,9 @@ class NamedJobFilter(admin.SimpleListFilter):
     title = "job"
     parameter_name = "job"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
         jobs = (
             TrainingJob.objects.filter(Exists(MetricKey.objects.filter(job=OuterRef("pk"))))
             .order_by("-pk")
@@ -115,7 +117,9 @@ class NamedJobFilter(admin.SimpleListFilter):
             choices.insert(0, (selected, f"job #{selected}"))
         return choices
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[NamedMetric]
+    ) -> QuerySet[NamedMetric]:
         value = self.value()
         if not value:
             return queryset
@@ -125,7 +129,7 @@ class NamedJobFilter(admin.SimpleListFilter):
 
 
 @admin.register(NamedMetric)
-class NamedMetricAdmin(admin.ModelAdmin):
+class NamedMetricAdmin(admin.ModelAdmin[NamedMetric]):
     list_display = ("job_display", "key_display", "step", "value_display", "reported_at")
     list_select_related = ("key", "key__job")
     list_filter = (NamedJobFilter,)

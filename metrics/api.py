@@ -207,20 +207,22 @@ def _batch_for(job: TrainingJob, points: Sequence[PointIn]) -> tuple[MetricBatch
                 index, "epoch", f"Epoch {epochs[index]} is past the job's {job.total_epochs}."
             )
         )
-    for index, point in enumerate(points):
+    for position, point in enumerate(points):
         if point.loss is None:
             if point.accuracy is not None or point.learning_rate is not None:
                 field = "accuracy" if point.accuracy is not None else "learning_rate"
                 problems.append(
                     _point_problem(
-                        index,
+                        position,
                         field,
                         "Accuracy and learning rate belong to the headline point: send a loss "
                         "too, or send them in metrics.",
                     )
                 )
             elif not point.metrics:
-                problems.append(_point_problem(index, "loss", "A point needs a loss or metrics."))
+                problems.append(
+                    _point_problem(position, "loss", "A point needs a loss or metrics.")
+                )
     headline_index = np.flatnonzero(headline)
     order = headline_index[np.argsort(steps[headline_index], kind="stable")]
     repeated = order[1:][steps[order][1:] == steps[order][:-1]]
