@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import connection
 
@@ -46,7 +47,7 @@ def _raw_rows(
     after_step: int = -1,
     through_step: int | None = None,
     limit: int | None = None,
-) -> list[tuple]:
+) -> list[tuple[Any, ...]]:
     """(step, value, *carried, unix time) rows of one series in step order, after
     `after_step` and up to `through_step`, at most `limit` of them."""
     columns = ", ".join(("step", spec.value, *spec.carried, epoch_seconds_sql(spec.time)))
@@ -63,7 +64,8 @@ def _raw_rows(
         params.append(limit)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def series_downsampled(
@@ -93,7 +95,7 @@ def series_downsampled(
 
 def _downsampled_range(
     spec: SummarySpec, owner_id: int, after_step: int, max_points: int
-) -> tuple[list[tuple], int]:
+) -> tuple[list[tuple[Any, ...]], int]:
     """Raw rows (step, value, *carried, unix time) of one series, downsampled as
     `series_downsampled` says, and the total. NULL values (NaN) rank above every other
     value and are never picked as a bucket's minimum or maximum."""
@@ -293,7 +295,7 @@ def _named_ranges(
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, limit + 1])
         rows = cursor.fetchall()
-    by_key: dict[int, list[tuple]] = {}
+    by_key: dict[int, list[tuple[Any, ...]]] = {}
     for key_id, step, value, time in rows:
         by_key.setdefault(key_id, []).append((step, value, time))
     if any(len(points) > limit for points in by_key.values()):

@@ -59,7 +59,7 @@ class Series:
         return self.steps[-1] if self.steps else None
 
     @classmethod
-    def from_rows(cls, rows: list[tuple], total: int | None = None) -> Series:
+    def from_rows(cls, rows: list[tuple[Any, ...]], total: int | None = None) -> Series:
         """From (step, loss, accuracy, learning_rate, unix time) rows in step order."""
         if not rows:
             return cls(total=total or 0)
@@ -70,13 +70,16 @@ class Series:
         return cls(steps, loss, accuracy, learning_rate, total=total, times=times)
 
     def columns(self) -> dict[str, Any]:
-        """The columns as JSON-ready lists, with the total and the last step shown."""
+        """The columns as JSON-ready lists, with the total and the last step shown.
+
+        `times` is left out: today's responses keep their shape; a caller that wants the
+        wall-time axis adds `"times": series.times`.
+        """
         return {
             "steps": self.steps,
             "loss": self.loss,
             "accuracy": self.accuracy,
             "learning_rate": self.learning_rate,
-            "times": self.times,
             "total": self.total,
             "last_step": self.last_step,
         }
@@ -105,7 +108,7 @@ class NamedSeries:
         return self.steps[-1] if self.steps else None
 
     @classmethod
-    def from_rows(cls, rows: list[tuple], total: int | None = None) -> NamedSeries:
+    def from_rows(cls, rows: list[tuple[Any, ...]], total: int | None = None) -> NamedSeries:
         """From (step, value, unix time) rows in step order; non-finite values become None."""
         if not rows:
             return cls(total=total or 0)

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -215,7 +216,7 @@ def _insert_new(
     table: str,
     columns: str,
     select: str,
-    params: list,
+    params: list[Any],
     *,
     owner: str,
     owners: np.ndarray,

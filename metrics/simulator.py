@@ -130,7 +130,10 @@ class TrainingSimulator:
         radius = np.sqrt(-2.0 * np.log(self._uniforms(streams[0], steps)))
         angle = 2.0 * np.pi * self._uniforms(streams[1], steps)
         std = noise_scale * LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
-        return np.maximum(expected * (1.0 + gap) + std * radius * np.cos(angle), LOSS_FLOOR)
+        losses: np.ndarray = np.maximum(
+            expected * (1.0 + gap) + std * radius * np.cos(angle), LOSS_FLOOR
+        )
+        return losses
 
     def _losses(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
         losses = self._healthy_losses(steps, total_steps)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from django.db import connection, models
@@ -209,8 +209,10 @@ def level_rows(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> dict[str,
         return {name: np.empty(0) for name, _ in spec.columns}
     owners = points[spec.owner].astype(np.int64, copy=False)
     steps = points["step"].astype(np.int64, copy=False)
-    picked = {name: points[name].astype(np.float64, copy=False) for name in spec.picked}
-    picked["step"] = steps
+    picked: dict[str, np.ndarray] = {
+        name: steps if name == "step" else points[name].astype(np.float64, copy=False)
+        for name in spec.picked
+    }
     if not _sorted_by_owner_and_step(owners, steps):
         order = np.lexsort((steps, owners))
         owners = owners[order]
@@ -372,7 +374,7 @@ def summary_series(job: TrainingJob, max_points: int, *, after_step: int = -1) -
 
 def summary_points(
     spec: SummarySpec, owner_id: int, end_step: int, max_points: int, *, after_step: int = -1
-) -> tuple[list[tuple], int] | None:
+) -> tuple[list[tuple[Any, ...]], int] | None:
     """The downsampled points of one series from `spec`'s summary (see `summary_series`):
     rows of (step, value, *carried, unix time) in step order, and the total; None where raw
     rows should answer. `end_step` is one past the series' last step."""

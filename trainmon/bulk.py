@@ -17,7 +17,7 @@ from django.db import connection
 
 def json_rows(
     columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
-) -> tuple[str, list]:
+) -> tuple[str, list[Any]]:
     """A parenthesised SELECT yielding `rows`, with `columns`' names, and its one parameter.
 
     `columns` are (name, PostgreSQL type) pairs; row[i] fills columns[i]; None is NULL.

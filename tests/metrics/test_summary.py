@@ -6,9 +6,10 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from jobs.models import TrainingJob
-from metrics.models import MetricSummary, TrainingMetric
+from metrics.models import KeySummary, MetricKey, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
 from metrics.summary import (
+    KEYS,
     SUMMARY_WIDTHS,
     summary_rebuild,
     summary_rows,
@@ -16,7 +17,7 @@ from metrics.summary import (
     summary_width_for,
 )
 from tests.support.factories import TrainingJobFactory
-from tests.support.metric_points import batches_write, metric_batch
+from tests.support.metric_points import batches_write, metric_batch, named_write
 
 pytestmark = pytest.mark.django_db
 
@@ -348,3 +349,111 @@ class TestSeries:
             batches_write((job, points(range(100, 200), seed=2)))
         assert TrainingMetric.objects.filter(job=job).count() == 200
         assert_summary_exact(job)
+
+
+# --- the same mechanism for named keys ----------------------------------------------------------
+
+
+def key_buckets_stored(key):
+    fields = [f.name for f in KeySummary._meta.fields if f.name not in {"id", "key"}]
+    return {
+        (row["width"], row["bucket"]): row
+        for row in KeySummary.objects.filter(key=key).values(*fields)
+    }
+
+
+def key_buckets_from_raw_rows(key):
+    """GROUP BY over the key's finite raw rows in SQL; the picked points in Python."""
+    table = NamedMetric._meta.db_table
+    finite = "value BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"
+    expected = {}
+    with connection.cursor() as cursor:
+        for width in SUMMARY_WIDTHS:
+            cursor.execute(
+                f"SELECT step / %s, COUNT(*), SUM(value), MIN(value), MAX(value), MAX(step)"
+                f" FROM {table} WHERE key_id = %s AND {finite} GROUP BY step / %s",
+                [width, key.pk, width],
+            )
+            for bucket, count, total, low, high, last in cursor.fetchall():
+                expected[(width, bucket)] = {
+                    "count": count,
+                    "sum_value": total,
+                    "min_value": low,
+                    "max_value": high,
+                    "last_step": last,
+                }
+    rows = [
+        (step, value)
+        for step, value in NamedMetric.objects.filter(key=key).values_list("step", "value")
+        if value is not None and np.isfinite(value)
+    ]
+    for width in SUMMARY_WIDTHS:
+        by_bucket: dict[int, list[tuple]] = {}
+        for row in rows:
+            by_bucket.setdefault(row[0] // width, []).append(row)
+        for bucket, members in by_bucket.items():
+            lowest = min(members, key=lambda r: (r[1], r[0]))
+            highest = max(members, key=lambda r: (r[1], r[0]))
+            expected[(width, bucket)] |= {
+                "min_step": lowest[0],
+                "max_step": highest[0],
+                "last_value": max(members)[1],
+            }
+    return expected
+
+
+class TestKeySummary:
+    def test_key_buckets_equal_a_group_by_over_the_finite_raw_rows(self, user):
+        job = big_job(user)
+        rng = np.random.default_rng(3)
+        steps = np.arange(0, 3000)
+        values = rng.integers(1, 6, len(steps)) / 4  # ties are common
+        values[rng.random(len(steps)) < 0.05] = np.nan
+        values[rng.random(len(steps)) < 0.02] = np.inf
+        values[rng.random(len(steps)) < 0.02] = -np.inf
+        # Out of order, over three writes, with a resent range that must not count twice.
+        for part in (slice(1000, 3000), slice(0, 1000), slice(500, 1500)):
+            named_write(job, {"val/loss": (steps[part], values[part])})
+        key = MetricKey.objects.get(job=job, name="val/loss")
+        stored = key_buckets_stored(key)
+        expected = key_buckets_from_raw_rows(key)
+        assert stored.keys() == expected.keys()
+        for bucket, want in expected.items():
+            got = stored[bucket]
+            assert got["sum_value"] == pytest.approx(want.pop("sum_value"))
+            assert {name: got[name] for name in want} == want, bucket
+        assert key.count == 3000
+
+    def test_a_rebuild_gives_the_maintained_rows(self, user):
+        job = big_job(user)
+        rng = np.random.default_rng(4)
+        values = rng.random(700)
+        values[::50] = np.nan
+        named_write(job, {"a": (range(700), values), "b": (range(0, 1400, 2), values)})
+        keys = list(MetricKey.objects.filter(job=job).order_by("name"))
+        maintained = [key_buckets_stored(key) for key in keys]
+        summary_rebuild([key.pk for key in keys], spec=KEYS)
+        rebuilt = [key_buckets_stored(key) for key in keys]
+        # Sums may differ in the last bits: the order of additions differs.
+        sums = [{b: row.pop("sum_value") for b, row in key.items()} for key in rebuilt]
+        want = [{b: row.pop("sum_value") for b, row in key.items()} for key in maintained]
+        assert rebuilt == maintained
+        assert [sorted(s.items()) for s in sums] == [
+            sorted((b, pytest.approx(v)) for b, v in w.items()) for w in want
+        ]
+
+    def test_the_headline_and_a_key_are_two_specs_of_one_summary(self, user):
+        job = big_job(user)
+        losses = np.linspace(3.0, 1.0, 500)
+        batches_write((job, points(range(500), losses=losses)))
+        named_write(job, {"loss": (range(500), losses)})
+        key = MetricKey.objects.get(job=job, name="loss")
+        headline = {
+            bucket: (row["count"], row["min_loss"], row["min_step"], row["last_step"])
+            for bucket, row in stored_buckets(job).items()
+        }
+        named = {
+            bucket: (row["count"], row["min_value"], row["min_step"], row["last_step"])
+            for bucket, row in key_buckets_stored(key).items()
+        }
+        assert named == headline
