@@ -28,8 +28,8 @@ file next to your script, and a warning says how to send it later:
 
     python trainmon_client.py resend trainmon-unsent-job7.jsonl --token "$TRAINMON_TOKEN"
 
-(or `resend(path, token)` from Python). A refused batch (a 4xx other than 429: invalid points,
-a finished job) is dropped and raised as `TrainmonError` from the next `log()`, `flush()` or
+(or `resend(path, token)` from Python). A batch over the server's body limit (413) is split
+in halves. A refused batch (another 4xx other than 429: invalid points, a finished job) is dropped and raised as `TrainmonError` from the next `log()`, `flush()` or
 `close()`. Pass `job_id=` to resume reporting to an existing job (e.g. after a restart from a
 checkpoint).
 """
@@ -68,6 +68,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Creating a job is not idempotent: retry it only where the server surely did not act on it.
 CREATE_RETRY_STATUSES = frozenset({429, 503})
 HTTP_CONFLICT = 409
+HTTP_PAYLOAD_TOO_LARGE = 413
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 # The server's rule for key names (MLflow's).
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_\-./: ]{1,250}$")
@@ -607,6 +608,10 @@ class Run:
                     timeout=None if remaining is None else min(self.timeout, remaining),
                 )
             except TrainmonError as error:
+                if error.status == HTTP_PAYLOAD_TOO_LARGE and len(batch) > 1:
+                    # Too big a body for the server (many metrics per point): halve it.
+                    middle = len(batch) // 2
+                    return self._deliver(batch[:middle]) and self._deliver(batch[middle:])
                 if not error.retryable:
                     self._refuse(error, batch)
                     return True

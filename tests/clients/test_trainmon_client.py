@@ -436,3 +436,13 @@ def test_resend_says_so_when_the_server_is_still_down(run_args, token, capsys):
     code = trainmon_client.main(["resend", str(run.unsent_path), "--token", token])
     assert code == 1
     assert "run this again later" in capsys.readouterr().err
+
+
+def test_a_batch_too_big_for_the_server_is_split_not_dropped(run_args, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096  # a few dozen points per request
+    with Run(**run_args, batch_size=100) as run:
+        for step in range(100):
+            run.log(step, loss=1.0, **{f"train/metric_{k}": k / 3 for k in range(5)})
+    job = TrainingJob.objects.get(pk=run.job_id)
+    assert (job.status, job.metrics.count()) == (Status.COMPLETED, 100)
+    assert (run.created, run.named_created, run.refused) == (100, 500, 0)
