@@ -29,9 +29,9 @@ file next to your script, and a warning says how to send it later:
     python trainmon_client.py resend trainmon-unsent-job7.jsonl --token "$TRAINMON_TOKEN"
 
 (or `resend(path, token)` from Python). A batch over the server's body limit (413) is split
-in halves. A refused batch (another 4xx other than 429: invalid points, a finished job) is dropped and raised as `TrainmonError` from the next `log()`, `flush()` or
-`close()`. Pass `job_id=` to resume reporting to an existing job (e.g. after a restart from a
-checkpoint).
+in halves. A refused batch (any other 4xx but 429: invalid points, a finished job) is dropped
+and raised as `TrainmonError` from the next `log()`, `flush()` or `close()`. Pass `job_id=` to
+resume reporting to an existing job (e.g. after a restart from a checkpoint).
 """
 
 from __future__ import annotations
