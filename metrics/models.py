@@ -41,7 +41,25 @@ class TrainingMetric(models.Model):
         return f"{self.job_id}@{self.step}: loss {self.loss:.4g}"
 
 
-class MetricSummary(models.Model):
+class SummaryBucket(models.Model):
+    """One bucket of one series at one resolution (metrics.summary keeps both kinds)."""
+
+    # The column naming the series a bucket belongs to.
+    OWNER = "job_id"
+
+    width = models.PositiveIntegerField(help_text="Steps per bucket at this level.")
+    bucket = models.PositiveBigIntegerField(help_text="step // width")
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        owner = getattr(self, self.OWNER)
+        return f"{owner}@{self.width}x{self.bucket}: {self.count} points"
+
+
+class MetricSummary(SummaryBucket):
     """One bucket of a job's points at one resolution; kept by metrics.summary.
 
     Derived data: written only in the transaction that stores the bucket's points, read by
@@ -52,9 +70,6 @@ class MetricSummary(models.Model):
     job = models.ForeignKey(
         TrainingJob, models.CASCADE, related_name="metric_summaries", db_index=False
     )
-    width = models.PositiveIntegerField(help_text="Steps per bucket at this level.")
-    bucket = models.PositiveBigIntegerField(help_text="step // width")
-    count = models.PositiveIntegerField()
     sum_loss = models.FloatField()
     # The lowest-loss point (lowest step on ties), the highest-loss point (highest step on
     # ties) and the last point of the bucket, each as stored.
@@ -77,9 +92,6 @@ class MetricSummary(models.Model):
                 fields=["job", "width", "bucket"], name="metric_summary_unique_bucket"
             ),
         ]
-
-    def __str__(self) -> str:
-        return f"{self.job_id}@{self.width}x{self.bucket}: {self.count} points"
 
 
 class MetricKey(models.Model):
@@ -135,14 +147,13 @@ class NamedMetric(models.Model):
         return f"{self.key_id}@{self.step}: {self.value}"
 
 
-class KeySummary(models.Model):
+class KeySummary(SummaryBucket):
     """One bucket of a key's finite points at one resolution; see metrics.summary."""
+
+    OWNER = "key_id"
 
     # The (key, width, bucket) unique index leads with key_id, so the FK needs no index.
     key = models.ForeignKey(MetricKey, models.CASCADE, related_name="summaries", db_index=False)
-    width = models.PositiveIntegerField(help_text="Steps per bucket at this level.")
-    bucket = models.PositiveBigIntegerField(help_text="step // width")
-    count = models.PositiveIntegerField()
     sum_value = models.FloatField()
     min_value = models.FloatField()
     min_step = models.PositiveBigIntegerField()
@@ -157,9 +168,6 @@ class KeySummary(models.Model):
                 fields=["key", "width", "bucket"], name="key_summary_unique_bucket"
             ),
         ]
-
-    def __str__(self) -> str:
-        return f"{self.key_id}@{self.width}x{self.bucket}: {self.count} points"
 
 
 class IngestLog(models.Model):

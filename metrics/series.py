@@ -31,20 +31,11 @@ def epoch_seconds_sql(column: str) -> str:
     return f"((julianday({column}) - 2440587.5) * 86400.0)"
 
 
-@dataclass(frozen=True)
-class Series:
-    """Column lists of metric points in step order; None where accuracy / lr was not reported.
+class _StepColumns:
+    """What every series shape says about itself; subclasses hold `steps` and `total`."""
 
-    `total` is how many points are stored in the range asked for and `shown` how many these
-    lists hold; `shown < total` means the range was downsampled.
-    """
-
-    steps: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    accuracy: list[float | None] = field(default_factory=list)
-    learning_rate: list[float | None] = field(default_factory=list)
-    total: int = 0
-    times: list[float] = field(default_factory=list)  # created_at as unix seconds
+    steps: list[int]
+    total: int
 
     @property
     def shown(self) -> int:
@@ -57,6 +48,22 @@ class Series:
     @property
     def last_step(self) -> int | None:
         return self.steps[-1] if self.steps else None
+
+
+@dataclass(frozen=True)
+class Series(_StepColumns):
+    """Column lists of metric points in step order; None where accuracy / lr was not reported.
+
+    `total` is how many points are stored in the range asked for and `shown` how many these
+    lists hold; `shown < total` means the range was downsampled.
+    """
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float | None] = field(default_factory=list)
+    learning_rate: list[float | None] = field(default_factory=list)
+    total: int = 0
+    times: list[float] = field(default_factory=list)  # created_at as unix seconds
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Any, ...]], total: int | None = None) -> Series:
@@ -86,7 +93,7 @@ class Series:
 
 
 @dataclass(frozen=True)
-class NamedSeries:
+class NamedSeries(_StepColumns):
     """Column lists of one named key's points in step order. A value of None is a gap: the
     point was NaN or infinite (JSON has neither). `total` and `shown` as in `Series`."""
 
@@ -94,18 +101,6 @@ class NamedSeries:
     values: list[float | None] = field(default_factory=list)
     times: list[float] = field(default_factory=list)  # the client's wall clock, unix seconds
     total: int = 0
-
-    @property
-    def shown(self) -> int:
-        return len(self.steps)
-
-    @property
-    def downsampled(self) -> bool:
-        return self.shown < self.total
-
-    @property
-    def last_step(self) -> int | None:
-        return self.steps[-1] if self.steps else None
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Any, ...]], total: int | None = None) -> NamedSeries:

@@ -28,6 +28,8 @@ from trainmon.bulk import json_rows
 
 logger = logging.getLogger(__name__)
 
+# The named key a job without headline loss shows on the dashboard, if it logs one.
+PRIMARY_METRIC_DEFAULT = "loss"
 # A failed job's reason quotes this much of the error: enough to recognise it.
 SIMULATION_ERROR_CHARS = 200
 
@@ -100,7 +102,7 @@ def metric_batches_write(
         summary_add(created)
         named_created = _insert_named(named_points, now) if named_points else None
         created_points = dict(created)
-        named_steps = _named_step_ranges(named_created)
+        named_steps = {} if named_created is None else named_created.max_step_by_job()
         _ingest_log_write(jobs, created_points, named_created, now)
         # Progress follows what was stored: a retried batch's duplicates may carry other
         # values, and the stored ones win.
@@ -111,6 +113,7 @@ def metric_batches_write(
                     created_points.get(job.pk, MetricBatch.empty()),
                     diverged_step,
                     named_steps.get(job.pk),
+                    _first_key(named.get(job.pk)),
                 )
                 for job, _, diverged_step in stored
             ],
@@ -119,7 +122,7 @@ def metric_batches_write(
     created_by_job = Counter({job_id: len(points) for job_id, points in created})
     named_by_job: Counter[int] = Counter()
     if named_created is not None:
-        named_by_job.update(named_created.job_ids.tolist())
+        named_by_job.update(named_created.points.job_ids.tolist())
     return [
         WriteResult(
             created=created_by_job[job.pk],
@@ -131,21 +134,33 @@ def metric_batches_write(
     ]
 
 
+def _first_key(batch: NamedBatch | None) -> str | None:
+    # A job's primary metric, once it logs named keys: "loss" if it logs one, else its first.
+    if batch is None or not batch.names:
+        return None
+    return PRIMARY_METRIC_DEFAULT if PRIMARY_METRIC_DEFAULT in batch.names else batch.names[0]
+
+
 def _summary(
     job: TrainingJob,
     batch: MetricBatch,
     diverged_at_step: int | None,
     named_max_step: int | None,
+    first_key: str | None,
 ) -> BatchSummary:
     if not len(batch):
         return BatchSummary(
-            job=job, diverged_at_step=diverged_at_step, named_max_step=named_max_step
+            job=job,
+            diverged_at_step=diverged_at_step,
+            named_max_step=named_max_step,
+            first_key=first_key,
         )
     last = int(np.argmax(batch.steps))
     best = int(np.argmin(batch.losses))
     return BatchSummary(
         job=job,
         named_max_step=named_max_step,
+        first_key=first_key,
         max_step=int(batch.steps[last]),
         last_loss=float(batch.losses[last]),
         last_accuracy=_optional(batch.accuracies[last]),
@@ -355,19 +370,50 @@ def _key_ids(
                 raise KeyLimitExceeded(job, limit, new)
         # The jobs are locked, so no other write creates their keys meanwhile. Run even when
         # nothing is missing, so a write costs the same statements every time.
-        source, params = json_rows(_KEY_COLUMNS, missing)
-        db_now = connection.ops.adapt_datetimefield_value(now)
+        source, params = _rows_at(_KEY_COLUMNS, missing, now)
         cursor.execute(
-            f"INSERT INTO {table} (job_id, name, created_at, count)"
-            f" SELECT job_id, name, %s, 0 FROM {source} AS m WHERE true"
+            f"INSERT INTO {table} (created_at, job_id, name, count)"
+            f" SELECT %s, job_id, name, 0 FROM {source} AS m WHERE true"
             f" RETURNING job_id, name, id",
-            [db_now, *params],
+            params,
         )
         ids.update({(job_id, name): key_id for job_id, name, key_id in cursor.fetchall()})
     return ids
 
 
-def _insert_named(points: _NamedPoints, now: datetime) -> _NamedPoints:
+@dataclass(frozen=True)
+class _KeyRuns:
+    """Created named points in (key, step) order, cut into one run per key."""
+
+    points: _NamedPoints
+    starts: np.ndarray  # index of each key's first (lowest-step) point
+    lasts: np.ndarray  # index of each key's last (highest-step) point
+
+    @classmethod
+    def of(cls, points: _NamedPoints) -> _KeyRuns:
+        points = points.take(np.lexsort((points.steps, points.key_ids)))
+        key_ids = points.key_ids
+        starts = np.flatnonzero(np.r_[len(key_ids) > 0, key_ids[1:] != key_ids[:-1]])
+        return cls(points, starts, np.r_[starts[1:], len(key_ids)][: len(starts)] - 1)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def first(self, column: str) -> list[Any]:
+        return list(getattr(self.points, column)[self.starts].tolist())
+
+    def last(self, column: str) -> list[Any]:
+        return list(getattr(self.points, column)[self.lasts].tolist())
+
+    def max_step_by_job(self) -> dict[int, int]:
+        """The highest named step each job got."""
+        highest: dict[int, int] = {}
+        for job_id, step in zip(self.first("job_ids"), self.last("steps"), strict=True):
+            highest[job_id] = max(step, highest.get(job_id, step))
+        return highest
+
+
+def _insert_named(points: _NamedPoints, now: datetime) -> _KeyRuns:
     """Store the named points, their keys' summaries and stats; returns the points created."""
     with connection.cursor() as cursor:
         source, params = staged_rows(
@@ -386,11 +432,18 @@ def _insert_named(points: _NamedPoints, now: datetime) -> _NamedPoints:
             owners=points.key_ids,
             steps=points.steps,
         )
-    if created is not None:
-        points = points.take(created)
-    points_add(KEYS, {"key_id": points.key_ids, "step": points.steps, "value": points.values})
-    _key_stats_update(points, now)
-    return points
+    runs = _KeyRuns.of(points if created is None else points.take(created))
+    created_points = runs.points
+    points_add(
+        KEYS,
+        {
+            "key_id": created_points.key_ids,
+            "step": created_points.steps,
+            "value": created_points.values,
+        },
+    )
+    _key_stats_update(runs, now)
+    return runs
 
 
 def _from_unix_seconds(column: str) -> str:
@@ -398,6 +451,14 @@ def _from_unix_seconds(column: str) -> str:
         return f"to_timestamp({column})"
     # Django's SQLite datetime text, in UTC.
     return f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', {column}, 'unixepoch')"
+
+
+def _rows_at(
+    columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]], now: datetime
+) -> tuple[str, list[Any]]:
+    """`json_rows`' SELECT and the statement's parameters: the time `now`, then the rows."""
+    source, params = json_rows(columns, rows)
+    return source, [connection.ops.adapt_datetimefield_value(now), *params]
 
 
 _KEY_STATS_COLUMNS = (
@@ -411,48 +472,38 @@ _KEY_STATS_COLUMNS = (
 )
 
 
-def _key_stats_update(points: _NamedPoints, now: datetime) -> None:
+def _key_stats_update(runs: _KeyRuns, now: datetime) -> None:
     """Fold the created points into their keys' running stats: one UPDATE for all keys."""
-    if not len(points.key_ids):
+    if not len(runs):
         return
-    order = np.lexsort((points.steps, points.key_ids))
-    key_ids, steps, values = points.key_ids[order], points.steps[order], points.values[order]
-    starts = np.flatnonzero(np.r_[True, key_ids[1:] != key_ids[:-1]])
-    lasts = np.r_[starts[1:], len(key_ids)] - 1
+    values, starts = runs.points.values, runs.starts
     finite = np.isfinite(values)
-    with np.errstate(invalid="ignore"):
-        lowest = np.minimum.reduceat(np.where(finite, values, np.inf), starts)
-        highest = np.maximum.reduceat(np.where(finite, values, -np.inf), starts)
+    lowest = np.minimum.reduceat(np.where(finite, values, np.inf), starts)
+    highest = np.maximum.reduceat(np.where(finite, values, -np.inf), starts)
     any_finite = np.logical_or.reduceat(finite, starts)
     rows = [
-        (
-            key_id,
-            count,
-            first,
-            last,
-            None if np.isnan(last_value) else last_value,
-            low if seen else None,
-            high if seen else None,
-        )
-        for key_id, count, first, last, last_value, low, high, seen in zip(
-            key_ids[starts].tolist(),
-            np.diff(np.r_[starts, len(key_ids)]).tolist(),
-            steps[starts].tolist(),
-            steps[lasts].tolist(),
-            values[lasts].tolist(),
-            lowest.tolist(),
-            highest.tolist(),
-            any_finite.tolist(),
+        (key_id, count, first, last, None if math.isnan(value) else value, *extremes)
+        for key_id, count, first, last, value, extremes in zip(
+            runs.first("key_ids"),
+            (runs.lasts - starts + 1).tolist(),
+            runs.first("steps"),
+            runs.last("steps"),
+            runs.last("values"),
+            [
+                (low, high) if seen else (None, None)
+                for low, high, seen in zip(
+                    lowest.tolist(), highest.tolist(), any_finite.tolist(), strict=True
+                )
+            ],
             strict=True,
         )
     ]
     table = MetricKey._meta.db_table
-    source, params = json_rows(_KEY_STATS_COLUMNS, rows)
-    db_now = connection.ops.adapt_datetimefield_value(now)
+    source, params = _rows_at(_KEY_STATS_COLUMNS, rows, now)
     later = f"u.last_step >= COALESCE({table}.last_step, -1)"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET count = {table}.count + u.count,"
+            f"UPDATE {table} SET last_reported_at = %s, count = {table}.count + u.count,"
             f" first_step = CASE WHEN {table}.first_step IS NULL OR u.first_step <"
             f" {table}.first_step THEN u.first_step ELSE {table}.first_step END,"
             f" last_value = CASE WHEN {later} THEN u.last_value ELSE {table}.last_value END,"
@@ -460,21 +511,10 @@ def _key_stats_update(points: _NamedPoints, now: datetime) -> None:
             f" min_value = CASE WHEN {table}.min_value IS NULL OR u.min_value <"
             f" {table}.min_value THEN u.min_value ELSE {table}.min_value END,"
             f" max_value = CASE WHEN {table}.max_value IS NULL OR u.max_value >"
-            f" {table}.max_value THEN u.max_value ELSE {table}.max_value END,"
-            f" last_reported_at = %s"
+            f" {table}.max_value THEN u.max_value ELSE {table}.max_value END"
             f" FROM {source} AS u WHERE {table}.id = u.id",
-            [db_now, *params],
+            params,
         )
-
-
-def _named_step_ranges(points: _NamedPoints | None) -> dict[int, int]:
-    """The highest named step each job got in this write."""
-    if points is None or not len(points.steps):
-        return {}
-    order = np.lexsort((points.steps, points.job_ids))
-    job_ids, steps = points.job_ids[order], points.steps[order]
-    lasts = np.flatnonzero(np.r_[job_ids[1:] != job_ids[:-1], True])
-    return dict(zip(job_ids[lasts].tolist(), steps[lasts].tolist(), strict=True))
 
 
 _LOG_COLUMNS = (
@@ -489,41 +529,37 @@ _LOG_COLUMNS = (
 def _ingest_log_write(
     jobs: Sequence[TrainingJob],
     headline: Mapping[int, MetricBatch],
-    named: _NamedPoints | None,
+    named: _KeyRuns | None,
     now: datetime,
 ) -> None:
     """One log row per series that got points in this write, at the job's next ingest_seq
     (`jobs_record_progress` moves the job there)."""
-    rows: list[tuple[int, int, int | None, int, int]] = []
     seq = {job.pk: job.ingest_seq + 1 for job in jobs}
-    for job_id, batch in headline.items():
-        if len(batch):
-            rows.append((job_id, seq[job_id], None, int(batch.steps.min()), int(batch.steps.max())))
-    if named is not None and len(named.key_ids):
-        order = np.lexsort((named.steps, named.key_ids))
-        key_ids, steps, job_ids = named.key_ids[order], named.steps[order], named.job_ids[order]
-        starts = np.flatnonzero(np.r_[True, key_ids[1:] != key_ids[:-1]])
-        lasts = np.r_[starts[1:], len(key_ids)] - 1
+    rows: list[tuple[int, int, int | None, int, int]] = [
+        (job_id, seq[job_id], None, int(batch.steps.min()), int(batch.steps.max()))
+        for job_id, batch in headline.items()
+        if len(batch)
+    ]
+    if named is not None:
         rows.extend(
             (job_id, seq[job_id], key_id, low, high)
             for job_id, key_id, low, high in zip(
-                job_ids[starts].tolist(),
-                key_ids[starts].tolist(),
-                steps[starts].tolist(),
-                steps[lasts].tolist(),
+                named.first("job_ids"),
+                named.first("key_ids"),
+                named.first("steps"),
+                named.last("steps"),
                 strict=True,
             )
         )
     if not rows:
         return
-    source, params = json_rows(_LOG_COLUMNS, rows)
-    db_now = connection.ops.adapt_datetimefield_value(now)
+    source, params = _rows_at(_LOG_COLUMNS, rows, now)
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {IngestLog._meta.db_table}"
-            f" (job_id, seq, key_id, min_step, max_step, created_at)"
-            f" SELECT job_id, seq, key_id, min_step, max_step, %s FROM {source} AS l",
-            [db_now, *params],
+            f" (created_at, job_id, seq, key_id, min_step, max_step)"
+            f" SELECT %s, job_id, seq, key_id, min_step, max_step FROM {source} AS l",
+            params,
         )
 
 

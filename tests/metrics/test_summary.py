@@ -57,28 +57,40 @@ def stored_buckets(job):
 
 def raw_buckets(job):
     """What every bucket must hold, from the raw rows: GROUP BY in SQL, points in Python."""
-    table = TrainingMetric._meta.db_table
+    return buckets_from_raw_rows(
+        TrainingMetric, "job_id", job.pk, "loss", ("accuracy", "learning_rate")
+    )
+
+
+# Finite float8 values: the named keys' summary leaves NaN (NULL) and +-inf out.
+FINITE = "BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"
+
+
+def buckets_from_raw_rows(model, owner, owner_id, value, carried=()):
+    """Every bucket of one series with finite values, from the raw rows of `model`."""
+    table = model._meta.db_table
     expected = {}
     with connection.cursor() as cursor:
         for width in SUMMARY_WIDTHS:
             cursor.execute(
-                f"SELECT step / %s, COUNT(*), MIN(loss), MAX(loss), SUM(loss), MAX(step)"
-                f" FROM {table} WHERE job_id = %s GROUP BY step / %s",
-                [width, job.pk, width],
+                f"SELECT step / %s, COUNT(*), MIN({value}), MAX({value}), SUM({value}),"
+                f" MAX(step) FROM {table} WHERE {owner} = %s AND {value} {FINITE}"
+                f" GROUP BY step / %s",
+                [width, owner_id, width],
             )
             for bucket, count, low, high, total, last in cursor.fetchall():
                 expected[(width, bucket)] = {
                     "count": count,
-                    "min_loss": low,
-                    "max_loss": high,
-                    "sum_loss": total,
+                    f"min_{value}": low,
+                    f"max_{value}": high,
+                    f"sum_{value}": total,
                     "last_step": last,
                 }
-    rows = list(
-        TrainingMetric.objects.filter(job=job).values_list(
-            "step", "loss", "accuracy", "learning_rate"
-        )
-    )
+    rows = [
+        row
+        for row in model.objects.filter(**{owner: owner_id}).values_list("step", value, *carried)
+        if row[1] is not None and np.isfinite(row[1])
+    ]
     for width in SUMMARY_WIDTHS:
         by_bucket: dict[int, list[tuple]] = {}
         for row in rows:
@@ -89,13 +101,8 @@ def raw_buckets(job):
             last = max(members)
             bucket_row = expected[(width, bucket)]
             for prefix, point in (("min", lowest), ("max", highest), ("last", last)):
-                bucket_row |= dict(
-                    zip(
-                        [f"{prefix}_{n}" for n in ("step", "loss", "accuracy", "learning_rate")],
-                        point,
-                        strict=True,
-                    )
-                )
+                names = [f"{prefix}_{n}" for n in ("step", value, *carried)]
+                bucket_row |= dict(zip(names, point, strict=True))
     return expected
 
 
@@ -362,46 +369,6 @@ def key_buckets_stored(key):
     }
 
 
-def key_buckets_from_raw_rows(key):
-    """GROUP BY over the key's finite raw rows in SQL; the picked points in Python."""
-    table = NamedMetric._meta.db_table
-    finite = "value BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"
-    expected = {}
-    with connection.cursor() as cursor:
-        for width in SUMMARY_WIDTHS:
-            cursor.execute(
-                f"SELECT step / %s, COUNT(*), SUM(value), MIN(value), MAX(value), MAX(step)"
-                f" FROM {table} WHERE key_id = %s AND {finite} GROUP BY step / %s",
-                [width, key.pk, width],
-            )
-            for bucket, count, total, low, high, last in cursor.fetchall():
-                expected[(width, bucket)] = {
-                    "count": count,
-                    "sum_value": total,
-                    "min_value": low,
-                    "max_value": high,
-                    "last_step": last,
-                }
-    rows = [
-        (step, value)
-        for step, value in NamedMetric.objects.filter(key=key).values_list("step", "value")
-        if value is not None and np.isfinite(value)
-    ]
-    for width in SUMMARY_WIDTHS:
-        by_bucket: dict[int, list[tuple]] = {}
-        for row in rows:
-            by_bucket.setdefault(row[0] // width, []).append(row)
-        for bucket, members in by_bucket.items():
-            lowest = min(members, key=lambda r: (r[1], r[0]))
-            highest = max(members, key=lambda r: (r[1], r[0]))
-            expected[(width, bucket)] |= {
-                "min_step": lowest[0],
-                "max_step": highest[0],
-                "last_value": max(members)[1],
-            }
-    return expected
-
-
 class TestKeySummary:
     def test_key_buckets_equal_a_group_by_over_the_finite_raw_rows(self, user):
         job = big_job(user)
@@ -416,7 +383,7 @@ class TestKeySummary:
             named_write(job, {"val/loss": (steps[part], values[part])})
         key = MetricKey.objects.get(job=job, name="val/loss")
         stored = key_buckets_stored(key)
-        expected = key_buckets_from_raw_rows(key)
+        expected = buckets_from_raw_rows(NamedMetric, "key_id", key.pk, "value")
         assert stored.keys() == expected.keys()
         for bucket, want in expected.items():
             got = stored[bucket]
