@@ -91,6 +91,23 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
     step("tick", "tick_points_per_s", "points/s", "ratio >= 0.5",
          lambda: f.tick_figures(plan, data))  # fmt: skip
     step("chart", "chart_ms_1m", "ms", "ratio <= 0.2", lambda: f.chart_figure(plan, data))
+    step("named chart", "named_chart_ms_1m", "ms", "ratio <= 0.2",
+         lambda: f.named_chart_figure(plan, data))  # fmt: skip
+    print(f"bench: seeding a job with {f.PAGE_KEYS} keys ...", flush=True)
+    try:
+        named_page: f.NamedPage | None = f.NamedPage(plan, data)
+        named_page_error = ""
+    except Exception as error:  # the page and poll figures say so below
+        named_page, named_page_error = None, f"{type(error).__name__}: {error}"
+
+    def with_page(build: Callable[[f.NamedPage], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            if named_page is None:
+                raise RuntimeError(f"seeding the {f.PAGE_KEYS}-key job failed: {named_page_error}")
+            return build(named_page)
+
+        return run
+
     try:
         with gunicorn(env) as (port, _server):
             step("poll", "poll_ms_1m", "ms (p50)", "ratio <= 3, p50 < 15 ms",
@@ -103,6 +120,12 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
                  lambda: f.dashboard_figure(plan, data, port))  # fmt: skip
             step("api", "api_ingest_points_per_s", "points/s", "ratio >= 0.2",
                  lambda: f.api_figure(plan, data, port))  # fmt: skip
+            step("named api", "named_ingest_values_per_s", "values/s", "ratio >= 0.3",
+                 lambda: f.named_ingest_figure(plan, data, port))  # fmt: skip
+            step("job page, 100 keys", "job_page_100_keys_ms", "ms (p50)", "p50 < 60 ms",
+                 with_page(lambda page: f.job_page_figure(plan, page, port)))  # fmt: skip
+            step("poll, 20 keys", "poll_ms_20_keys", "ms (p50)", "ratio <= 2 (vs /healthz)",
+                 with_page(lambda page: f.named_poll_figure(plan, page, port)))  # fmt: skip
     except BenchError as error:
         for name in (
             "poll_ms_1m",
@@ -110,6 +133,9 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
             "export_csv_http_s_1m",
             "dashboard_ms_1k",
             "api_ingest_points_per_s",
+            "named_ingest_values_per_s",
+            "job_page_100_keys_ms",
+            "poll_ms_20_keys",
         ):
             if not any(r.name == name for r in results):
                 results.append(Figure(name, "", "", error=str(error)))

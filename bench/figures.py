@@ -52,6 +52,8 @@ class Plan:
     dashboard_requests: int = 50
     dashboard_few_jobs: int = 10
     export_repeats: int = 3
+    page_key_points: int = 10_000
+    page_loads: int = 30
 
     @classmethod
     def quick(cls) -> Plan:
@@ -66,6 +68,8 @@ class Plan:
             poll_requests=40,
             dashboard_requests=10,
             export_repeats=1,
+            page_key_points=1_000,
+            page_loads=10,
         )
 
 
@@ -729,3 +733,270 @@ def guarded(name: str, unit: str, target: str, build: Callable[[], Any]) -> list
         figure.notes.append(f"could not be measured: {figure.error}")
         return [figure]
     return result if isinstance(result, list) else [result]
+
+
+# --- named series (issue 12) ------------------------------------------------------------------
+
+NAMED_BARE_TABLE = "bench_bare_named"
+# The data columns of metrics_namedmetric, without its id, index or constraint.
+NAMED_BARE_COLUMNS = (
+    ("key_id", "bigint"),
+    ("step", "bigint"),
+    ("value", "double precision"),
+    ("reported_at", "timestamp with time zone"),
+)
+NAMED_INGEST_KEYS = 5
+PAGE_KEYS = 100
+POLL_KEYS = 20
+POLL_NEW_STEPS = 10
+# The charts the job page loads before any scrolling: the panels in view (and 300 px below)
+# on a 1080-pixel screen, in the one series request charts.js makes for them.
+FIRST_SCREEN_KEYS = 12
+NAMED_SEED_VALUES = 10_000  # values per write while seeding
+
+
+def _write_named(job: TrainingJob, named: Any) -> None:
+    """One write of named points through the write path, as the API makes it."""
+    from jobs.services import jobs_lock
+    from metrics.services import metric_batches_write
+
+    with transaction.atomic():
+        [locked] = jobs_lock([job.pk])
+        metric_batches_write([(locked, MetricBatch.empty())], named={locked.pk: named})
+
+
+def _named_batch(names: list[str], steps: np.ndarray, seed: int) -> Any:
+    """Every name at every step: a decaying noisy curve per name, timestamps 1 s apart."""
+    from metrics.points import NamedBatch
+
+    rng = np.random.default_rng(seed)
+    count = len(names) * len(steps)
+    key_index = np.repeat(np.arange(len(names), dtype=np.int64), len(steps))
+    all_steps = np.tile(steps.astype(np.int64), len(names))
+    values = 2.0 * np.exp(-all_steps / 2e5) + 0.05 * rng.standard_normal(count)
+    times = 1.7e9 + all_steps.astype(np.float64)
+    return NamedBatch(tuple(names), key_index, all_steps, values, times)
+
+
+def _seed_named(job: TrainingJob, names: list[str], points_per_key: int) -> float:
+    """Write `points_per_key` steps of every name, NAMED_SEED_VALUES values per write.
+
+    Returns values written per second (setup figure, for the record).
+    """
+    steps_per_write = max(1, NAMED_SEED_VALUES // len(names))
+    started = time.perf_counter()
+    for start in range(0, points_per_key, steps_per_write):
+        steps = np.arange(start, min(start + steps_per_write, points_per_key))
+        _write_named(job, _named_batch(names, steps, seed=start))
+    return len(names) * points_per_key / (time.perf_counter() - started)
+
+
+def _named_job(data: Data, name: str, steps: int) -> TrainingJob:
+    return data._external_job(data.big_user, name, steps)
+
+
+def named_ingest_figure(plan: Plan, data: Data, port: int) -> Figure:
+    """API batches of 10,000 points x 5 named keys over HTTP against psycopg COPY."""
+    from accounts.services import api_token_create
+
+    figure = Figure("named_ingest_values_per_s", "values/s", "ratio >= 0.3")
+    size, keys = plan.api_batch, NAMED_INGEST_KEYS
+    job = _named_job(data, "bench-named-api", size * (plan.api_repeats + 1))
+    _, token = api_token_create(user=data.big_user, name="bench-named")
+    client = Http(port, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    path = f"/api/v1/jobs/{job.pk}/metrics/"
+    names = [f"train/metric_{index}" for index in range(keys)]
+    definition = ", ".join(f"{column} {sql_type}" for column, sql_type in NAMED_BARE_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {NAMED_BARE_TABLE}")
+        cursor.execute(f"CREATE TABLE {NAMED_BARE_TABLE} ({definition})")
+    body = b""
+    for index in range(plan.api_repeats + 1):
+        batch = _named_batch(names, np.arange(index * size, (index + 1) * size), seed=index)
+        values = batch.values.reshape(keys, size)
+        steps = batch.steps[:size].tolist()
+        times = batch.times[:size].tolist()
+        columns = [values[k].tolist() for k in range(keys)]
+        body = json.dumps(
+            {
+                "points": [
+                    {
+                        "step": steps[i],
+                        "timestamp": times[i],
+                        "metrics": {names[k]: columns[k][i] for k in range(keys)},
+                    }
+                    for i in range(size)
+                ]
+            }
+        ).encode()
+        started = time.perf_counter()
+        status, _, answer = client.request("POST", path, body)
+        seconds = time.perf_counter() - started
+        if status != 200 or json.loads(answer).get("named_created") != size * keys:
+            raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
+        if index == 0:
+            continue  # warm-up
+        figure.samples.append(size * keys / seconds)
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {NAMED_BARE_TABLE}")
+        figure.baseline_samples.append(size * keys / _copy_named_rows(batch, timezone.now()))
+    client.close()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {NAMED_BARE_TABLE}")
+    figure.met = figure.ratio is not None and figure.ratio >= 0.3
+    figure.notes += [
+        f"POST of {size:,}-point JSON batches, {keys} named keys per point ({size * keys:,} "
+        f"values, ~{len(body) / 1e6:.1f} MB) over HTTP to gunicorn as in the Procfile, one "
+        "client, keep-alive, Bearer token",
+        "baseline: psycopg 3 COPY (write_row per row) of the same (key, step, value, time) "
+        "rows into a bare table, + commit",
+    ]
+    return figure
+
+
+def _copy_named_rows(batch: Any, now: datetime) -> float:
+    """Seconds for psycopg's text COPY, `write_row` per (key, step, value, time) row."""
+    started = time.perf_counter()
+    names = ", ".join(column for column, _ in NAMED_BARE_COLUMNS)
+    with (
+        transaction.atomic(),
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY {NAMED_BARE_TABLE} ({names}) FROM STDIN") as copy,
+    ):
+        for key, step, value in zip(
+            batch.key_index.tolist(), batch.steps.tolist(), batch.values.tolist(), strict=True
+        ):
+            copy.write_row((key, step, value, now))
+    return time.perf_counter() - started
+
+
+def named_chart_figure(plan: Plan, data: Data) -> Figure:
+    """One key of plan.big_job_points points downsampled to 2,000 vs GROUP BY over its rows."""
+    from metrics.models import MetricKey
+    from metrics.selectors import named_series_downsampled
+    from metrics.series import POINTS_PER_BUCKET
+
+    figure = Figure("named_chart_ms_1m", "ms", "ratio <= 0.2")
+    points = plan.big_job_points
+    job = _named_job(data, "bench-named-1m", points)
+    seeded = _seed_named(job, ["val/loss"], points)
+    key = MetricKey.objects.get(job=job, name="val/loss")
+    max_points = plan.chart_points
+    series = named_series_downsampled(key=key, max_points=max_points)  # warm-up
+    for _ in range(plan.chart_repeats):
+        seconds, series = timed(lambda: named_series_downsampled(key=key, max_points=max_points))
+        figure.samples.append(seconds * 1000)
+    groups = (max_points - 1) // POINTS_PER_BUCKET
+    width = -(-points // groups)
+    sql = (
+        "SELECT step / %s AS bucket, MIN(value), MAX(value), COUNT(*), MAX(step)"
+        " FROM metrics_namedmetric WHERE key_id = %s GROUP BY step / %s ORDER BY bucket"
+    )
+    for _ in range(plan.raw_chart_repeats):
+
+        def raw() -> list[tuple[Any, ...]]:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [width, key.pk, width])
+                return list(cursor.fetchall())
+
+        seconds, _ = timed(raw)
+        figure.baseline_samples.append(seconds * 1000)
+    figure.met = figure.ratio is not None and figure.ratio <= 0.2
+    figure.extra |= {"shown": len(series.steps), "total": series.total, "seed_values_per_s": seeded}
+    figure.notes += [
+        f"named_series_downsampled(key, {max_points}) of a {points:,}-point key: "
+        f"{len(series.steps):,} of {series.total:,} points",
+        f"baseline: GROUP BY step / {width} (min, max, count, last) over all the key's rows",
+        f"seeded through metric_batches_write at {seeded:,.0f} values/s",
+    ]
+    if series.total != points:
+        figure.notes.append("named_series_downsampled did not report the key's point count")
+    return figure
+
+
+class NamedPage:
+    """A job with PAGE_KEYS keys x plan.page_key_points points, for the page and poll."""
+
+    def __init__(self, plan: Plan, data: Data) -> None:
+        self.names = [
+            f"{'train' if index % 2 else 'val'}/metric_{index:03d}" for index in range(PAGE_KEYS)
+        ]
+        self.points = plan.page_key_points
+        self.job = _named_job(data, "bench-named-100-keys", self.points + POLL_NEW_STEPS)
+        self.seed_values_per_s = _seed_named(self.job, self.names, self.points)
+        self.user = data.big_user
+
+
+def job_page_figure(plan: Plan, page: NamedPage, port: int) -> Figure:
+    """Everything the job page asks for before any scrolling, summed per page load."""
+    figure = Figure("job_page_100_keys_ms", "ms (p50)", "p50 < 60 ms")
+    job = page.job
+    first = ",".join(sorted(page.names)[:FIRST_SCREEN_KEYS])
+    paths = [
+        job.get_absolute_url(),
+        f"/jobs/{job.pk}/series/?max_points={plan.chart_points}",
+        f"/jobs/{job.pk}/keys/",
+        f"/jobs/{job.pk}/series/?keys={first}&max_points={plan.chart_points}",
+    ]
+    client = Http(port, {"Cookie": _session_cookie(page.user), "Accept-Encoding": "gzip"})
+    sizes = {}
+    for _ in range(WARM_UP_REQUESTS):
+        for path in paths:
+            client.request("GET", path)
+    per_path: dict[str, list[float]] = {path: [] for path in paths}
+    for _ in range(plan.page_loads):
+        total = 0.0
+        for path in paths:
+            started = time.perf_counter()
+            status, _, body = client.request("GET", path)
+            elapsed = (time.perf_counter() - started) * 1000
+            if status != 200:
+                raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+            per_path[path].append(elapsed)
+            sizes[path] = len(body)
+            total += elapsed
+        figure.samples.append(total)
+    client.close()
+    figure.met = _below(figure.median, 60)
+    figure.extra |= {
+        "p90": percentile(figure.samples, 0.9),
+        "requests": {
+            path: {"p50_ms": statistics.median(ms), "bytes": sizes[path]}
+            for path, ms in per_path.items()
+        },
+    }
+    figure.notes += [
+        f"a job with {PAGE_KEYS} keys x {page.points:,} points; one page load = "
+        + ", ".join(f"GET {path.split('?')[0]}" for path in paths)
+        + f" (the headline and {FIRST_SCREEN_KEYS} first-screen keys at {plan.chart_points} "
+        "points), sequential on one keep-alive connection, session cookie, gzip accepted",
+        "per request p50: "
+        + ", ".join(f"{statistics.median(ms):.1f} ms" for ms in per_path.values()),
+    ]
+    return figure
+
+
+def named_poll_figure(plan: Plan, page: NamedPage, port: int) -> Figure:
+    """A poll for 20 live keys (each with new points since the cursor) against /healthz."""
+    figure = Figure("poll_ms_20_keys", "ms (p50)", "ratio <= 2 (vs /healthz)")
+    job = page.job
+    job.refresh_from_db()
+    cursor = job.ingest_seq
+    live = page.names[:POLL_KEYS]
+    steps = np.arange(page.points, page.points + POLL_NEW_STEPS)
+    _write_named(job, _named_batch(live, steps, seed=1))
+    client = Http(port, {"Cookie": _session_cookie(page.user), "Accept-Encoding": "gzip"})
+    path = f"/jobs/{job.pk}/poll/?cursor={cursor}&keys={','.join(live)}"
+    samples, body = _http_p50(client, path, plan.poll_requests)
+    floor, _ = _http_p50(client, "/healthz", plan.poll_requests)
+    client.close()
+    figure.samples = samples
+    figure.baseline_samples = floor
+    figure.met = _below(figure.ratio, 2, inclusive=True)
+    figure.extra |= {"p90": percentile(samples, 0.9), "response_bytes": len(body)}
+    figure.notes += [
+        f"GET /jobs/{job.pk}/poll/?cursor=N&keys=<{POLL_KEYS} keys> over HTTP, each key with "
+        f"{POLL_NEW_STEPS} points after the cursor, p50 of {plan.poll_requests}",
+        "baseline: GET /healthz (no session, one SELECT 1) on the same connection, p50",
+    ]
+    return figure

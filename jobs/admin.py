@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 # The change page shows this many of the newest points: one indexed query, never the history.
 LATEST_POINTS = 20
+# The job page lists at most this many of its metric keys.
+KEYS_SHOWN = 100
 COMPACT_TIME = "%Y-%m-%d %H:%M"
 # An action on hundreds of jobs names the first few refusals and counts the rest.
 REFUSALS_SHOWN = 5
@@ -234,6 +236,7 @@ class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
             },
         ),
         ("Latest points", {"fields": ("latest_points",)}),
+        ("Metric keys", {"fields": ("keys_table",)}),
         ("Simulation", {"fields": ("source", *SIMULATION_FIELDS), "classes": ("collapse",)}),
     )
 
@@ -401,6 +404,44 @@ class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
             len(points),
             job.get_absolute_url(),
             f"{reverse('admin:metrics_trainingmetric_changelist')}?job__id__exact={job.pk}",
+        )
+
+    @admin.display(description="Metric keys")
+    def keys_table(self, job: TrainingJob) -> SafeString | str:
+        # One query, at most KEYS_SHOWN + 1 rows (the extra one says there are more): the
+        # statistics are kept on the key rows by the write path, so no point is read.
+        keys = list(
+            job.metric_keys.order_by("name").values_list(
+                "name", "count", "last_step", "last_value", "min_value", "max_value"
+            )[: KEYS_SHOWN + 1]
+        )
+        if not keys:
+            return "No named metrics."
+        more = len(keys) > KEYS_SHOWN
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    name,
+                    f"{count:,}",
+                    "-" if last_step is None else f"{last_step:,}",
+                    _optional(last),
+                    _optional(low),
+                    _optional(high),
+                )
+                for name, count, last_step, last, low, high in keys[:KEYS_SHOWN]
+            ),
+        )
+        points_url = reverse("admin:metrics_namedmetric_changelist") + f"?job={job.pk}"
+        return format_html(
+            "<table><thead><tr><th>Key</th><th>Points</th><th>Last step</th><th>Last</th>"
+            "<th>Min</th><th>Max</th></tr></thead><tbody>{}</tbody></table>"
+            '<p class="help">{}Min and max are over finite values. <a href="{}">Every named '
+            "point</a> of this job.</p>",
+            rows,
+            f"The first {KEYS_SHOWN} keys by name. " if more else "",
+            points_url,
         )
 
 

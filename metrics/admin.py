@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
-from metrics.models import TrainingMetric
+from jobs.models import TrainingJob
+from metrics.models import MetricKey, NamedMetric, TrainingMetric
 
 # Below this many rows (by the planner's estimate) an exact count is cheap enough to run.
 EXACT_COUNT_BELOW = 100_000
+# The job filter of the named points offers this many jobs (the newest with keys).
+JOB_CHOICES = 20
 
 
 class EstimatedCountPaginator(Paginator[TrainingMetric]):
@@ -89,3 +94,75 @@ class TrainingMetricAdmin(admin.ModelAdmin[TrainingMetric]):
     @admin.display(description="learning rate")
     def learning_rate_display(self, point: TrainingMetric) -> str | None:
         return None if point.learning_rate is None else f"{point.learning_rate:.4g}"
+
+
+class NamedJobFilter(admin.SimpleListFilter):
+    """Points of one job. Offers the newest jobs with keys (a bounded list: there may be
+    thousands of jobs); any job's points are at ?job=<id>, the link its admin page shows."""
+
+    title = "job"
+    parameter_name = "job"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        jobs = (
+            TrainingJob.objects.filter(Exists(MetricKey.objects.filter(job=OuterRef("pk"))))
+            .order_by("-pk")
+            .values_list("pk", "name")[:JOB_CHOICES]
+        )
+        choices = [(str(pk), f"{name} (#{pk})") for pk, name in jobs]
+        selected = self.value()
+        if selected and selected not in {value for value, _ in choices}:
+            choices.insert(0, (selected, f"job #{selected}"))
+        return choices
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[NamedMetric]
+    ) -> QuerySet[NamedMetric]:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            return queryset.none()
+        return queryset.filter(key__job_id=int(value))
+
+
+@admin.register(NamedMetric)
+class NamedMetricAdmin(admin.ModelAdmin[NamedMetric]):
+    list_display = ("job_display", "key_display", "step", "value_display", "reported_at")
+    list_select_related = ("key", "key__job")
+    list_filter = (NamedJobFilter,)
+    show_facets = admin.ShowFacets.NEVER
+    # The newest key's latest points first, read backwards off the (key_id, step) unique
+    # index; any other order would sort the whole table, so headers do not sort.
+    ordering = ("-key_id", "-step")
+    sortable_by = ()
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    # Stored with their key's statistics and summary (metrics.services): read-only, and they
+    # go away with their job.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: NamedMetric | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: NamedMetric | None = None) -> bool:
+        return False
+
+    @admin.display(description="job")
+    def job_display(self, point: NamedMetric) -> TrainingJob:
+        return point.key.job
+
+    @admin.display(description="key")
+    def key_display(self, point: NamedMetric) -> str:
+        return point.key.name
+
+    @admin.display(description="value")
+    def value_display(self, point: NamedMetric) -> str:
+        # NULL is how a NaN is stored (SQLite cannot hold NaN).
+        if point.value is None or math.isnan(point.value):
+            return "NaN"
+        return f"{point.value:.6g}"

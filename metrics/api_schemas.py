@@ -19,12 +19,14 @@ from pydantic import (
     Field,
     StrictFloat,
     StrictInt,
+    StringConstraints,
     WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from jobs.api_schemas import JobOut
+from metrics.points import KEY_NAME_RE
 from trainmon.api_errors import TOO_MANY_POINTS
 
 # Databases store steps as signed 64-bit and epochs as signed 32-bit integers.
@@ -33,6 +35,8 @@ MAX_EPOCH = 2**31 - 1
 
 # JSON has no NaN: a diverged loss may be sent as one of these strings.
 NON_FINITE_LOSSES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# Unix seconds up to the year 9999: what a database timestamp can hold.
+MAX_TIMESTAMP = 253_402_300_799.0
 
 
 # --- points -------------------------------------------------------------------------------------
@@ -66,16 +70,64 @@ Loss = Annotated[
 ]
 
 
+def _value_from_string(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return NON_FINITE_LOSSES[value]
+        except KeyError:
+            raise PydanticCustomError(
+                "value_string",
+                'A value must be a number, or one of the strings "NaN", "Infinity", "-Infinity".',
+            ) from None
+    return value
+
+
+NamedValue = Annotated[
+    StrictFloat,
+    BeforeValidator(_value_from_string),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "enum": list(NON_FINITE_LOSSES)},
+            ],
+            "description": 'A number; NaN and the infinities (as "NaN", "Infinity", '
+            '"-Infinity") are stored and drawn as gaps.',
+        }
+    ),
+]
+KeyName = Annotated[str, StringConstraints(pattern=KEY_NAME_RE)]
+
+
 class PointIn(BaseModel):
     # A plain pydantic model, not a ninja Schema: a batch holds up to 10,000 of them and
     # Schema's ORM-attribute support costs time on every one.
     model_config = ConfigDict(extra="forbid")
 
-    step: StrictInt = Field(ge=0, le=MAX_STEP, description="0-based, below the job's total steps.")
-    epoch: StrictInt = Field(ge=1, le=MAX_EPOCH, description="1-based, at most the job's epochs.")
-    loss: Loss
+    step: StrictInt = Field(ge=0, le=MAX_STEP, description="0-based or 1-based: both work.")
+    epoch: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCH,
+        description="1-based; derived from the step when left out and the job has a length.",
+    )
+    loss: Loss | None = Field(
+        None, description="The headline loss; a point without it writes only its metrics."
+    )
     accuracy: StrictFloat | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     learning_rate: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
+    metrics: dict[KeyName, NamedValue] | None = Field(
+        None,
+        description='Named series at this step, e.g. {"val_loss": 0.41, "train/grad_norm": '
+        "1.7}. Names: letters, digits, _ - . / : and space, at most 250 characters.",
+    )
+    timestamp: StrictFloat | None = Field(
+        None,
+        ge=0,
+        le=MAX_TIMESTAMP,
+        allow_inf_nan=False,
+        description="When the point was measured, unix seconds (default: when it arrives).",
+    )
 
 
 class MetricsIn(BaseModel):
@@ -101,8 +153,12 @@ class MetricsIn(BaseModel):
 
 
 class MetricsOut(Schema):
-    created: int = Field(description="Points stored by this request.")
-    duplicates: int = Field(description="Points at steps already stored: skipped.")
+    created: int = Field(description="Headline points stored by this request.")
+    duplicates: int = Field(description="Headline points at steps already stored: skipped.")
+    named_created: int = Field(description="Named values stored by this request.")
+    named_duplicates: int = Field(
+        description="Named values at a (key, step) already stored: skipped."
+    )
     discarded: int = Field(
         description="Points from the first non-finite loss on: not stored, the job failed."
     )
@@ -122,3 +178,33 @@ class SeriesOut(Schema):
         "(each bucket keeps its lowest and highest loss and its last point)."
     )
     last_step: int | None = Field(description="Pass as `after` to get only newer points.")
+
+
+class KeyOut(Schema):
+    """One named series of the job, with its running statistics."""
+
+    key: str
+    count: int = Field(description="Points stored.")
+    first_step: int | None
+    last_step: int | None
+    last: float | None = Field(description="The value at last_step; null when not finite.")
+    min: float | None = Field(description="Over finite values.")
+    max: float | None = Field(description="Over finite values.")
+
+
+class KeysOut(Schema):
+    keys: list[KeyOut] = Field(description="By name.")
+
+
+class NamedSeriesOut(Schema):
+    """Columns of one key's points after `after`, in step order."""
+
+    steps: list[int]
+    values: list[float | None] = Field(description="null where the value is NaN or infinite.")
+    total: int = Field(description="Points stored after `after`.")
+    downsampled: bool
+    last_step: int | None = Field(description="Pass as `after` to get only newer points.")
+
+
+class NamedSeriesSetOut(Schema):
+    keys: dict[str, NamedSeriesOut] = Field(description="The asked keys the job has.")

@@ -14,14 +14,15 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
 from django.utils.text import slugify
 
 from jobs.models import TrainingJob
-from metrics.models import TrainingMetric
+from metrics.models import MetricKey, NamedMetric, TrainingMetric
 
 EXPORT_PAGE_SIZE = 5000
 EXPORT_CHUNK_CHARS = 256 * 1024
@@ -30,10 +31,11 @@ FORMATS = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 _FILENAME_SLUG_LENGTH = 60
 
 
-def export_filename(job: TrainingJob, fmt: str) -> str:
+def export_filename(job: TrainingJob, fmt: str, *, suffix: str = "") -> str:
     """A filename that is safe in any header or filesystem: ascii slug, no path parts."""
     slug = slugify(job.name)[:_FILENAME_SLUG_LENGTH].strip("-") or "metrics"
-    return f"trainmon-job-{job.pk}-{slug}.{fmt}"
+    tail = f"-{suffix}" if suffix else ""
+    return f"trainmon-job-{job.pk}-{slug}{tail}.{fmt}"
 
 
 def export_pages(
@@ -199,3 +201,131 @@ def _finite_only(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [_finite_only(value) for value in data]
     return data
+
+
+# --- named series -------------------------------------------------------------------------
+# Long format: one row per point, (key, step, value, timestamp), keys by name, each key's
+# points in step order. Key by key, each read walks the (key, step) unique index: no sort.
+
+NAMED_EXPORT_COLUMNS = ("key", "step", "value", "timestamp")
+
+
+def named_export_keys(job: TrainingJob, names: Collection[str] | None = None) -> list[MetricKey]:
+    """The job's keys to export, by name: all of them, or those of `names` it has."""
+    keys = MetricKey.objects.filter(job_id=job.pk).only("id", "name").order_by("name")
+    if names is not None:
+        keys = keys.filter(name__in=list(names))
+    return list(keys)
+
+
+def named_export_pages(
+    key: MetricKey, page_size: int = EXPORT_PAGE_SIZE
+) -> Iterator[list[tuple[int, float | None, datetime]]]:
+    """One key's points as (step, value, reported_at) lists, in step order, page by page."""
+    after = -1
+    while True:
+        page = list(
+            NamedMetric.objects.filter(key_id=key.pk, step__gt=after)
+            .order_by("step")
+            .values_list("step", "value", "reported_at")[:page_size]
+        )
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        after = page[-1][0]
+
+
+def named_csv_chunks(
+    job: TrainingJob, names: Collection[str] | None = None, page_size: int = EXPORT_PAGE_SIZE
+) -> Iterator[str]:
+    """CSV: key,step,value,timestamp; an empty value where it was NaN or infinite."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(NAMED_EXPORT_COLUMNS)
+    yield _drain(buffer)
+    keys = named_export_keys(job, names)
+    if connection.vendor == "postgresql":
+        yield from _in_chunks(
+            line for key in keys for line in _postgres_named_copy(key, _PG_NAMED_CSV_ROW, "csv")
+        )
+        return
+    for key in keys:
+        for page in named_export_pages(key, page_size):
+            writer.writerows(
+                (key.name, step, _finite(value), reported.isoformat())
+                for step, value, reported in page
+            )
+            yield _drain(buffer)
+
+
+def named_json_chunks(
+    job: TrainingJob, names: Collection[str] | None = None, page_size: int = EXPORT_PAGE_SIZE
+) -> Iterator[str]:
+    """One JSON document: {"job": {...}, "keys": [...], "points": [{"key", "step", "value",
+    "timestamp"}, ...]}; value null where it was NaN or infinite."""
+    keys = named_export_keys(job, names)
+    header = {"id": job.pk, "name": job.name, "status": job.status, "source": job.source}
+    yield (
+        '{"job":'
+        + json.dumps(header, separators=(",", ":"))
+        + ',"keys":'
+        + json.dumps([key.name for key in keys], separators=(",", ":"))
+        + ',"points":['
+    )
+    if connection.vendor == "postgresql":
+        objects = (
+            line.rstrip("\n")
+            for key in keys
+            for line in _postgres_named_copy(key, _PG_NAMED_JSON_ROW, "text")
+        )
+        yield from _in_chunks(objects, separator=",")
+        yield "]}\n"
+        return
+    separator = ""
+    for key in keys:
+        for page in named_export_pages(key, page_size):
+            points = [
+                {
+                    "key": key.name,
+                    "step": step,
+                    "value": _finite(value),
+                    "timestamp": reported.isoformat(),
+                }
+                for step, value, reported in page
+            ]
+            yield separator + _json_list_items(points)
+            separator = ","
+    yield "]}\n"
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+_PG_NAMED_TIMESTAMP = _PG_ISO_TIMESTAMP.replace("created_at", "p.reported_at")
+_PG_NAMED_CSV_ROW = (
+    "k.name, p.step, "
+    "CASE WHEN p.value IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE p.value END, "
+    f"{_PG_NAMED_TIMESTAMP}"
+)
+# Key names hold no quote or backslash (KEY_NAME_RE), so they go into JSON as they are.
+_PG_NAMED_JSON_ROW = (
+    '\'{"key":"\' || k.name || \'","step":\' || p.step'
+    f" || ',\"value\":' || {_pg_json_number('p.value')}"
+    f" || ',\"timestamp\":\"' || {_PG_NAMED_TIMESTAMP} || '\"}}'"
+)
+
+
+def _postgres_named_copy(key: MetricKey, row_sql: str, fmt: str) -> Iterator[str]:
+    """One key's points, one text line each in step order, streamed by COPY."""
+    points = NamedMetric._meta.db_table
+    keys = MetricKey._meta.db_table
+    sql = (
+        f"COPY (SELECT {row_sql} FROM {points} p JOIN {keys} k ON k.id = p.key_id "
+        f"WHERE p.key_id = {int(key.pk)} ORDER BY p.step) TO STDOUT WITH (FORMAT {fmt})"
+    )
+    with connection.cursor() as cursor, cursor.copy(sql) as copy:
+        for data in copy:
+            yield bytes(data).decode()

@@ -11,5 +11,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/poll/", views.poll, name="poll"),
     path("jobs/<int:job_id>/metrics.csv", views.export_csv, name="export_csv"),
     path("jobs/<int:job_id>/metrics.json", views.export_json, name="export_json"),
+    path("jobs/<int:job_id>/keys.csv", views.export_keys_csv, name="export_keys_csv"),
+    path("jobs/<int:job_id>/keys.json", views.export_keys_json, name="export_keys_json"),
     path("compare/", views.compare, name="compare"),
 ]

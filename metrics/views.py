@@ -27,6 +27,8 @@ from metrics.export import (
     export_csv_chunks,
     export_filename,
     export_json_chunks,
+    named_csv_chunks,
+    named_json_chunks,
 )
 from metrics.selectors import metrics_after, series_downsampled
 from metrics.series import POLL_MAX_POINTS, SERIES_MAX_POINTS, Series
@@ -117,6 +119,28 @@ def export_csv(request: HtmxHttpRequest, job_id: int) -> StreamingHttpResponse:
 @require_GET
 def export_json(request: HtmxHttpRequest, job_id: int) -> StreamingHttpResponse:
     return _export(request, job_id, "json", export_json_chunks)
+
+
+@require_GET
+def export_keys_csv(request: HtmxHttpRequest, job_id: int) -> StreamingHttpResponse:
+    """The job's named series (?keys=a,b: only those) as long-format CSV."""
+    names = _key_names_param(request.GET)
+    return _export(request, job_id, "csv", lambda job: named_csv_chunks(job, names), suffix="keys")
+
+
+@require_GET
+def export_keys_json(request: HtmxHttpRequest, job_id: int) -> StreamingHttpResponse:
+    """The job's named series (?keys=a,b: only those) as long-format JSON."""
+    names = _key_names_param(request.GET)
+    return _export(
+        request, job_id, "json", lambda job: named_json_chunks(job, names), suffix="keys"
+    )
+
+
+def _key_names_param(params: QueryDict) -> set[str] | None:
+    """?keys=a,b as a set of names; None (every key) when absent or empty."""
+    names = {name for name in params.get("keys", "").split(",") if name}
+    return names or None
 
 
 @require_GET
@@ -278,13 +302,16 @@ def _export(
     job_id: int,
     fmt: str,
     chunks: Callable[[TrainingJob], Iterator[str]],
+    *,
+    suffix: str = "",
 ) -> StreamingHttpResponse:
     job = job_get_visible(user=request.user, job_id=job_id)
+    filename = export_filename(job, fmt, suffix=suffix)
     return StreamingHttpResponse(
         chunks(job),
         content_type=FORMATS[fmt],
         headers={
-            "Content-Disposition": content_disposition_header(True, export_filename(job, fmt)),
+            "Content-Disposition": content_disposition_header(True, filename),
             "X-Content-Type-Options": "nosniff",
         },
     )

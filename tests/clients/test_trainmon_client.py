@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
+import socket
 import sys
+import time
 import urllib.error
 from pathlib import Path
 
@@ -11,8 +14,9 @@ import pytest
 
 from accounts.services import api_token_create
 from clients import trainmon_client
-from clients.trainmon_client import Run, TrainmonError
+from clients.trainmon_client import Run, TrainmonError, resend
 from jobs.models import TrainingJob
+from metrics.models import NamedMetric
 from tests.support.factories import TrainingJobFactory, UserFactory
 
 Status = TrainingJob.Status
@@ -30,7 +34,7 @@ def token(owner) -> str:
 
 
 @pytest.fixture
-def run_args(live_server, token) -> dict:
+def run_args(live_server, token, tmp_path) -> dict:
     return {
         "base_url": live_server.url,
         "token": token,
@@ -39,6 +43,7 @@ def run_args(live_server, token) -> dict:
         "steps_per_epoch": 50,
         "backoff": 0.0,
         "flush_interval": 3600.0,
+        "unsent_dir": tmp_path,
     }
 
 
@@ -74,17 +79,28 @@ def test_a_run_reports_its_points_and_completes(run_args, owner):
     assert job.metrics.get(step=99).accuracy == pytest.approx(0.99)
 
 
+def eventually(condition, timeout: float = 10.0) -> bool:
+    """Whether `condition()` comes true within `timeout` s (the sender is a thread)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_points_wait_for_the_batch_size_or_the_flush_interval(run_args):
     with Run(**{**run_args, "flush_interval": 3600.0}, batch_size=10) as run:
         job = TrainingJob.objects.get(pk=run.job_id)
         for step in range(9):
             run.log(step, loss=1.0)
+        time.sleep(0.3)  # time enough for the sender, had it any reason to send
         assert not job.metrics.exists()
         run.log(9, loss=1.0)
-        assert job.metrics.count() == 10
-        run.flush_interval = 0.0  # due at every log from now on
+        assert eventually(lambda: job.metrics.count() == 10)
+        run.flush_interval = 0.0  # due at once from now on
         run.log(10, loss=1.0)
-        assert job.metrics.count() == 11
+        assert eventually(lambda: job.metrics.count() == 11)
 
 
 def test_an_exception_flushes_fails_the_job_and_propagates(run_args):
@@ -198,15 +214,15 @@ def test_4xx_is_not_retried_and_carries_the_servers_message(live_server, monkeyp
 
 def test_invalid_points_raise_with_the_servers_details(run_args):
     with pytest.raises(TrainmonError) as error, Run(**run_args) as run:
-        # A negative step (a step past the declared length is stored since issue 12).
-        run.log(-1, loss=1.0, epoch=1)
+        run.log(5, loss=1.0, accuracy=1.5)  # an accuracy is from 0 to 1
         run.flush()
     assert error.value.status == 400
-    assert error.value.details[0]["field"] == "points[0].step"
+    assert error.value.details[0]["field"] == "points[0].accuracy"
     job = TrainingJob.objects.get(pk=run.job_id)
     assert job.status == Status.FAILED
-    assert "points[0].step" not in job.failure_reason
+    assert "points[0].accuracy" not in job.failure_reason
     assert "HTTP 400" in job.failure_reason
+    assert run.refused == 1
 
 
 def test_an_unreachable_server_is_a_clear_error(token):
@@ -261,7 +277,9 @@ def test_finish_is_safe_to_retry(run_args):
 
 def test_the_client_refuses_bad_arguments(run_args):
     with pytest.raises(ValueError, match="job_id"):
-        Run(run_args["base_url"], "t", name="x")
+        Run(run_args["base_url"], "t")
+    with pytest.raises(ValueError, match="buffer_size"):
+        Run(**run_args, batch_size=100, buffer_size=10)
     with pytest.raises(ValueError, match="batch_size"):
         Run(**run_args, batch_size=10_001)
     run = Run(**run_args)
@@ -270,3 +288,161 @@ def test_the_client_refuses_bad_arguments(run_args):
     run.start()
     with pytest.raises(TypeError):
         run.log(1.5, loss=1.0)
+    with pytest.raises(ValueError, match="step"):
+        run.log(-1, loss=1.0)
+    with pytest.raises(ValueError, match="loss or at least one named metric"):
+        run.log(1)
+    with pytest.raises(ValueError, match="letters, digits"):
+        run.log(1, **{"val,loss": 1.0})
+    with pytest.raises(ValueError):
+        run.log(1, val_loss="high")  # type: ignore[arg-type]
+    run.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        run.log(2, loss=1.0)
+
+
+# --- named metrics, the background sender, the unsent file -----------------------------------
+
+
+def named(job_id: int) -> dict[str, dict[int, float | None]]:
+    values: dict[str, dict[int, float | None]] = {}
+    for name, step, value in NamedMetric.objects.filter(key__job_id=job_id).values_list(
+        "key__name", "step", "value"
+    ):
+        values.setdefault(name, {})[step] = value
+    return values
+
+
+def test_named_metrics_travel_beside_the_loss_or_alone(run_args):
+    with Run(**run_args, batch_size=7) as run:
+        for step in range(20):
+            run.log(step, loss=1.0, grad_norm=step / 10, **{"train/lr scale": 2.0})
+            if step % 10 == 9:  # an epoch end: validation at the same step, logged apart
+                run.log(step, val_loss=0.5, **{"val/acc": float("nan")})
+        run.log(20, accuracy=0.75)  # no loss: sent as a named series of that name
+    job = TrainingJob.objects.get(pk=run.job_id)
+    assert job.status == Status.COMPLETED
+    assert job.metrics.count() == 20
+    values = named(run.job_id)
+    assert values["grad_norm"][19] == pytest.approx(1.9)
+    assert len(values["train/lr scale"]) == 20
+    assert values["val_loss"] == {9: 0.5, 19: 0.5}
+    assert set(values["val/acc"]) == {9, 19}  # NaN is stored (as NULL), the job went on
+    assert values["accuracy"] == {20: 0.75}
+    assert (run.created, run.named_created) == (20, 20 + 20 + 2 + 2 + 1)
+
+
+def test_the_timestamp_is_taken_when_logged_not_when_sent(run_args):
+    with Run(**run_args) as run:
+        run.log(0, metric=1.0, timestamp=1_700_000_000.0)
+        before = time.time()
+        run.log(1, metric=2.0)
+        time.sleep(0.2)
+    points = dict(NamedMetric.objects.values_list("step", "reported_at"))
+    assert points[0].timestamp() == 1_700_000_000.0
+    assert before - 1 <= points[1].timestamp() <= before + 0.1
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_server():
+    """A port that takes connections and never answers: a hung server."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+@pytest.mark.parametrize("server", ["refusing", "silent"])
+def test_a_dead_server_never_blocks_log_beyond_the_bound_and_nothing_is_lost(
+    run_args, token, live_server, silent_server, server
+):
+    block = 0.2
+    run = Run(
+        **{**run_args, "total_epochs": 20},  # steps 0..999
+        batch_size=10,
+        buffer_size=100,
+        block_seconds=block,
+        close_timeout=0.5,
+        timeout=0.3,
+    )
+    run.start()  # the job is created, then the server goes away
+    run.base_url = f"http://127.0.0.1:{closed_port()}" if server == "refusing" else silent_server
+    durations = []
+    started = time.monotonic()
+    for step in range(1000):
+        before = time.perf_counter()
+        run.log(step, loss=1.0, val_loss=0.5)
+        durations.append(time.perf_counter() - before)
+    logging_took = time.monotonic() - started
+    # One wait of at most `block` s once the buffer fills; after that the oldest points go
+    # to disk at once. Had every log waited, 900 logs would take 180 s.
+    assert max(durations) < block + 0.5
+    assert logging_took < 3
+    assert run.spilled >= 800
+    started = time.monotonic()
+    run.close()  # retries for close_timeout, then writes what is left
+    assert time.monotonic() - started < 0.5 + 0.3 + 1.5
+    assert run.unsent_path is not None
+    assert run.unsent_path.parent == run_args["unsent_dir"]
+    lines = [json.loads(line) for line in run.unsent_path.read_text().splitlines()]
+    assert lines[0]["job_id"] == run.job_id
+    assert sorted(line["point"]["step"] for line in lines[1:]) == list(range(1000))
+    assert TrainingJob.objects.get(pk=run.job_id).metrics.count() == 0
+
+    totals = resend(run.unsent_path, token, base_url=live_server.url)
+    assert (totals["points"], totals["created"], totals["named_created"]) == (1000, 1000, 1000)
+    job = TrainingJob.objects.get(pk=run.job_id)
+    assert (job.metrics.count(), len(named(job.pk)["val_loss"])) == (1000, 1000)
+    # Resending again is harmless: every point is a counted duplicate.
+    again = resend(run.unsent_path, token, base_url=live_server.url)
+    assert (again["created"], again["duplicates"], again["named_duplicates"]) == (0, 1000, 1000)
+
+
+def test_a_run_that_ends_while_the_server_is_down_is_finished_by_resend(
+    run_args, token, live_server, capsys
+):
+    with Run(**run_args, close_timeout=0.2, max_retries=1) as run:
+        for step in range(30):
+            run.log(step, loss=1.0)
+        run.base_url = f"http://127.0.0.1:{closed_port()}"
+        run.log(30, loss=0.5)
+    job = TrainingJob.objects.get(pk=run.job_id)
+    assert job.status == Status.RUNNING  # the finish could not be sent: it waits in the file
+    assert run.unsent_path is not None
+    records = [json.loads(line) for line in run.unsent_path.read_text().splitlines()]
+    assert records[-1] == {"finish": {"status": "completed", "reason": ""}}
+    code = trainmon_client.main(
+        ["resend", str(run.unsent_path), "--token", token, "--url", live_server.url]
+    )
+    assert code == 0
+    assert "Sent" in capsys.readouterr().out
+    job.refresh_from_db()
+    assert (job.status, job.metrics.count()) == (Status.COMPLETED, 31)
+
+
+def test_resend_says_so_when_the_server_is_still_down(run_args, token, capsys):
+    run = Run(**run_args, close_timeout=0.1)
+    run.start()
+    run.base_url = f"http://127.0.0.1:{closed_port()}"
+    run.log(0, loss=1.0)
+    run.close()
+    code = trainmon_client.main(["resend", str(run.unsent_path), "--token", token])
+    assert code == 1
+    assert "run this again later" in capsys.readouterr().err
+
+
+def test_a_batch_too_big_for_the_server_is_split_not_dropped(run_args, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096  # a few dozen points per request
+    with Run(**run_args, batch_size=100) as run:
+        for step in range(100):
+            run.log(step, loss=1.0, **{f"train/metric_{k}": k / 3 for k in range(5)})
+    job = TrainingJob.objects.get(pk=run.job_id)
+    assert (job.status, job.metrics.count()) == (Status.COMPLETED, 100)
+    assert (run.created, run.named_created, run.refused) == (100, 500, 0)

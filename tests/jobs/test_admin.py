@@ -26,6 +26,24 @@ ADD = reverse("admin:jobs_trainingjob_add")
 CHANGELIST_QUERIES = 6
 
 
+def named_write(job: TrainingJob, series: dict[str, list[float]]) -> None:
+    """Each key's values at steps 0, 1, ... through the write path."""
+    from django.db import transaction
+
+    from jobs.services import jobs_lock
+    from metrics.points import MetricBatch, NamedBatch
+    from metrics.services import metric_batches_write
+
+    batch = NamedBatch.from_points(
+        (name, step, value, 1.7e9)
+        for name, values in series.items()
+        for step, value in enumerate(values)
+    )
+    with transaction.atomic():
+        [locked] = jobs_lock([job.pk])
+        metric_batches_write([(locked, MetricBatch.empty())], named={locked.pk: batch})
+
+
 def change_url(job: TrainingJob) -> str:
     return reverse("admin:jobs_trainingjob_change", args=[job.pk])
 
@@ -173,8 +191,38 @@ class TestChangePage:
             counts.append(len(captured))
         assert counts[0] == counts[1]
 
+    def test_lists_the_jobs_keys_with_their_stats(self, staff_client, job):
+        named_write(job, {"val/loss": [2.0, 0.5, 1.0], "grad_norm": [1.0, float("nan")]})
+        html = staff_client.get(change_url(job)).content.decode()
+        rows = re.findall(
+            r"<tr><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>"
+            r"<td>([^<]+)</td><td>([^<]+)</td></tr>",
+            html,
+        )
+        assert rows == [
+            ("grad_norm", "2", "1", "-", "1", "1"),  # the last value was NaN
+            ("val/loss", "3", "2", "1", "0.5", "2"),
+        ]
+        assert f"?job={job.pk}" in html  # its named points in their admin
+
+    def test_the_keys_cost_one_bounded_query(self, staff_client, monkeypatch):
+        monkeypatch.setattr("jobs.admin.KEYS_SHOWN", 5)
+        counts = []
+        for keys in (1, 12):
+            job = TrainingJobFactory(source="external")
+            named_write(job, {f"k{index:02d}": [1.0] for index in range(keys)})
+            with CaptureQueriesContext(connection) as captured:
+                html = staff_client.get(change_url(job)).content.decode()
+            counts.append(len(captured))
+        assert counts[0] == counts[1]
+        assert "k04" in html
+        assert "k05" not in html
+        assert "The first 5 keys by name." in html
+
     def test_no_points_yet(self, staff_client, job):
-        assert "No points yet." in staff_client.get(change_url(job)).content.decode()
+        html = staff_client.get(change_url(job)).content.decode()
+        assert "No points yet." in html
+        assert "No named metrics." in html
 
     def test_status_and_progress_are_read_only(self, staff_client, job):
         job.current_step = 40

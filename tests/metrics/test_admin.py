@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from jobs.models import TrainingJob
 from metrics.admin import EstimatedCountPaginator
-from metrics.models import TrainingMetric
+from metrics.models import NamedMetric, TrainingMetric
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory
 
 pytestmark = pytest.mark.django_db
@@ -111,5 +111,89 @@ class TestPaginatorCount:
     def test_the_admin_uses_it_without_the_full_count(self):
         model_admin = site.get_model_admin(TrainingMetric)
         request = RequestFactory().get(CHANGELIST)
+        assert isinstance(model_admin.get_paginator(request, [], 100), EstimatedCountPaginator)
+        assert model_admin.show_full_result_count is False
+
+
+# --- named points ---------------------------------------------------------------------------
+
+NAMED_CHANGELIST = reverse("admin:metrics_namedmetric_changelist")
+
+
+def add_named(job: TrainingJob, names: list[str], steps: range) -> None:
+    from django.db import transaction
+
+    from jobs.services import jobs_lock
+    from metrics.points import MetricBatch, NamedBatch
+    from metrics.services import metric_batches_write
+
+    batch = NamedBatch.from_points(
+        (name, step, float("nan") if step == 1 else step / 10, 1.7e9)
+        for name in names
+        for step in steps
+    )
+    with transaction.atomic():
+        [locked] = jobs_lock([job.pk])
+        metric_batches_write([(locked, MetricBatch.empty())], named={locked.pk: batch})
+
+
+class TestNamedChangelist:
+    def test_non_staff_user_is_refused(self, client, user):
+        client.force_login(user)
+        assert client.get(NAMED_CHANGELIST).status_code == 302
+
+    @pytest.mark.parametrize("steps", [5, 300])
+    def test_query_count_does_not_grow_with_points(
+        self, staff_client, django_assert_num_queries, steps
+    ):
+        jobs = TrainingJobFactory.create_batch(
+            2, source="external", total_epochs=1, steps_per_epoch=300
+        )
+        for job in jobs:
+            add_named(job, ["val/loss", "grad_norm"], range(steps))
+        # session, user, the job filter's choices, count, the page of points with keys and
+        # jobs; PostgreSQL reads the planner's estimate first.
+        expected = 5 + (connection.vendor == "postgresql")
+        with django_assert_num_queries(expected):
+            response = staff_client.get(NAMED_CHANGELIST)
+        assert response.status_code == 200
+        assert len(response.context["cl"].result_list) == min(4 * steps, 100)
+
+    def test_newest_key_latest_step_first_and_nan_shown(self, staff_client, job):
+        add_named(job, ["a", "b"], range(3))
+        changelist = staff_client.get(NAMED_CHANGELIST).context["cl"]
+        assert [(p.key.name, p.step) for p in changelist.result_list] == [
+            ("b", 2),
+            ("b", 1),
+            ("b", 0),
+            ("a", 2),
+            ("a", 1),
+            ("a", 0),
+        ]
+        page = staff_client.get(NAMED_CHANGELIST).content.decode()
+        assert "NaN" in page
+
+    def test_filter_by_job(self, staff_client):
+        first, second = TrainingJobFactory.create_batch(2, source="external")
+        add_named(first, ["a"], range(2))
+        add_named(second, ["a", "b"], range(3))
+        changelist = staff_client.get(NAMED_CHANGELIST, {"job": second.pk}).context["cl"]
+        assert {point.key.job_id for point in changelist.result_list} == {second.pk}
+        assert changelist.result_count == 6
+        page = staff_client.get(NAMED_CHANGELIST).content.decode()
+        assert f"?job={first.pk}" in page  # offered in the filter
+        assert staff_client.get(NAMED_CHANGELIST, {"job": "x"}).context["cl"].result_count == 0
+
+    def test_points_are_read_only(self, staff_client, job):
+        add_named(job, ["a"], range(1))
+        point = NamedMetric.objects.get()
+        assert staff_client.get(reverse("admin:metrics_namedmetric_add")).status_code == 403
+        response = staff_client.get(reverse("admin:metrics_namedmetric_change", args=[point.pk]))
+        assert response.status_code == 200
+        assert 'name="_save"' not in response.content.decode()
+
+    def test_the_admin_counts_with_the_estimate(self):
+        model_admin = site.get_model_admin(NamedMetric)
+        request = RequestFactory().get(NAMED_CHANGELIST)
         assert isinstance(model_admin.get_paginator(request, [], 100), EstimatedCountPaginator)
         assert model_admin.show_full_result_count is False

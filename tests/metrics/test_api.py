@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 
 from accounts.services import api_token_create, api_token_revoke
 from jobs.models import TrainingJob
+from metrics.models import MetricKey, NamedMetric
 from metrics.points import MAX_LOSS_MAGNITUDE
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory, UserFactory
 
@@ -87,6 +88,7 @@ ENDPOINTS = [
     ("post", "/jobs/{id}/finish/"),
     ("post", "/jobs/{id}/metrics/"),
     ("get", "/jobs/{id}/metrics/"),
+    ("get", "/jobs/{id}/keys/"),
 ]
 
 
@@ -659,6 +661,7 @@ def test_the_openapi_schema_is_valid_and_public(client):
         "/api/v1/jobs/{job_id}/",
         "/api/v1/jobs/{job_id}/finish/",
         "/api/v1/jobs/{job_id}/metrics/",
+        "/api/v1/jobs/{job_id}/keys/",
     }
     write = paths["/api/v1/jobs/{job_id}/metrics/"]["post"]
     assert {"200", "400", "401", "404", "409", "413"} <= set(write["responses"])
@@ -759,3 +762,252 @@ def test_non_finite_floats_are_rendered_as_valid_json(api, ext_job):
     response = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch})
     json.loads(response.content, parse_constant=lambda name: pytest.fail(f"{name} in reply"))
     assert not math.isnan(response.json()["job"]["best_loss"])
+
+
+# --- named metrics --------------------------------------------------------------------------
+
+
+def named_values(job: TrainingJob) -> dict[str, dict[int, float | None]]:
+    values: dict[str, dict[int, float | None]] = {}
+    for name, step, value in NamedMetric.objects.filter(key__job=job).values_list(
+        "key__name", "step", "value"
+    ):
+        values.setdefault(name, {})[step] = value
+    return values
+
+
+def test_named_metrics_are_stored_beside_the_loss_or_instead_of_it(api, ext_job):
+    batch = [
+        {"step": 0, "epoch": 1, "loss": 2.0, "metrics": {"train/grad_norm": 1.5}},
+        {"step": 1, "loss": 1.9, "metrics": {"train/grad_norm": 1.25}},
+        {"step": 1, "metrics": {"val_loss": 2.1, "val/acc": 0.25}},
+    ]
+    response = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch})
+    assert response.status_code == 200, response.content
+    reply = response.json()
+    assert (reply["created"], reply["duplicates"], reply["discarded"]) == (2, 0, 0)
+    assert (reply["named_created"], reply["named_duplicates"]) == (4, 0)
+    # The point without a loss wrote no headline row; the epoch was derived from the step.
+    assert list(ext_job.metrics.order_by("step").values_list("step", "epoch")) == [(0, 1), (1, 1)]
+    assert named_values(ext_job) == {
+        "train/grad_norm": {0: 1.5, 1: 1.25},
+        "val_loss": {1: 2.1},
+        "val/acc": {1: 0.25},
+    }
+    again = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}).json()
+    assert (again["created"], again["duplicates"]) == (0, 2)
+    assert (again["named_created"], again["named_duplicates"]) == (0, 4)
+    assert NamedMetric.objects.count() == 4
+
+
+def test_a_named_only_batch_writes_no_headline_point(api, ext_job):
+    batch = [{"step": step, "metrics": {"val_loss": 1.0 / (step + 1)}} for step in range(5)]
+    reply = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}).json()
+    assert (reply["created"], reply["named_created"]) == (0, 5)
+    assert not ext_job.metrics.exists()
+    assert sorted(named_values(ext_job)["val_loss"]) == [0, 1, 2, 3, 4]
+
+
+def test_non_finite_named_values_are_stored_and_the_job_goes_on(api, ext_job):
+    raw = (
+        '{"points": [{"step": 0, "metrics": {"a": "NaN", "b": "Infinity", "c": "-Infinity"}},'
+        ' {"step": 1, "metrics": {"a": NaN, "b": Infinity, "c": 1e400}}]}'
+    )
+    response = api.post(f"/jobs/{ext_job.pk}/metrics/", raw=raw)
+    assert response.status_code == 200, response.content
+    assert response.json()["named_created"] == 6
+    json.loads(response.content, parse_constant=lambda name: pytest.fail(f"{name} in reply"))
+    values = named_values(ext_job)
+    assert values["a"][0] is None or math.isnan(values["a"][0])
+    assert values["a"][1] is None or math.isnan(values["a"][1])
+    assert values["b"] == {0: math.inf, 1: math.inf}
+    assert values["c"] == {0: -math.inf, 1: math.inf}
+    ext_job.refresh_from_db()
+    assert ext_job.status == Status.RUNNING
+
+
+def test_the_timestamp_is_the_points_wall_clock(api, ext_job):
+    batch = [{"step": 0, "timestamp": 1_700_000_000.5, "metrics": {"a": 1.0}}]
+    assert api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}).status_code == 200
+    [point] = NamedMetric.objects.all()
+    assert point.reported_at.timestamp() == pytest.approx(1_700_000_000.5)
+
+
+@pytest.mark.parametrize(
+    ("point", "field"),
+    [
+        ({"metrics": {"bad,name": 1.0}}, "points[1].metrics"),
+        ({"metrics": {"": 1.0}}, "points[1].metrics"),
+        ({"metrics": {"x" * 251: 1.0}}, "points[1].metrics"),
+        ({"metrics": {"é": 1.0}}, "points[1].metrics"),
+        ({"metrics": {"a": "nan"}}, "points[1].metrics.a"),
+        ({"metrics": {"a": None}}, "points[1].metrics.a"),
+        ({"metrics": {"a": True}}, "points[1].metrics.a"),
+        ({"metrics": {"a": [1]}}, "points[1].metrics.a"),
+        ({"metrics": []}, "points[1].metrics"),
+        ({"timestamp": -1}, "points[1].timestamp"),
+        ({"timestamp": "now"}, "points[1].timestamp"),
+        ({"timestamp": 1e300}, "points[1].timestamp"),
+        ({"loss": None, "metrics": {}}, "points[1].loss"),
+        ({"loss": None, "accuracy": 0.5, "metrics": {"a": 1.0}}, "points[1].accuracy"),
+    ],
+)
+def test_bad_named_fields_are_refused_and_nothing_is_stored(api, ext_job, point, field):
+    batch = [{"step": step, "epoch": 1, "loss": 1.0, "metrics": {"a": 1.0}} for step in range(3)]
+    batch[1] = {**batch[1], **point}
+    body = assert_error(api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}), 400)
+    assert [p["index"] for p in body["details"]] == [1]
+    assert body["details"][0]["field"].startswith(field), body
+    assert not ext_job.metrics.exists()
+    assert not MetricKey.objects.exists()
+    assert not NamedMetric.objects.exists()
+
+
+def test_a_key_twice_at_one_step_is_refused_but_a_step_may_carry_both_series(api, ext_job):
+    batch = [
+        {"step": 3, "loss": 1.0, "metrics": {"a": 1.0}},
+        {"step": 3, "metrics": {"b": 2.0}},  # fine: another series at the same step
+        {"step": 3, "metrics": {"a": 3.0}},  # "a" at step 3 again
+    ]
+    body = assert_error(api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}), 400)
+    assert [(p["index"], p["field"]) for p in body["details"]] == [(2, "points[2].metrics.a")]
+    assert not NamedMetric.objects.exists()
+    del batch[2]
+    reply = api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}).json()
+    assert (reply["created"], reply["named_created"]) == (1, 2)
+
+
+def test_the_key_limit_refuses_the_whole_batch_naming_the_limit(api, ext_job, settings):
+    settings.TRAINMON_MAX_KEYS_PER_JOB = 3
+    first = [{"step": 0, "metrics": {"a": 1.0, "b": 1.0}}]
+    assert api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": first}).status_code == 200
+    batch = [
+        {"step": 1, "loss": 1.0, "metrics": {"a": 2.0, "c": 1.0}},
+        {"step": 2, "metrics": {"d": 1.0}},
+    ]
+    body = assert_error(api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}), 400)
+    assert "at most 3 metric keys" in body["error"]
+    assert "TRAINMON_MAX_KEYS_PER_JOB" in body["error"]
+    assert body["details"]["limit"] == 3
+    assert not ext_job.metrics.exists()
+    assert named_values(ext_job) == {"a": {0: 1.0}, "b": {0: 1.0}}
+    # Within the limit, the same points go in.
+    del batch[1]
+    assert api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch}).status_code == 200
+    assert set(named_values(ext_job)) == {"a", "b", "c"}
+
+
+def test_list_a_jobs_keys(api, ext_job, other_api):
+    batch = [
+        {"step": step, "metrics": {"val_loss": 2.0 - step, "b/nan": "NaN" if step else 5.0}}
+        for step in range(3)
+    ]
+    api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch})
+    response = api.get(f"/jobs/{ext_job.pk}/keys/")
+    assert response.status_code == 200
+    json.loads(response.content, parse_constant=lambda name: pytest.fail(f"{name} in reply"))
+    assert response.json() == {
+        "keys": [
+            {
+                "key": "b/nan",
+                "count": 3,
+                "first_step": 0,
+                "last_step": 2,
+                "last": None,
+                "min": 5.0,
+                "max": 5.0,
+            },
+            {
+                "key": "val_loss",
+                "count": 3,
+                "first_step": 0,
+                "last_step": 2,
+                "last": 0.0,
+                "min": 0.0,
+                "max": 2.0,
+            },
+        ]
+    }
+    assert_error(other_api.get(f"/jobs/{ext_job.pk}/keys/"), 404)
+
+
+def test_read_named_series_by_key(api, ext_job):
+    batch = [
+        {"step": step, "metrics": {"a": float(step), "b": "NaN" if step == 5 else 1.0}}
+        for step in range(10)
+    ]
+    api.post(f"/jobs/{ext_job.pk}/metrics/", {"points": batch})
+    response = api.get(f"/jobs/{ext_job.pk}/metrics/", keys="a,b,missing", after=3)
+    assert response.status_code == 200, response.content
+    keys = response.json()["keys"]
+    assert set(keys) == {"a", "b"}
+    assert keys["a"]["steps"] == [4, 5, 6, 7, 8, 9]
+    assert keys["a"]["values"] == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    assert (keys["a"]["total"], keys["a"]["downsampled"], keys["a"]["last_step"]) == (6, False, 9)
+    assert keys["b"]["values"][1] is None  # step 5's NaN: a gap
+    # Without keys: the headline series, as before.
+    assert set(api.get(f"/jobs/{ext_job.pk}/metrics/").json()) >= {"steps", "loss"}
+
+
+def test_a_named_read_downsamples_past_max_points(api, user):
+    job = TrainingJobFactory(owner=user, source="external", total_epochs=1, steps_per_epoch=2000)
+    batch = [{"step": step, "metrics": {"a": math.sin(step)}} for step in range(2000)]
+    api.post(f"/jobs/{job.pk}/metrics/", {"points": batch})
+    series = api.get(f"/jobs/{job.pk}/metrics/", keys="a", max_points=100).json()["keys"]["a"]
+    assert series["downsampled"] is True
+    assert series["total"] == 2000
+    assert len(series["steps"]) <= 100
+    assert series["steps"] == sorted(series["steps"])
+
+
+def test_a_read_of_too_many_keys_is_refused(api, ext_job):
+    keys = ",".join(f"k{index}" for index in range(101))
+    assert_error(api.get(f"/jobs/{ext_job.pk}/metrics/", keys=keys), 400)
+
+
+key_names = st.text(alphabet="abcXYZ019_-./: ", min_size=1, max_size=12) | st.sampled_from(
+    ["", "a,b", "é", "x" * 251, "\x00", "a\n"]
+)
+named_value = st.floats() | st.sampled_from(["NaN", "Infinity", "-Infinity", "nan", None, True])
+named_point = st.fixed_dictionaries(
+    {"step": mostly(st.integers(min_value=0, max_value=30))},
+    optional={
+        "loss": mostly(st.floats(min_value=0, max_value=10)),
+        "epoch": mostly(st.integers(min_value=1, max_value=2)),
+        "metrics": mostly(st.dictionaries(key_names, named_value, max_size=4)),
+        "timestamp": mostly(st.floats(min_value=0, max_value=4e9)),
+    },
+)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(named_point, max_size=8), keys_limit=st.integers(1, 6))
+def test_generated_named_batches_never_cause_a_5xx_or_a_partial_write(api, user, batch, keys_limit):
+    from django.conf import settings as django_settings
+
+    job = TrainingJobFactory(owner=user, source="external", total_epochs=2, steps_per_epoch=50)
+    previous = django_settings.TRAINMON_MAX_KEYS_PER_JOB
+    django_settings.TRAINMON_MAX_KEYS_PER_JOB = keys_limit
+    try:
+        response = api.post(f"/jobs/{job.pk}/metrics/", raw=json.dumps({"points": batch}))
+    finally:
+        django_settings.TRAINMON_MAX_KEYS_PER_JOB = previous
+    assert response.status_code < 500, response.content
+    stored = NamedMetric.objects.filter(key__job=job).count()
+    if response.status_code == 200:
+        reply = response.json()
+        assert stored == reply["named_created"]
+        sent = sum(len(point.get("metrics") or {}) for point in batch)
+        assert reply["named_duplicates"] == 0  # a fresh job; repeats in a batch are refused
+        assert reply["named_created"] <= sent
+        assert job.metrics.count() == reply["created"]
+    else:
+        assert response.status_code == 400
+        assert set(response.json()) == {"error", "details"}
+        assert stored == 0
+        assert not MetricKey.objects.filter(job=job).exists()
+        assert not job.metrics.exists()

@@ -144,6 +144,18 @@ TABLE: dict[str, list[Probe]] = {
     "metrics:export_json": [
         Probe("get", lambda w: reverse("metrics:export_json", args=[w.job.pk]), on_the_job(200)),
     ],
+    "metrics:export_keys_csv": [
+        Probe(
+            "get", lambda w: reverse("metrics:export_keys_csv", args=[w.job.pk]), on_the_job(200)
+        ),
+    ],
+    "metrics:export_keys_json": [
+        Probe(
+            "get",
+            lambda w: reverse("metrics:export_keys_json", args=[w.job.pk]) + "?keys=a,b",
+            on_the_job(200),
+        ),
+    ],
     "metrics:compare": [
         Probe("get", lambda w: reverse("metrics:compare") + f"?jobs={w.job.pk}", on_the_job(200)),
     ],
@@ -223,6 +235,9 @@ TABLE: dict[str, list[Probe]] = {
             api_own(200),
             api=True,
         )
+    ],
+    "api:keys": [
+        Probe("get", lambda w: reverse("api:keys", args=[w.ext_job.pk]), api_own(200), api=True)
     ],
     # The schema and its docs are public: they describe the API and hold no data.
     "api:openapi-json": [Probe("get", lambda w: reverse("api:openapi-json"), same(200), api=True)],

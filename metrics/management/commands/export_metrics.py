@@ -8,13 +8,23 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.models import TrainingJob
-from metrics.export import FORMATS, export_csv_chunks, export_json_chunks
+from metrics.export import (
+    FORMATS,
+    export_csv_chunks,
+    export_json_chunks,
+    named_csv_chunks,
+    named_json_chunks,
+)
 
 GENERATORS = {"csv": export_csv_chunks, "json": export_json_chunks}
+NAMED_GENERATORS = {"csv": named_csv_chunks, "json": named_json_chunks}
 
 
 class Command(BaseCommand):
-    help = "Export a job's metric points at full resolution as CSV or JSON (to stdout or a file)."
+    help = (
+        "Export a job's metric points at full resolution as CSV or JSON (to stdout or a file); "
+        "with --keys, its named series in long format (key, step, value, timestamp)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -23,6 +33,14 @@ class Command(BaseCommand):
         # Checked in handle(), not by argparse `choices`, so a bad value is one CommandError line.
         parser.add_argument("--format", default="csv", help="csv (default) or json")
         parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+        parser.add_argument(
+            "--keys",
+            nargs="?",
+            const="",
+            default=None,
+            metavar="A,B",
+            help="export named series instead of the headline one: all keys, or those listed",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         fmt = options["format"].lower()
@@ -32,7 +50,11 @@ class Command(BaseCommand):
             job = TrainingJob.objects.get(pk=options["job_id"])
         except TrainingJob.DoesNotExist:
             raise CommandError(f"No job {options['job_id']}.") from None
-        chunks = GENERATORS[fmt](job)
+        if options["keys"] is None:
+            chunks = GENERATORS[fmt](job)
+        else:
+            names = {name for name in options["keys"].split(",") if name} or None
+            chunks = NAMED_GENERATORS[fmt](job, names)
         if options["output"]:
             _write_file(Path(options["output"]), chunks)
         else:
