@@ -462,6 +462,7 @@
 
     const panels = []; // in page order
     const panelOfKey = new Map();
+    const panelOfFigure = new Map();
     const sections = new Map(); // prefix -> { details, body, count }
     const loadQueue = new Set();
     let loadTimer = null;
@@ -536,12 +537,16 @@
         synced: -1, // the cursor its points are complete up to
       };
       for (const key of keys) attachKey(panel, key);
-      // Charts by key name within a section.
-      const after = Array.from(entry.body.children).find(
-        (element) => element.dataset.key.localeCompare(keys[0]) > 0
-      );
+      // Charts by key name within a section; keys mostly come in order, so look at the end
+      // first (a page may have a thousand keys).
+      const last = entry.body.lastElementChild;
+      const after =
+        last && last.dataset.key > keys[0]
+          ? Array.from(entry.body.children).find((element) => element.dataset.key > keys[0])
+          : null;
       entry.body.insertBefore(figure, after || null);
       panels.push(panel);
+      panelOfFigure.set(figure, panel);
       if (observer) observer.observe(figure);
       return panel;
     }
@@ -584,7 +589,7 @@
 
     function onIntersect(entries) {
       for (const entry of entries) {
-        const panel = panels.find((p) => p.figure === entry.target);
+        const panel = panelOfFigure.get(entry.target);
         if (!panel) continue;
         if (entry.isIntersecting) showPanel(panel);
         else panel.visible = false; // stays drawn, but is not polled until it shows again
@@ -622,13 +627,17 @@
     }
 
     function queueLoad(panel) {
+      if (panel.loading) {
+        panel.reloadAfter = true; // a load in flight may predate what made this one needed
+        return;
+      }
       loadQueue.add(panel);
       if (loadTimer === null) loadTimer = window.setTimeout(flushLoads, 0);
     }
 
     function flushLoads() {
       loadTimer = null;
-      const batch = Array.from(loadQueue).filter((panel) => panel.chart && !panel.loading);
+      const batch = Array.from(loadQueue).filter((panel) => panel.chart);
       loadQueue.clear();
       for (let i = 0; i < batch.length; i += LOAD_BATCH_PANELS) {
         loadPanels(batch.slice(i, i + LOAD_BATCH_PANELS));
@@ -649,6 +658,8 @@
         let moved = false;
         for (const panel of batch) {
           if (!panel.chart) continue; // collapsed meanwhile
+          // A twin that joined while this was out: its points come with the next load.
+          if (!panel.keys.every((key) => key in body.keys)) panel.reloadAfter = true;
           panel.series = {};
           for (const key of panel.keys) {
             const source = body.keys[key] || {};
@@ -669,7 +680,13 @@
         }
         window.setTimeout(() => batch.forEach((panel) => panel.chart && queueLoad(panel)), RETRY_MS);
       } finally {
-        for (const panel of batch) panel.loading = false;
+        for (const panel of batch) {
+          panel.loading = false;
+          if (panel.reloadAfter && panel.chart) {
+            panel.reloadAfter = false;
+            queueLoad(panel);
+          }
+        }
       }
     }
 
