@@ -72,6 +72,11 @@ class TrainingJob(models.Model):
     # The scheduled tick (time slot) that last advanced this simulated job: a replayed or
     # concurrent run of the same tick skips the job, so each tick advances it at most once.
     last_tick = models.BigIntegerField(null=True, blank=True, editable=False)
+    # The job's ingest position: +1 per write that stored any point, under the job's row
+    # lock. A page's poll cursor is one of these (metrics.selectors.job_poll).
+    ingest_seq = models.BigIntegerField(default=0, editable=False)
+    # The named key the dashboard shows when the job reports no headline loss.
+    primary_metric = models.CharField(max_length=250, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

@@ -597,6 +597,7 @@ class BatchSummary:
     min_loss: float | None = None
     min_loss_step: int | None = None
     diverged_at_step: int | None = None  # first step whose loss was NaN or infinite
+    named_max_step: int | None = None  # highest step of named points stored, if any
 
 
 _PROGRESS_COLUMNS = (
@@ -611,6 +612,7 @@ _PROGRESS_COLUMNS = (
     ("status", "text"),
     ("failure_reason", "text"),
     ("finished", "boolean"),
+    ("ingest_seq", "bigint"),
 )
 
 
@@ -643,11 +645,17 @@ def jobs_record_progress(summaries: Sequence[BatchSummary], *, now: datetime) ->
 def _progress_row(summary: BatchSummary, now: datetime) -> tuple:
     job = summary.job
     previous_step = job.current_step
-    if summary.max_step is not None and summary.max_step + 1 > job.current_step:
+    # ">=": a named point may have reached this step first; the loss there is still the last.
+    if summary.max_step is not None and summary.max_step + 1 >= job.current_step:
         job.current_step = summary.max_step + 1
         job.last_loss = summary.last_loss
         job.last_accuracy = summary.last_accuracy
         job.last_learning_rate = summary.last_learning_rate
+    # Steps done counts every series: a run may log only named keys.
+    if summary.named_max_step is not None:
+        job.current_step = max(job.current_step, summary.named_max_step + 1)
+    if summary.max_step is not None or summary.named_max_step is not None:
+        job.ingest_seq += 1  # this write stored points: the job's ingest position moves
     if summary.min_loss is not None and (job.best_loss is None or summary.min_loss < job.best_loss):
         job.best_loss = summary.min_loss
         job.best_loss_step = summary.min_loss_step
@@ -691,6 +699,7 @@ def _progress_row(summary: BatchSummary, now: datetime) -> tuple:
         job.status,
         job.failure_reason,
         finished,
+        job.ingest_seq,
     )
 
 

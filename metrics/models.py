@@ -41,7 +41,25 @@ class TrainingMetric(models.Model):
         return f"{self.job_id}@{self.step}: loss {self.loss:.4g}"
 
 
-class MetricSummary(models.Model):
+class SummaryBucket(models.Model):
+    """One bucket of one series at one resolution (metrics.summary keeps both kinds)."""
+
+    # The column naming the series a bucket belongs to.
+    OWNER = "job_id"
+
+    width = models.PositiveIntegerField(help_text="Steps per bucket at this level.")
+    bucket = models.PositiveBigIntegerField(help_text="step // width")
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        owner = getattr(self, self.OWNER)
+        return f"{owner}@{self.width}x{self.bucket}: {self.count} points"
+
+
+class MetricSummary(SummaryBucket):
     """One bucket of a job's points at one resolution; kept by metrics.summary.
 
     Derived data: written only in the transaction that stores the bucket's points, read by
@@ -52,9 +70,6 @@ class MetricSummary(models.Model):
     job = models.ForeignKey(
         TrainingJob, models.CASCADE, related_name="metric_summaries", db_index=False
     )
-    width = models.PositiveIntegerField(help_text="Steps per bucket at this level.")
-    bucket = models.PositiveBigIntegerField(help_text="step // width")
-    count = models.PositiveIntegerField()
     sum_loss = models.FloatField()
     # The lowest-loss point (lowest step on ties), the highest-loss point (highest step on
     # ties) and the last point of the bucket, each as stored.
@@ -78,5 +93,113 @@ class MetricSummary(models.Model):
             ),
         ]
 
+
+class MetricKey(models.Model):
+    """A named scalar series of a job ("val/loss", "train/grad_norm"), with running stats.
+
+    The stats are kept by the write path (metrics.services) in the transaction that stores
+    the key's points, so key lists never scan points: `count` points stored, first and last
+    step, the value at the last step (NULL when it was NaN), min and max over finite values.
+    """
+
+    # The (job, name) unique index leads with job_id, so the FK needs no index of its own.
+    job = models.ForeignKey(TrainingJob, models.CASCADE, related_name="metric_keys", db_index=False)
+    name = models.CharField(max_length=250)
+    created_at = models.DateTimeField(default=timezone.now)
+    count = models.BigIntegerField(default=0)
+    first_step = models.BigIntegerField(null=True, blank=True)
+    last_step = models.BigIntegerField(null=True, blank=True)
+    last_value = models.FloatField(null=True, blank=True)
+    last_reported_at = models.DateTimeField(null=True, blank=True)
+    min_value = models.FloatField(null=True, blank=True)
+    max_value = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "name"], name="metric_key_unique_job_name"),
+        ]
+
     def __str__(self) -> str:
-        return f"{self.job_id}@{self.width}x{self.bucket}: {self.count} points"
+        return f"{self.job_id}: {self.name}"
+
+
+class NamedMetric(models.Model):
+    """One point of a named series. NULL value is NaN (SQLite cannot store NaN); +-Infinity
+    is stored as such. Both are drawn as gaps and never fail the job."""
+
+    # No database FK, as for TrainingMetric: points are written only under their job's lock,
+    # and a key goes only with its job. The (key, step) unique index is the only index.
+    key = models.ForeignKey(
+        MetricKey, models.CASCADE, related_name="points", db_index=False, db_constraint=False
+    )
+    step = models.PositiveBigIntegerField()
+    value = models.FloatField(null=True, blank=True)
+    reported_at = models.DateTimeField(
+        default=timezone.now, help_text="The client's wall clock when it logged the point."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key", "step"], name="named_metric_unique_key_step"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_id}@{self.step}: {self.value}"
+
+
+class KeySummary(SummaryBucket):
+    """One bucket of a key's finite points at one resolution; see metrics.summary."""
+
+    OWNER = "key_id"
+
+    # The (key, width, bucket) unique index leads with key_id, so the FK needs no index.
+    key = models.ForeignKey(MetricKey, models.CASCADE, related_name="summaries", db_index=False)
+    sum_value = models.FloatField()
+    min_value = models.FloatField()
+    min_step = models.PositiveBigIntegerField()
+    max_value = models.FloatField()
+    max_step = models.PositiveBigIntegerField()
+    last_step = models.PositiveBigIntegerField()
+    last_value = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key", "width", "bucket"], name="key_summary_unique_bucket"
+            ),
+        ]
+
+
+class IngestLog(models.Model):
+    """Which step range of which series one write created: the poll cursor's history.
+
+    One row per (write, series) that created points; `seq` is the job's `ingest_seq` after
+    that write, `key` NULL for the headline series. A page that last polled at seq N reads
+    the rows after N and refetches those ranges, so a late (out-of-order) point reaches it.
+    Rows older than TRAINMON_INGEST_LOG_SECONDS are pruned (metrics.tasks.prune_ingest_log);
+    a cursor from before that gets a full reload.
+    """
+
+    job = models.ForeignKey(TrainingJob, models.CASCADE, related_name="+", db_index=False)
+    seq = models.BigIntegerField()
+    key = models.ForeignKey(
+        MetricKey,
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
+    )
+    min_step = models.BigIntegerField()
+    max_step = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["job", "seq"], name="ingest_log_job_seq_idx"),
+            models.Index(fields=["created_at"], name="ingest_log_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.seq}: {self.key_id} {self.min_step}..{self.max_step}"

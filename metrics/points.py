@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -57,3 +59,80 @@ class MetricBatch:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         return MetricBatch(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})
+
+
+# A key name, by MLflow's rule: letters, digits, "_ - . / :" and space, 1 to 250 characters.
+KEY_NAME_RE = r"^[A-Za-z0-9_\-./: ]{1,250}$"
+_KEY_NAME = re.compile(KEY_NAME_RE)
+
+
+def is_key_name(name: str) -> bool:
+    return bool(_KEY_NAME.fullmatch(name))
+
+
+@dataclass(frozen=True, eq=False)
+class NamedBatch:
+    """Column-oriented points of named series: point i is (names[key_index[i]], steps[i],
+    values[i], times[i]). Values may be NaN or +-inf: stored, drawn as gaps."""
+
+    names: tuple[str, ...]  # distinct key names in this batch
+    key_index: np.ndarray  # int64 per point: index into names
+    steps: np.ndarray  # int64 per point, >= 0
+    values: np.ndarray  # float64 per point
+    times: np.ndarray  # float64 per point: unix seconds (the client's wall clock)
+
+    def __post_init__(self) -> None:
+        lengths = set()
+        for name, dtype in _NAMED_DTYPES.items():
+            column = np.asarray(getattr(self, name), dtype=dtype)
+            if column.ndim != 1:
+                raise ValueError(f"NamedBatch.{name} must be 1-D, got shape {column.shape}")
+            object.__setattr__(self, name, column)
+            lengths.add(len(column))
+        if len(lengths) > 1:
+            raise ValueError(f"NamedBatch columns differ in length: {sorted(lengths)}")
+        names = tuple(self.names)
+        object.__setattr__(self, "names", names)
+        if len(set(names)) != len(names):
+            raise ValueError("NamedBatch.names must be distinct")
+        if len(self.key_index) and (self.key_index.min() < 0 or self.key_index.max() >= len(names)):
+            raise ValueError("NamedBatch.key_index points outside names")
+        if len(self.steps) and self.steps.min() < 0:
+            raise ValueError("NamedBatch.steps must be >= 0")
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @classmethod
+    def empty(cls) -> NamedBatch:
+        return cls((), *(np.empty(0, dtype=dtype) for dtype in _NAMED_DTYPES.values()))
+
+    @classmethod
+    def from_points(cls, points: Iterable[tuple[str, int, float, float]]) -> NamedBatch:
+        """From (name, step, value, unix time) tuples; names in order of first appearance."""
+        index: dict[str, int] = {}
+        key_index, steps, values, times = [], [], [], []
+        for name, step, value, moment in points:
+            key_index.append(index.setdefault(name, len(index)))
+            steps.append(step)
+            values.append(value)
+            times.append(moment)
+        return cls(tuple(index), key_index, steps, values, times)  # type: ignore[arg-type]
+
+    def take(self, rows: np.ndarray) -> NamedBatch:
+        """The points at `rows` (indices or a boolean mask), with the same names."""
+        return NamedBatch(
+            self.names,
+            self.key_index[rows],
+            self.steps[rows],
+            self.values[rows],
+            self.times[rows],
+        )
+
+
+_NAMED_DTYPES = {
+    "key_index": np.int64,
+    "steps": np.int64,
+    "values": np.float64,
+    "times": np.float64,
+}

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
 from django.db import connection
 
 from jobs.models import TrainingJob
-from metrics.models import TrainingMetric
+from metrics.models import IngestLog, MetricKey, NamedMetric
 from metrics.series import (
     POINTS_PER_BUCKET,
     POLL_MAX_POINTS,
     SERIES_MAX_POINTS,
+    NamedSeries,
     Series,
     check_max_points,
+    epoch_seconds_sql,
 )
-from metrics.summary import summary_series
+from metrics.summary import HEADLINE, KEYS, SummarySpec, summary_points, summary_series
+from trainmon.bulk import json_rows
 
 
 def metrics_after(job: TrainingJob, after_step: int, limit: int = POLL_MAX_POINTS) -> Series:
@@ -27,14 +34,38 @@ def metrics_after(job: TrainingJob, after_step: int, limit: int = POLL_MAX_POINT
     check_max_points(limit)
     if job.current_step - 1 - after_step > limit:
         return series_downsampled(job, limit, after_step=after_step)
-    rows = list(
-        TrainingMetric.objects.filter(job_id=job.pk, step__gt=after_step)
-        .order_by("step")
-        .values_list("step", "loss", "accuracy", "learning_rate")[: limit + 1]
-    )
+    rows = _raw_rows(HEADLINE, job.pk, after_step=after_step, limit=limit + 1)
     if len(rows) > limit:
         return series_downsampled(job, limit, after_step=after_step)
     return Series.from_rows(rows)
+
+
+def _raw_rows(
+    spec: SummarySpec,
+    owner_id: int,
+    *,
+    after_step: int = -1,
+    through_step: int | None = None,
+    limit: int | None = None,
+) -> list[tuple[Any, ...]]:
+    """(step, value, *carried, unix time) rows of one series in step order, after
+    `after_step` and up to `through_step`, at most `limit` of them."""
+    columns = ", ".join(("step", spec.value, *spec.carried, epoch_seconds_sql(spec.time)))
+    sql = (
+        f"SELECT {columns} FROM {spec.points._meta.db_table} WHERE {spec.owner} = %s AND step > %s"
+    )
+    params: list[int] = [owner_id, after_step]
+    if through_step is not None:
+        sql += " AND step <= %s"
+        params.append(through_step)
+    sql += " ORDER BY step"
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def series_downsampled(
@@ -58,44 +89,215 @@ def series_downsampled(
     summarised = summary_series(job, max_points, after_step=after_step)
     if summarised is not None:
         return summarised
-    return _downsampled_range(job.pk, after_step, max_points)
+    rows, total = _downsampled_range(HEADLINE, job.pk, after_step, max_points)
+    return Series.from_rows(rows, total=total)
 
 
-def _downsampled_range(job_id: int, after_step: int, max_points: int) -> Series:
+def _downsampled_range(
+    spec: SummarySpec, owner_id: int, after_step: int, max_points: int
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Raw rows (step, value, *carried, unix time) of one series, downsampled as
+    `series_downsampled` says, and the total. NULL values (NaN) rank above every other
+    value and are never picked as a bucket's minimum or maximum."""
     buckets = (max_points - 1) // POINTS_PER_BUCKET
-    table = TrainingMetric._meta.db_table
+    table = spec.points._meta.db_table
+    value = spec.value
+    carried = "".join(f", {name}" for name in spec.carried)
     # Integer division on both SQLite and PostgreSQL. The width makes the highest bucket
     # index (hi - lo) // width at most buckets - 1. One window sort, shared by all three
     # window functions (same partition; the partition-only ones need no order).
     sql = f"""
         WITH points AS (
-            SELECT step, loss, accuracy, learning_rate
-            FROM {table} WHERE job_id = %s AND step > %s
+            SELECT step, {value}{carried}, {spec.time}
+            FROM {table} WHERE {spec.owner} = %s AND step > %s
         ),
         bounds AS (SELECT MIN(step) AS lo, MAX(step) AS hi, COUNT(*) AS total FROM points),
         bucketed AS (
-            SELECT p.step, p.loss, p.accuracy, p.learning_rate, b.lo, b.total,
+            SELECT p.*, b.lo, b.total,
                    (p.step - b.lo) / ((b.hi - b.lo) / %s + 1) AS bucket
             FROM points p CROSS JOIN bounds b
         ),
         ranked AS (
-            SELECT step, loss, accuracy, learning_rate, lo, total,
-                   ROW_NUMBER() OVER by_loss AS loss_rank,
-                   COUNT(*) OVER in_bucket AS bucket_size,
+            SELECT bucketed.*,
+                   ROW_NUMBER() OVER by_value AS value_rank,
+                   COUNT({value}) OVER in_bucket AS bucket_size,
                    MAX(step) OVER in_bucket AS bucket_last
             FROM bucketed
             WINDOW in_bucket AS (PARTITION BY bucket),
-                   by_loss AS (PARTITION BY bucket ORDER BY loss, step)
+                   by_value AS (
+                       PARTITION BY bucket
+                       ORDER BY CASE WHEN {value} IS NULL THEN 1 ELSE 0 END, {value}, step
+                   )
         )
-        SELECT step, loss, accuracy, learning_rate, total FROM ranked
+        SELECT step, {value}{carried}, {epoch_seconds_sql(spec.time)}, total FROM ranked
         WHERE total <= %s OR step = lo OR step = bucket_last
-              OR loss_rank = 1 OR loss_rank = bucket_size
+              OR value_rank = 1 OR value_rank = bucket_size
         ORDER BY step
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [job_id, after_step, buckets, max_points])
+        cursor.execute(sql, [owner_id, after_step, buckets, max_points])
         rows = cursor.fetchall()
     if not rows:
-        return Series()
-    total = rows[0][4]
-    return Series.from_rows([row[:4] for row in rows], total=total)
+        return [], 0
+    return [row[:-1] for row in rows], int(rows[0][-1])
+
+
+# --- named series -----------------------------------------------------------------------------
+
+
+def metric_key_list(*, job: TrainingJob) -> list[MetricKey]:
+    """The job's named keys, by name, with their running stats."""
+    return list(MetricKey.objects.filter(job_id=job.pk).order_by("name"))
+
+
+def named_series_downsampled(
+    *, key: MetricKey, max_points: int = SERIES_MAX_POINTS, after_step: int = -1
+) -> NamedSeries:
+    """The key's points after `after_step`, or at most `max_points` of them chosen so the
+    shape survives, as `series_downsampled` does for the headline loss (spikes and dips stay).
+
+    Long series are read from the key's summary, which holds finite values only: there a
+    NaN or infinite point shows no gap, and `total` counts the finite points, except for
+    the whole series, whose total is the key's count of stored points.
+    """
+    check_max_points(max_points)
+    end_step = -1 if key.last_step is None else key.last_step + 1
+    found = summary_points(KEYS, key.pk, end_step, max_points, after_step=after_step)
+    if found is None:
+        found = _downsampled_range(KEYS, key.pk, after_step, max_points)
+    elif after_step < 0:
+        found = (found[0], max(found[1], key.count))
+    rows, total = found
+    return NamedSeries.from_rows(rows, total=total)
+
+
+# --- the live poll ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Poll:
+    """What changed in a job's series since a poll cursor (a `TrainingJob.ingest_seq`).
+
+    `headline` and `named` hold the points of every step range written since the cursor,
+    late (out-of-order) points included, in step order; a client merges them by step.
+    `reload` says the client must refetch its series instead: the cursor is older than the
+    ingest log keeps, or a changed range holds more than the poll's limit. `new_keys` are
+    the keys created since the cursor.
+    """
+
+    cursor: int
+    headline: Series = field(default_factory=Series)
+    named: dict[str, NamedSeries] = field(default_factory=dict)
+    reload: bool = False
+    new_keys: list[str] = field(default_factory=list)
+
+
+def job_poll(
+    *,
+    job: TrainingJob,
+    cursor: int,
+    keys: Collection[str] | None = None,
+    limit: int = POLL_MAX_POINTS,
+) -> Poll:
+    """The points written to `job` since `cursor`, for the headline and the named `keys`
+    (None: every key). Up to date: no query. Otherwise three queries, however many keys: the
+    ingest log since the cursor, the headline ranges, the named ranges."""
+    check_max_points(limit)
+    now = job.ingest_seq
+    if cursor == now:
+        return Poll(cursor=now)
+    if cursor > now or cursor < 0:
+        return Poll(cursor=now, reload=True)
+    changes = _changes_since(job.pk, cursor)
+    if changes is None:
+        return Poll(cursor=now, reload=True)
+    headline_range, named_ranges, new_keys = changes
+    wanted = None if keys is None else set(keys)
+    named_ranges = {
+        key: ranges for key, ranges in named_ranges.items() if wanted is None or key[1] in wanted
+    }
+    headline = Series()
+    if headline_range is not None:
+        lo, hi = headline_range
+        rows = _raw_rows(HEADLINE, job.pk, after_step=lo - 1, through_step=hi, limit=limit + 1)
+        if len(rows) > limit:
+            return Poll(cursor=now, reload=True, new_keys=new_keys)
+        headline = Series.from_rows(rows)
+    named = _named_ranges(named_ranges, limit)
+    if named is None:
+        return Poll(cursor=now, reload=True, new_keys=new_keys)
+    return Poll(cursor=now, headline=headline, named=named, new_keys=new_keys)
+
+
+_KeyRef = tuple[int, str]  # (key id, name)
+
+
+def _changes_since(
+    job_id: int, cursor: int
+) -> tuple[tuple[int, int] | None, dict[_KeyRef, tuple[int, int]], list[str]] | None:
+    """The step range per series written after `cursor`, and the keys created since; None
+    when the log no longer holds the write right after the cursor (pruned)."""
+    log = IngestLog._meta.db_table
+    keys = MetricKey._meta.db_table
+    # A key is new when it was created by a write after the cursor: the write that creates
+    # a key stamps the key and its log row with the same time.
+    sql = f"""
+        WITH since AS (
+            SELECT key_id, min_step, max_step, seq, created_at FROM {log}
+            WHERE job_id = %s AND seq > %s
+        ),
+        first_write AS (SELECT MIN(created_at) AS created_at FROM since WHERE seq = %s)
+        SELECT s.key_id, k.name, MIN(s.min_step), MAX(s.max_step), MIN(s.seq),
+               MAX(CASE WHEN k.created_at >= f.created_at THEN 1 ELSE 0 END)
+        FROM since s CROSS JOIN first_write f LEFT JOIN {keys} k ON k.id = s.key_id
+        GROUP BY s.key_id, k.name
+    """
+    with connection.cursor() as cursor_:
+        cursor_.execute(sql, [job_id, cursor, cursor + 1])
+        rows = cursor_.fetchall()
+    if not rows or min(row[4] for row in rows) != cursor + 1:
+        return None
+    headline: tuple[int, int] | None = None
+    named: dict[_KeyRef, tuple[int, int]] = {}
+    new_keys: list[str] = []
+    for key_id, name, lo, hi, _, is_new in rows:
+        if key_id is None:
+            headline = (int(lo), int(hi))
+        elif name is not None:
+            named[(int(key_id), name)] = (int(lo), int(hi))
+            if is_new:
+                new_keys.append(name)
+    return headline, named, sorted(new_keys)
+
+
+def _named_ranges(
+    ranges: dict[_KeyRef, tuple[int, int]], limit: int
+) -> dict[str, NamedSeries] | None:
+    """The points of each key's step range, one query for all keys; None if a range holds
+    more than `limit` points."""
+    if not ranges:
+        return {}
+    source, params = json_rows(
+        [("key_id", "bigint"), ("lo", "bigint"), ("hi", "bigint")],
+        [(key_id, lo, hi) for (key_id, _), (lo, hi) in ranges.items()],
+    )
+    table = NamedMetric._meta.db_table
+    sql = f"""
+        SELECT key_id, step, value, time FROM (
+            SELECT p.key_id, p.step, p.value, {epoch_seconds_sql("p.reported_at")} AS time,
+                   ROW_NUMBER() OVER (PARTITION BY p.key_id ORDER BY p.step) AS n
+            FROM {source} AS r
+            JOIN {table} p ON p.key_id = r.key_id AND p.step BETWEEN r.lo AND r.hi
+        ) ranged
+        WHERE n <= %s
+        ORDER BY key_id, step
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, limit + 1])
+        rows = cursor.fetchall()
+    by_key: dict[int, list[tuple[Any, ...]]] = {}
+    for key_id, step, value, time in rows:
+        by_key.setdefault(key_id, []).append((step, value, time))
+    if any(len(points) > limit for points in by_key.values()):
+        return None
+    return {name: NamedSeries.from_rows(by_key.get(key_id, [])) for (key_id, name) in ranges}

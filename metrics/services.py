@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -18,11 +19,11 @@ from django.utils import timezone
 
 from jobs.models import TrainingJob
 from jobs.services import BatchSummary, job_fail, jobs_record_progress
-from metrics.models import TrainingMetric
-from metrics.points import MetricBatch
+from metrics.models import IngestLog, MetricKey, NamedMetric, TrainingMetric
+from metrics.points import MetricBatch, NamedBatch
 from metrics.simulator import TrainingSimulator
 from metrics.staging import staged_rows
-from metrics.summary import summary_add
+from metrics.summary import KEYS, points_add, summary_add
 from trainmon.bulk import json_rows
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,21 @@ SIMULATION_ERROR_CHARS = 200
 class WriteResult:
     created: int
     duplicates: int
+    named_created: int = 0
+    named_duplicates: int = 0
+
+
+class KeyLimitExceeded(ValueError):
+    """A write would give `job` more than `limit` named keys; nothing was written."""
+
+    def __init__(self, job: TrainingJob, limit: int, new_names: Sequence[str]) -> None:
+        self.job = job
+        self.limit = limit
+        self.new_names = list(new_names)
+        super().__init__(
+            f"job {job.pk} may have at most {limit} metric keys;"
+            f" this batch adds {len(self.new_names)} new ones"
+        )
 
 
 def simulator_for(job: TrainingJob) -> TrainingSimulator:
@@ -50,51 +66,86 @@ def simulator_for(job: TrainingJob) -> TrainingSimulator:
 
 
 def metric_batches_write(
-    batches: Sequence[tuple[TrainingJob, MetricBatch]], *, now: datetime | None = None
+    batches: Sequence[tuple[TrainingJob, MetricBatch]],
+    *,
+    named: Mapping[int, NamedBatch] | None = None,
+    now: datetime | None = None,
 ) -> list[WriteResult]:
-    """Store each job's batch and bring the jobs' progress up to date, atomically.
+    """Store each job's batch and named points and bring the jobs' progress up to date,
+    atomically.
 
-    One batch per job. Points at steps a job already has are ignored and counted as
-    duplicates, so a retried batch changes nothing. Points from the first non-finite loss on
-    are not stored: that step fails the job. The jobs must be locked by the caller
+    One batch per job (it may be empty) and, in `named`, the job's named points by job id.
+    Points at steps a job (or key) already has are ignored and counted as duplicates, so a
+    retried batch changes nothing. Headline points from the first non-finite loss on are not
+    stored: that step fails the job; a non-finite named value is stored and never does. A
+    batch that would take a job past TRAINMON_MAX_KEYS_PER_JOB keys raises
+    `KeyLimitExceeded` before anything is written. The jobs must be locked by the caller
     (`jobs_lock`) inside `transaction.atomic()`. A fixed number of statements, however many
-    jobs and points.
+    jobs, keys and points: the key summary, key stats, ingest log and progress go with the
+    points.
     """
     now = now or timezone.now()
+    named = {job_id: points for job_id, points in (named or {}).items() if len(points)}
     stored: list[tuple[TrainingJob, MetricBatch, int | None]] = []
     for job, batch in batches:
         diverged_index = batch.first_diverged_loss()
         finite = batch if diverged_index is None else batch.head(diverged_index)
         diverged_step = None if diverged_index is None else int(batch.steps[diverged_index])
         stored.append((job, finite, diverged_step))
+    jobs = [job for job, _, _ in stored]
 
     with transaction.atomic():
+        named_points = _named_points(jobs, named, now) if named else None
         created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
         summary_add(created)
+        named_created = _insert_named(named_points, now) if named_points else None
+        created_points = dict(created)
+        named_steps = {} if named_created is None else named_created.max_step_by_job()
+        _ingest_log_write(jobs, created_points, named_created, now)
         # Progress follows what was stored: a retried batch's duplicates may carry other
         # values, and the stored ones win.
-        created_points = dict(created)
         jobs_record_progress(
             [
-                _summary(job, created_points.get(job.pk, MetricBatch.empty()), diverged_step)
+                _summary(
+                    job,
+                    created_points.get(job.pk, MetricBatch.empty()),
+                    diverged_step,
+                    named_steps.get(job.pk),
+                )
                 for job, _, diverged_step in stored
             ],
             now=now,
         )
     created_by_job = Counter({job_id: len(points) for job_id, points in created})
+    named_by_job: Counter[int] = Counter()
+    if named_created is not None:
+        named_by_job.update(named_created.points.job_ids.tolist())
     return [
-        WriteResult(created=created_by_job[job.pk], duplicates=len(batch) - created_by_job[job.pk])
+        WriteResult(
+            created=created_by_job[job.pk],
+            duplicates=len(batch) - created_by_job[job.pk],
+            named_created=named_by_job[job.pk],
+            named_duplicates=len(named.get(job.pk, ())) - named_by_job[job.pk],
+        )
         for job, batch, _ in stored
     ]
 
 
-def _summary(job: TrainingJob, batch: MetricBatch, diverged_at_step: int | None) -> BatchSummary:
+def _summary(
+    job: TrainingJob,
+    batch: MetricBatch,
+    diverged_at_step: int | None,
+    named_max_step: int | None,
+) -> BatchSummary:
     if not len(batch):
-        return BatchSummary(job=job, diverged_at_step=diverged_at_step)
+        return BatchSummary(
+            job=job, diverged_at_step=diverged_at_step, named_max_step=named_max_step
+        )
     last = int(np.argmax(batch.steps))
     best = int(np.argmin(batch.losses))
     return BatchSummary(
         job=job,
+        named_max_step=named_max_step,
         max_step=int(batch.steps[last]),
         last_loss=float(batch.losses[last]),
         last_accuracy=_optional(batch.accuracies[last]),
@@ -126,63 +177,385 @@ _BATCH_COLUMNS = ("epochs", "steps", "losses", "accuracies", "learning_rates")
 def _insert_points(
     batches: Sequence[tuple[int, MetricBatch]], now: datetime
 ) -> list[tuple[int, MetricBatch]]:
-    """Store the points, ignoring steps their job already has; returns the points created.
-
-    The common case, nothing stored yet, is one plain INSERT: no per-row conflict handling
-    and no rows sent back. If a step exists, that INSERT rolls back to its savepoint and
-    runs again with ON CONFLICT DO NOTHING RETURNING, which says which points were created.
-    """
+    """Store the headline points, ignoring steps their job already has; returns the points
+    created (see `_insert_new`)."""
     batches = [(job_id, batch) for job_id, batch in batches if len(batch)]
     if not batches:
         return []
-    table = TrainingMetric._meta.db_table
-    db_now = connection.ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
-        select, params = _points_source(cursor, batches, db_now)
-        insert = f"INSERT INTO {table} ({_COLUMNS}) {select}"
-        try:
-            with transaction.atomic():
-                cursor.execute(insert, params)
-        except IntegrityError:
-            cursor.execute(
-                f"{insert} ON CONFLICT (job_id, step) DO NOTHING RETURNING job_id, step", params
-            )
-            return _only_created(batches, set(cursor.fetchall()))
-    return batches
-
-
-def _points_source(
-    cursor: CursorWrapper, batches: Sequence[tuple[int, MetricBatch]], db_now: object
-) -> tuple[str, list]:
-    """A SELECT of all the points in INSERT column order, and its parameters."""
     job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in batches])
     columns = [
         job_ids,
         *(np.concatenate([getattr(b, n) for _, b in batches]) for n in _BATCH_COLUMNS),
     ]
-    source, params = staged_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
-    # "WHERE true" tells SQLite's parser that a following ON CONFLICT belongs to the INSERT.
-    return (
-        f"SELECT job_id, epoch, step, loss, accuracy, learning_rate, %s {source} WHERE true",
-        [db_now, *params],
-    )
-
-
-def _only_created(
-    batches: Sequence[tuple[int, MetricBatch]], created: set[tuple[int, int]]
-) -> list[tuple[int, MetricBatch]]:
-    # A step given twice in one write is stored once, from its first occurrence.
+    db_now = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        source, params = staged_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
+        created = _insert_new(
+            cursor,
+            TrainingMetric._meta.db_table,
+            _COLUMNS,
+            f"SELECT job_id, epoch, step, loss, accuracy, learning_rate, %s {source}",
+            [db_now, *params],
+            owner="job_id",
+            owners=job_ids,
+            steps=columns[2],
+        )
+    if created is None:
+        return batches
     result = []
     for job_id, batch in batches:
-        keep = np.zeros(len(batch), dtype=bool)
-        for index, step in enumerate(batch.steps.tolist()):
-            if (job_id, step) in created:
-                keep[index] = True
-                created.discard((job_id, step))
+        keep, created = created[: len(batch)], created[len(batch) :]
         result.append(
             (job_id, MetricBatch(**{name: getattr(batch, name)[keep] for name in _BATCH_COLUMNS}))
         )
     return result
+
+
+def _insert_new(
+    cursor: CursorWrapper,
+    table: str,
+    columns: str,
+    select: str,
+    params: list[Any],
+    *,
+    owner: str,
+    owners: np.ndarray,
+    steps: np.ndarray,
+) -> np.ndarray | None:
+    """INSERT the rows `select` yields, ignoring (owner, step) pairs the table has; returns
+    a mask of the rows created, or None for all of them.
+
+    The common case, nothing stored yet, is one plain INSERT: no per-row conflict handling
+    and no rows sent back. If a step exists, that INSERT rolls back to its savepoint and
+    runs again with ON CONFLICT DO NOTHING RETURNING, which says which rows were created.
+    """
+    # "WHERE true" tells SQLite's parser that a following ON CONFLICT belongs to the INSERT.
+    insert = f"INSERT INTO {table} ({columns}) {select} WHERE true"
+    try:
+        with transaction.atomic():
+            cursor.execute(insert, params)
+    except IntegrityError:
+        cursor.execute(
+            f"{insert} ON CONFLICT ({owner}, step) DO NOTHING RETURNING {owner}, step", params
+        )
+        return _created_mask(owners, steps, set(cursor.fetchall()))
+    return None
+
+
+def _created_mask(
+    owners: np.ndarray, steps: np.ndarray, created: set[tuple[int, int]]
+) -> np.ndarray:
+    # A step given twice in one write is stored once, from its first occurrence.
+    keep = np.zeros(len(steps), dtype=bool)
+    for index, pair in enumerate(zip(owners.tolist(), steps.tolist(), strict=True)):
+        if pair in created:
+            keep[index] = True
+            created.discard(pair)
+    return keep
+
+
+# --- named points -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _NamedPoints:
+    """Named points of a write, one row per point, with their key ids resolved."""
+
+    job_ids: np.ndarray
+    key_ids: np.ndarray
+    steps: np.ndarray
+    values: np.ndarray
+    times: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _NamedPoints:
+        return _NamedPoints(
+            self.job_ids[rows],
+            self.key_ids[rows],
+            self.steps[rows],
+            self.values[rows],
+            self.times[rows],
+        )
+
+
+_KEY_COLUMNS = (("job_id", "bigint"), ("name", "text"))
+_STAGED_NAMED = (
+    ("key_id", "bigint"),
+    ("step", "bigint"),
+    ("value", "double precision"),
+    ("reported_at", "double precision"),  # unix seconds
+)
+_NAMED_STAGING_TABLE = "trainmon_named_in"
+
+
+def _named_points(
+    jobs: Sequence[TrainingJob], named: Mapping[int, NamedBatch], now: datetime
+) -> _NamedPoints:
+    """The named points of these jobs with their keys' ids, creating the keys they lack.
+
+    Two statements: one reads the keys that exist (and each job's key count), one inserts
+    the missing ones. A job that would pass the key limit raises `KeyLimitExceeded` between
+    them, before anything is written.
+    """
+    with_points = [(job, named[job.pk]) for job in jobs if job.pk in named]
+    ids = _key_ids(
+        jobs, [(job.pk, name) for job, batch in with_points for name in batch.names], now
+    )
+    parts = []
+    for job, batch in with_points:
+        key_ids = np.array([ids[(job.pk, name)] for name in batch.names], dtype=np.int64)
+        parts.append(
+            _NamedPoints(
+                np.full(len(batch), job.pk, dtype=np.int64),
+                key_ids[batch.key_index],
+                batch.steps,
+                batch.values,
+                batch.times,
+            )
+        )
+    points = _NamedPoints(
+        *(np.concatenate([getattr(part, name) for part in parts]) for name in _NAMED_FIELDS)
+    )
+    # A (key, step) given twice in one write is stored once, from its first occurrence
+    # (lexsort is stable, so the first occurrence leads its run).
+    order = np.lexsort((points.steps, points.key_ids))
+    repeated = (np.diff(points.key_ids[order]) == 0) & (np.diff(points.steps[order]) == 0)
+    if repeated.any():
+        keep = np.ones(len(order), dtype=bool)
+        keep[order[1:][repeated]] = False
+        points = points.take(keep)
+    return points
+
+
+_NAMED_FIELDS = ("job_ids", "key_ids", "steps", "values", "times")
+
+
+def _key_ids(
+    jobs: Sequence[TrainingJob], wanted: Sequence[tuple[int, str]], now: datetime
+) -> dict[tuple[int, str], int]:
+    table = MetricKey._meta.db_table
+    source, params = json_rows(_KEY_COLUMNS, wanted)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT w.job_id, w.name, k.id,"
+            f" (SELECT COUNT(*) FROM {table} c WHERE c.job_id = w.job_id)"
+            f" FROM {source} AS w LEFT JOIN {table} k ON k.job_id = w.job_id AND k.name = w.name",
+            params,
+        )
+        rows = cursor.fetchall()
+        ids = {(job_id, name): key_id for job_id, name, key_id, _ in rows if key_id is not None}
+        missing = [(job_id, name) for job_id, name, key_id, _ in rows if key_id is None]
+        limit = settings.TRAINMON_MAX_KEYS_PER_JOB
+        counts = {job_id: count for job_id, _, _, count in rows}
+        new_by_job: dict[int, list[str]] = {}
+        for job_id, name in missing:
+            new_by_job.setdefault(job_id, []).append(name)
+        for job in jobs:
+            new = new_by_job.get(job.pk, [])
+            if new and counts[job.pk] + len(new) > limit:
+                raise KeyLimitExceeded(job, limit, new)
+        # The jobs are locked, so no other write creates their keys meanwhile. Run even when
+        # nothing is missing, so a write costs the same statements every time.
+        source, params = _rows_at(_KEY_COLUMNS, missing, now)
+        cursor.execute(
+            f"INSERT INTO {table} (created_at, job_id, name, count)"
+            f" SELECT %s, job_id, name, 0 FROM {source} AS m WHERE true"
+            f" RETURNING job_id, name, id",
+            params,
+        )
+        ids.update({(job_id, name): key_id for job_id, name, key_id in cursor.fetchall()})
+    return ids
+
+
+@dataclass(frozen=True)
+class _KeyRuns:
+    """Created named points in (key, step) order, cut into one run per key."""
+
+    points: _NamedPoints
+    starts: np.ndarray  # index of each key's first (lowest-step) point
+    lasts: np.ndarray  # index of each key's last (highest-step) point
+
+    @classmethod
+    def of(cls, points: _NamedPoints) -> _KeyRuns:
+        points = points.take(np.lexsort((points.steps, points.key_ids)))
+        key_ids = points.key_ids
+        starts = np.flatnonzero(np.r_[len(key_ids) > 0, key_ids[1:] != key_ids[:-1]])
+        return cls(points, starts, np.r_[starts[1:], len(key_ids)][: len(starts)] - 1)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def first(self, column: str) -> list[Any]:
+        return list(getattr(self.points, column)[self.starts].tolist())
+
+    def last(self, column: str) -> list[Any]:
+        return list(getattr(self.points, column)[self.lasts].tolist())
+
+    def max_step_by_job(self) -> dict[int, int]:
+        """The highest named step each job got."""
+        highest: dict[int, int] = {}
+        for job_id, step in zip(self.first("job_ids"), self.last("steps"), strict=True):
+            highest[job_id] = max(step, highest.get(job_id, step))
+        return highest
+
+
+def _insert_named(points: _NamedPoints, now: datetime) -> _KeyRuns:
+    """Store the named points, their keys' summaries and stats; returns the points created."""
+    with connection.cursor() as cursor:
+        source, params = staged_rows(
+            cursor,
+            _NAMED_STAGING_TABLE,
+            _STAGED_NAMED,
+            [points.key_ids, points.steps, points.values, points.times],
+        )
+        created = _insert_new(
+            cursor,
+            NamedMetric._meta.db_table,
+            "key_id, step, value, reported_at",
+            f"SELECT key_id, step, value, {_from_unix_seconds('reported_at')} {source}",
+            params,
+            owner="key_id",
+            owners=points.key_ids,
+            steps=points.steps,
+        )
+    runs = _KeyRuns.of(points if created is None else points.take(created))
+    created_points = runs.points
+    points_add(
+        KEYS,
+        {
+            "key_id": created_points.key_ids,
+            "step": created_points.steps,
+            "value": created_points.values,
+        },
+    )
+    _key_stats_update(runs, now)
+    return runs
+
+
+def _from_unix_seconds(column: str) -> str:
+    if connection.vendor == "postgresql":
+        return f"to_timestamp({column})"
+    # Django's SQLite datetime text, in UTC.
+    return f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', {column}, 'unixepoch')"
+
+
+def _rows_at(
+    columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]], now: datetime
+) -> tuple[str, list[Any]]:
+    """`json_rows`' SELECT and the statement's parameters: the time `now`, then the rows."""
+    source, params = json_rows(columns, rows)
+    return source, [connection.ops.adapt_datetimefield_value(now), *params]
+
+
+_KEY_STATS_COLUMNS = (
+    ("id", "bigint"),
+    ("count", "bigint"),
+    ("first_step", "bigint"),
+    ("last_step", "bigint"),
+    ("last_value", "double precision"),
+    ("min_value", "double precision"),
+    ("max_value", "double precision"),
+)
+
+
+def _key_stats_update(runs: _KeyRuns, now: datetime) -> None:
+    """Fold the created points into their keys' running stats: one UPDATE for all keys."""
+    if not len(runs):
+        return
+    values, starts = runs.points.values, runs.starts
+    finite = np.isfinite(values)
+    lowest = np.minimum.reduceat(np.where(finite, values, np.inf), starts)
+    highest = np.maximum.reduceat(np.where(finite, values, -np.inf), starts)
+    any_finite = np.logical_or.reduceat(finite, starts)
+    rows = [
+        (key_id, count, first, last, None if math.isnan(value) else value, *extremes)
+        for key_id, count, first, last, value, extremes in zip(
+            runs.first("key_ids"),
+            (runs.lasts - starts + 1).tolist(),
+            runs.first("steps"),
+            runs.last("steps"),
+            runs.last("values"),
+            [
+                (low, high) if seen else (None, None)
+                for low, high, seen in zip(
+                    lowest.tolist(), highest.tolist(), any_finite.tolist(), strict=True
+                )
+            ],
+            strict=True,
+        )
+    ]
+    table = MetricKey._meta.db_table
+    source, params = _rows_at(_KEY_STATS_COLUMNS, rows, now)
+    later = f"u.last_step >= COALESCE({table}.last_step, -1)"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_reported_at = %s, count = {table}.count + u.count,"
+            f" first_step = CASE WHEN {table}.first_step IS NULL OR u.first_step <"
+            f" {table}.first_step THEN u.first_step ELSE {table}.first_step END,"
+            f" last_value = CASE WHEN {later} THEN u.last_value ELSE {table}.last_value END,"
+            f" last_step = CASE WHEN {later} THEN u.last_step ELSE {table}.last_step END,"
+            f" min_value = CASE WHEN {table}.min_value IS NULL OR u.min_value <"
+            f" {table}.min_value THEN u.min_value ELSE {table}.min_value END,"
+            f" max_value = CASE WHEN {table}.max_value IS NULL OR u.max_value >"
+            f" {table}.max_value THEN u.max_value ELSE {table}.max_value END"
+            f" FROM {source} AS u WHERE {table}.id = u.id",
+            params,
+        )
+
+
+_LOG_COLUMNS = (
+    ("job_id", "bigint"),
+    ("seq", "bigint"),
+    ("key_id", "bigint"),
+    ("min_step", "bigint"),
+    ("max_step", "bigint"),
+)
+
+
+def _ingest_log_write(
+    jobs: Sequence[TrainingJob],
+    headline: Mapping[int, MetricBatch],
+    named: _KeyRuns | None,
+    now: datetime,
+) -> None:
+    """One log row per series that got points in this write, at the job's next ingest_seq
+    (`jobs_record_progress` moves the job there)."""
+    seq = {job.pk: job.ingest_seq + 1 for job in jobs}
+    rows: list[tuple[int, int, int | None, int, int]] = [
+        (job_id, seq[job_id], None, int(batch.steps.min()), int(batch.steps.max()))
+        for job_id, batch in headline.items()
+        if len(batch)
+    ]
+    if named is not None:
+        rows.extend(
+            (job_id, seq[job_id], key_id, low, high)
+            for job_id, key_id, low, high in zip(
+                named.first("job_ids"),
+                named.first("key_ids"),
+                named.first("steps"),
+                named.last("steps"),
+                strict=True,
+            )
+        )
+    if not rows:
+        return
+    source, params = _rows_at(_LOG_COLUMNS, rows, now)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {IngestLog._meta.db_table}"
+            f" (created_at, job_id, seq, key_id, min_step, max_step)"
+            f" SELECT %s, job_id, seq, key_id, min_step, max_step FROM {source} AS l",
+            params,
+        )
+
+
+def ingest_log_prune(*, now: datetime | None = None) -> int:
+    """Delete ingest log rows older than TRAINMON_INGEST_LOG_SECONDS; returns how many.
+
+    A poll whose cursor is older than what is left gets a reload, so pruning loses nothing.
+    """
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.TRAINMON_INGEST_LOG_SECONDS)
+    deleted, _ = IngestLog.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
 
 
 # --- the simulation tick ----------------------------------------------------------------------
@@ -265,7 +638,7 @@ def _advance_each_alone_if_needed(jobs: list[TrainingJob], now: datetime) -> lis
     """
     try:
         with transaction.atomic():
-            return metric_batches_write([(job, _next_points(job)) for job in jobs], now=now)
+            return _advance(jobs, now)
     except (OperationalError, InterfaceError):
         raise
     except Exception:
@@ -275,7 +648,7 @@ def _advance_each_alone_if_needed(jobs: list[TrainingJob], now: datetime) -> lis
         job.refresh_from_db()  # the failed write changed the instances, not the rows
         try:
             with transaction.atomic():
-                [result] = metric_batches_write([(job, _next_points(job))], now=now)
+                [result] = _advance([job], now)
         except (OperationalError, InterfaceError):
             raise
         except Exception as error:
@@ -284,6 +657,19 @@ def _advance_each_alone_if_needed(jobs: list[TrainingJob], now: datetime) -> lis
             result = WriteResult(created=0, duplicates=0)
         results.append(result)
     return results
+
+
+def _advance(jobs: list[TrainingJob], now: datetime) -> list[WriteResult]:
+    """Write each job's next headline points and the named points at their steps."""
+    batches = [(job, _next_points(job)) for job in jobs]
+    moment = now.timestamp()
+    named = {
+        job.pk: simulator_for(job).generate_named_batch(
+            batch, job.total_steps, job.steps_per_epoch, moment
+        )
+        for job, batch in batches
+    }
+    return metric_batches_write(batches, named=named, now=now)
 
 
 def _simulation_failure(job: TrainingJob, error: Exception) -> str:

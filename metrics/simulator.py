@@ -4,7 +4,7 @@ import secrets
 
 import numpy as np
 
-from metrics.points import MetricBatch
+from metrics.points import MetricBatch, NamedBatch
 
 LOSS_FLOOR = 0.05
 LOSS_NOISE_STD = 0.1
@@ -19,6 +19,24 @@ DIVERGENCE_BLOWUP_STEPS = 12
 STREAM_LOSS_RADIUS = 1
 STREAM_LOSS_ANGLE = 2
 STREAM_ACCURACY = 3
+STREAM_VAL_LOSS_RADIUS = 4
+STREAM_VAL_LOSS_ANGLE = 5
+STREAM_VAL_ACCURACY = 6
+STREAM_GRAD_NORM = 7
+
+# The named series a simulated job writes beside its headline points: validation loss and
+# accuracy at each epoch's last step, the gradient norm at every step.
+VAL_LOSS_KEY = "val/loss"
+VAL_ACCURACY_KEY = "val/accuracy"
+GRAD_NORM_KEY = "train/grad_norm"
+SIMULATED_KEYS = (GRAD_NORM_KEY, VAL_LOSS_KEY, VAL_ACCURACY_KEY)
+# Validation loss sits this fraction above the training curve (the generalisation gap),
+# with noise of its own at this fraction of the training noise (it averages a whole set).
+VAL_LOSS_GAP = 0.08
+VAL_NOISE_SCALE = 0.5
+# Gradient norm: this times sqrt(loss / initial loss), jittered by up to +-GRAD_NORM_JITTER.
+GRAD_NORM_SCALE = 5.0
+GRAD_NORM_JITTER = 0.25
 
 SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
 SPLITMIX_MUL1 = 0xBF58476D1CE4E5B9
@@ -77,7 +95,15 @@ class TrainingSimulator:
         seed_hash = _splitmix64(np.array([self.seed & UINT64_MASK], dtype=np.uint64))
         self._stream_keys = {
             stream: _splitmix64(seed_hash ^ _U64(stream))
-            for stream in (STREAM_LOSS_RADIUS, STREAM_LOSS_ANGLE, STREAM_ACCURACY)
+            for stream in (
+                STREAM_LOSS_RADIUS,
+                STREAM_LOSS_ANGLE,
+                STREAM_ACCURACY,
+                STREAM_VAL_LOSS_RADIUS,
+                STREAM_VAL_LOSS_ANGLE,
+                STREAM_VAL_ACCURACY,
+                STREAM_GRAD_NORM,
+            )
         }
 
     def _uniforms(self, stream: int, steps: np.ndarray) -> np.ndarray:
@@ -87,15 +113,27 @@ class TrainingSimulator:
             counters = self._stream_keys[stream] + steps.astype(np.uint64) * _U64(SPLITMIX_GAMMA)
         return _bits_to_unit(_splitmix64(counters))
 
-    def _healthy_losses(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
+    def _healthy_losses(
+        self,
+        steps: np.ndarray,
+        total_steps: int,
+        *,
+        gap: float = 0.0,
+        noise_scale: float = 1.0,
+        streams: tuple[int, int] = (STREAM_LOSS_RADIUS, STREAM_LOSS_ANGLE),
+    ) -> np.ndarray:
+        # The validation curve is this one with a gap, less noise and streams of its own.
         progress = steps / total_steps
         expected = self.final_loss + (self.initial_loss - self.final_loss) * np.exp(
             -self.decay_rate * steps
         )
-        radius = np.sqrt(-2.0 * np.log(self._uniforms(STREAM_LOSS_RADIUS, steps)))
-        angle = 2.0 * np.pi * self._uniforms(STREAM_LOSS_ANGLE, steps)
-        std = LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
-        return np.maximum(expected + std * radius * np.cos(angle), LOSS_FLOOR)
+        radius = np.sqrt(-2.0 * np.log(self._uniforms(streams[0], steps)))
+        angle = 2.0 * np.pi * self._uniforms(streams[1], steps)
+        std = noise_scale * LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
+        losses: np.ndarray = np.maximum(
+            expected * (1.0 + gap) + std * radius * np.cos(angle), LOSS_FLOOR
+        )
+        return losses
 
     def _losses(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
         losses = self._healthy_losses(steps, total_steps)
@@ -113,8 +151,10 @@ class TrainingSimulator:
         losses[since >= DIVERGENCE_BLOWUP_STEPS] = np.nan
         return losses
 
-    def _accuracies(self, losses: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        jitter = (2.0 * self._uniforms(STREAM_ACCURACY, steps) - 1.0) * ACCURACY_NOISE
+    def _accuracies(
+        self, losses: np.ndarray, steps: np.ndarray, stream: int = STREAM_ACCURACY
+    ) -> np.ndarray:
+        jitter = (2.0 * self._uniforms(stream, steps) - 1.0) * ACCURACY_NOISE
         with np.errstate(invalid="ignore"):
             accuracies = np.clip(1.0 - losses / self.initial_loss + jitter, 0.0, 1.0)
         accuracies[~np.isfinite(losses)] = 0.0
@@ -155,6 +195,42 @@ class TrainingSimulator:
             losses=losses,
             accuracies=self._accuracies(losses, steps),
             learning_rates=self.learning_rate(steps, total_steps),
+        )
+
+    def generate_named_batch(
+        self, batch: MetricBatch, total_steps: int, steps_per_epoch: int, time: float
+    ) -> NamedBatch:
+        """The named points at the steps of a headline `batch` (from
+        `generate_metrics_batch`), all stamped `time`: the gradient norm at every step, the
+        validation loss and accuracy at each epoch's last step. Steps from the batch's first
+        diverged loss on get none: the job fails there. Like every value here, a pure
+        function of (seed, step, parameters), so however ticks split a run, its points agree.
+        """
+        diverged = batch.first_diverged_loss()
+        end = len(batch) if diverged is None else diverged
+        steps, losses = batch.steps[:end], batch.losses[:end]
+        jitter = 2.0 * self._uniforms(STREAM_GRAD_NORM, steps) - 1.0
+        grad_norms = (
+            GRAD_NORM_SCALE
+            * np.sqrt(losses / self.initial_loss)
+            * (1.0 + GRAD_NORM_JITTER * jitter)
+        )
+        val_steps = steps[(steps + 1) % steps_per_epoch == 0]
+        val_losses = self._healthy_losses(
+            val_steps,
+            total_steps,
+            gap=VAL_LOSS_GAP,
+            noise_scale=VAL_NOISE_SCALE,
+            streams=(STREAM_VAL_LOSS_RADIUS, STREAM_VAL_LOSS_ANGLE),
+        )
+        val_accuracies = self._accuracies(val_losses, val_steps, STREAM_VAL_ACCURACY)
+        n, v = len(steps), len(val_steps)
+        return NamedBatch(
+            names=SIMULATED_KEYS,
+            key_index=np.repeat(np.arange(3, dtype=np.int64), [n, v, v]),
+            steps=np.concatenate([steps, val_steps, val_steps]),
+            values=np.concatenate([grad_norms, val_losses, val_accuracies]),
+            times=np.full(n + 2 * v, time, dtype=np.float64),
         )
 
 

@@ -17,19 +17,26 @@ bucket's stored row with the new points' row (min of mins, max of maxes, sum of 
 last) keeps it equal to an aggregate over the raw rows. Only points actually created are
 counted: duplicates that the write ignored never reach `summary_add`, and non-finite losses
 are never stored, so never summarised.
+
+Two series kinds are summarised by this one mechanism, each described by a `SummarySpec`:
+the headline series (`HEADLINE`: MetricSummary over TrainingMetric, per job, ranked by loss
+and carrying accuracy and learning rate) and every named key (`KEYS`: KeySummary over
+NamedMetric, per key, ranked by value, over finite values only: NaN and +-inf are stored
+as points but drawn as gaps, so they are left out of counts, sums, minima and maxima).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from django.db import connection
+from django.db import connection, models
 
-from metrics.models import MetricSummary, TrainingMetric
+from metrics.models import KeySummary, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
-from metrics.series import POINTS_PER_BUCKET, Series, check_max_points
+from metrics.series import POINTS_PER_BUCKET, Series, check_max_points, epoch_seconds_sql
 from metrics.staging import staged_rows
 
 if TYPE_CHECKING:
@@ -38,191 +45,291 @@ if TYPE_CHECKING:
 # Steps per bucket, finest first; each divides the next (a bucket lies inside one bucket of
 # every coarser level), which lets each level be computed from the one below it.
 SUMMARY_WIDTHS = (64, 256, 1024, 4096, 16384, 65536, 262144)
+# The points a bucket keeps: its lowest value, its highest value and its last step.
+PICKS = ("min", "max", "last")
+# Finite float8 values: NULL (NaN) and +-Infinity fall outside.
+_FINITE = "BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"
 
-# Column -> PostgreSQL type, in the order rows are staged and stored.
-_KEY_COLUMNS = (("job_id", "bigint"), ("width", "bigint"), ("bucket", "bigint"))
-_VALUE_COLUMNS = (
-    ("count", "bigint"),
-    ("sum_loss", "double precision"),
-    ("min_loss", "double precision"),
-    ("min_step", "bigint"),
-    ("min_accuracy", "double precision"),
-    ("min_learning_rate", "double precision"),
-    ("max_loss", "double precision"),
-    ("max_step", "bigint"),
-    ("max_accuracy", "double precision"),
-    ("max_learning_rate", "double precision"),
-    ("last_step", "bigint"),
-    ("last_loss", "double precision"),
-    ("last_accuracy", "double precision"),
-    ("last_learning_rate", "double precision"),
+
+@dataclass(frozen=True)
+class SummarySpec:
+    """One summarised series kind: which table holds the buckets of which points.
+
+    `owner` is the column naming the series (a job's headline, or a key), `value` the
+    column summed and ranked, `carried` the columns kept with each picked point, `time`
+    the points' timestamp column (read back for the picked points).
+    """
+
+    summary: type[models.Model]
+    points: type[models.Model]
+    owner: str
+    value: str
+    carried: tuple[str, ...]
+    time: str
+    staging_table: str
+    finite_only: bool
+
+    @property
+    def picked(self) -> tuple[str, ...]:
+        """The columns of each picked point: value, step, carried."""
+        return (self.value, "step", *self.carried)
+
+    @property
+    def key_columns(self) -> tuple[tuple[str, str], ...]:
+        return ((self.owner, "bigint"), ("width", "bigint"), ("bucket", "bigint"))
+
+    @property
+    def value_columns(self) -> tuple[tuple[str, str], ...]:
+        """Column -> PostgreSQL type, in the order rows are staged and stored."""
+        picked = tuple(
+            (f"{prefix}_{name}", "bigint" if name == "step" else "double precision")
+            for prefix in PICKS
+            for name in self.picked
+        )
+        return (("count", "bigint"), (f"sum_{self.value}", "double precision"), *picked)
+
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        return self.key_columns + self.value_columns
+
+    def finite(self, column: str) -> str:
+        """An SQL condition (with a leading AND) keeping rows this summary counts."""
+        return f" AND {column} {_FINITE}" if self.finite_only else ""
+
+
+HEADLINE = SummarySpec(
+    summary=MetricSummary,
+    points=TrainingMetric,
+    owner="job_id",
+    value="loss",
+    carried=("accuracy", "learning_rate"),
+    time="created_at",
+    staging_table="trainmon_summary_in",
+    finite_only=False,  # non-finite losses are never stored
 )
-_COLUMNS = _KEY_COLUMNS + _VALUE_COLUMNS
-_STAGING_TABLE = "trainmon_summary_in"
+KEYS = SummarySpec(
+    summary=KeySummary,
+    points=NamedMetric,
+    owner="key_id",
+    value="value",
+    carried=(),
+    time="reported_at",
+    staging_table="trainmon_key_summary_in",
+    finite_only=True,
+)
 
 
 # --- maintenance ------------------------------------------------------------------------------
 
 
 def summary_add(created: Sequence[tuple[int, MetricBatch]]) -> None:
-    """Count newly stored points into their jobs' summary buckets: one upsert for everything.
+    """Count newly stored headline points into their jobs' summary buckets.
 
     `created` holds, per job id, exactly the points the write created (never duplicates it
     ignored), with finite losses. Call in the transaction that stored them.
     """
-    rows = summary_rows(created)
-    if not len(rows["job_id"]):
+    points_add(HEADLINE, _headline_points(created))
+
+
+def points_add(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> None:
+    """Count new points (columns: owner, step, value, carried) into `spec`'s buckets: one
+    upsert for everything. Non-finite values are left out where the spec says so."""
+    rows = level_rows(spec, points)
+    if not len(rows[spec.owner]):
         return
-    table = MetricSummary._meta.db_table
-    names = [name for name, _ in _COLUMNS]
-    update = _upsert_assignments()
-    conflict = "ON CONFLICT (job_id, width, bucket) DO UPDATE SET"
+    table = spec.summary._meta.db_table
+    names = [name for name, _ in spec.columns]
+    conflict = f"ON CONFLICT ({spec.owner}, width, bucket) DO UPDATE SET"
     with connection.cursor() as cursor:
         source, params = staged_rows(
-            cursor, _STAGING_TABLE, _COLUMNS, [rows[name] for name in names]
+            cursor, spec.staging_table, spec.columns, [rows[name] for name in names]
         )
         # "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the INSERT.
         cursor.execute(
             f"INSERT INTO {table} AS s ({', '.join(names)})"
-            f" SELECT {', '.join(names)} {source} WHERE true {conflict} {update}",
+            f" SELECT {', '.join(names)} {source} WHERE true {conflict}"
+            f" {_upsert_assignments(spec)}",
             params,
         )
 
 
-def _upsert_assignments() -> str:
+def _upsert_assignments(spec: SummarySpec) -> str:
     # Every right-hand side reads the row as it was before the update (both databases), so
-    # the same comparison picks all four columns of the winning point.
-    new_min = "(excluded.min_loss, excluded.min_step) < (s.min_loss, s.min_step)"
-    new_max = "(excluded.max_loss, excluded.max_step) > (s.max_loss, s.max_step)"
-    new_last = "excluded.last_step > s.last_step"
-    parts = ["count = s.count + excluded.count", "sum_loss = s.sum_loss + excluded.sum_loss"]
-    for prefix, condition in (("min", new_min), ("max", new_max), ("last", new_last)):
-        for name in ("loss", "step", "accuracy", "learning_rate"):
+    # the same comparison picks all columns of the winning point.
+    value = spec.value
+    conditions = {
+        "min": f"(excluded.min_{value}, excluded.min_step) < (s.min_{value}, s.min_step)",
+        "max": f"(excluded.max_{value}, excluded.max_step) > (s.max_{value}, s.max_step)",
+        "last": "excluded.last_step > s.last_step",
+    }
+    parts = [
+        "count = s.count + excluded.count",
+        f"sum_{value} = s.sum_{value} + excluded.sum_{value}",
+    ]
+    for prefix in PICKS:
+        for name in spec.picked:
             column = f"{prefix}_{name}"
             parts.append(
-                f"{column} = CASE WHEN {condition} THEN excluded.{column} ELSE s.{column} END"
+                f"{column} = CASE WHEN {conditions[prefix]} THEN excluded.{column}"
+                f" ELSE s.{column} END"
             )
     return ", ".join(parts)
 
 
 def summary_rows(created: Sequence[tuple[int, MetricBatch]]) -> dict[str, np.ndarray]:
-    """The bucket rows (one per job, width and bucket touched) of a set of new points.
+    """The headline bucket rows (one per job, width and bucket touched) of new points."""
+    return level_rows(HEADLINE, _headline_points(created))
 
-    Vectorised: points are sorted by (job, step) once, each level is reduced from the level
-    below with `ufunc.reduceat` over runs of equal (job, bucket).
-    """
+
+def _headline_points(created: Sequence[tuple[int, MetricBatch]]) -> dict[str, np.ndarray]:
     created = [(job_id, batch) for job_id, batch in created if len(batch)]
     if not created:
-        return {name: np.empty(0) for name, _ in _COLUMNS}
-    job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in created])
-    steps = np.concatenate([b.steps for _, b in created]).astype(np.int64, copy=False)
-    losses = np.concatenate([b.losses for _, b in created]).astype(np.float64, copy=False)
-    accuracies = np.concatenate([b.accuracies for _, b in created]).astype(np.float64)
-    learning_rates = np.concatenate([b.learning_rates for _, b in created]).astype(np.float64)
-    if not _sorted_by_job_and_step(job_ids, steps):
-        order = np.lexsort((steps, job_ids))
-        job_ids, steps, losses = job_ids[order], steps[order], losses[order]
-        accuracies, learning_rates = accuracies[order], learning_rates[order]
+        return {}
+    return {
+        "job_id": np.concatenate(
+            [np.full(len(b), job_id, dtype=np.int64) for job_id, b in created]
+        ),
+        "step": np.concatenate([b.steps for _, b in created]),
+        "loss": np.concatenate([b.losses for _, b in created]),
+        "accuracy": np.concatenate([b.accuracies for _, b in created]),
+        "learning_rate": np.concatenate([b.learning_rates for _, b in created]),
+    }
+
+
+def level_rows(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The bucket rows (one per owner, width and bucket touched) of a set of new points.
+
+    Vectorised: points are sorted by (owner, step) once, each level is reduced from the
+    level below with `ufunc.reduceat` over runs of equal (owner, bucket).
+    """
+    if points and spec.finite_only:
+        keep = np.isfinite(points[spec.value])
+        points = {name: column[keep] for name, column in points.items()}
+    if not points or not len(points[spec.owner]):
+        return {name: np.empty(0) for name, _ in spec.columns}
+    owners = points[spec.owner].astype(np.int64, copy=False)
+    steps = points["step"].astype(np.int64, copy=False)
+    picked: dict[str, np.ndarray] = {
+        name: steps if name == "step" else points[name].astype(np.float64, copy=False)
+        for name in spec.picked
+    }
+    if not _sorted_by_owner_and_step(owners, steps):
+        order = np.lexsort((steps, owners))
+        owners = owners[order]
+        picked = {name: column[order] for name, column in picked.items()}
     # Level "width 1": every point is a bucket of its own.
-    level = {"job_id": job_ids, "count": np.ones(len(steps), dtype=np.int64), "sum_loss": losses}
-    for prefix in ("min", "max", "last"):
-        level |= {
-            f"{prefix}_loss": losses,
-            f"{prefix}_step": steps,
-            f"{prefix}_accuracy": accuracies,
-            f"{prefix}_learning_rate": learning_rates,
-        }
+    level = {
+        spec.owner: owners,
+        "count": np.ones(len(owners), dtype=np.int64),
+        f"sum_{spec.value}": picked[spec.value],
+    }
+    for prefix in PICKS:
+        level |= {f"{prefix}_{name}": column for name, column in picked.items()}
     levels = []
     for width in SUMMARY_WIDTHS:
-        level = _coarsen(level, width)
+        level = _coarsen(spec, level, width)
         levels.append(level)
-    return {name: np.concatenate([lv[name] for lv in levels]) for name, _ in _COLUMNS}
+    return {name: np.concatenate([lv[name] for lv in levels]) for name, _ in spec.columns}
 
 
-def _sorted_by_job_and_step(job_ids: np.ndarray, steps: np.ndarray) -> bool:
-    job_step = np.diff(job_ids)
-    return bool(np.all((job_step > 0) | ((job_step == 0) & (np.diff(steps) > 0))))
+def _sorted_by_owner_and_step(owners: np.ndarray, steps: np.ndarray) -> bool:
+    owner_step = np.diff(owners)
+    return bool(np.all((owner_step > 0) | ((owner_step == 0) & (np.diff(steps) > 0))))
 
 
-def _coarsen(level: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
-    """Merge runs of rows (in job, step order) that share a job and a bucket of `width`."""
-    job_ids = level["job_id"]
+def _coarsen(spec: SummarySpec, level: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """Merge runs of rows (in owner, step order) that share an owner and a bucket of `width`."""
+    owners = level[spec.owner]
+    value = spec.value
     buckets = level["last_step"] // width
-    size = len(job_ids)
+    size = len(owners)
     new_run = np.empty(size, dtype=bool)
     new_run[0] = True
-    new_run[1:] = (job_ids[1:] != job_ids[:-1]) | (buckets[1:] != buckets[:-1])
+    new_run[1:] = (owners[1:] != owners[:-1]) | (buckets[1:] != buckets[:-1])
     starts = np.flatnonzero(new_run)
     ends = np.append(starts[1:], size)
     run_of_row = np.cumsum(new_run) - 1
     positions = np.arange(size)
     # Rows are in step order, so the first row holding the run's minimum has the lowest step
     # and the last row holding its maximum the highest: the tie rules of the upsert.
-    lowest = np.minimum.reduceat(level["min_loss"], starts)
-    at_min = np.where(level["min_loss"] == lowest[run_of_row], positions, size)
+    lowest = np.minimum.reduceat(level[f"min_{value}"], starts)
+    at_min = np.where(level[f"min_{value}"] == lowest[run_of_row], positions, size)
     pick_min = np.minimum.reduceat(at_min, starts)
-    highest = np.maximum.reduceat(level["max_loss"], starts)
-    at_max = np.where(level["max_loss"] == highest[run_of_row], positions, -1)
+    highest = np.maximum.reduceat(level[f"max_{value}"], starts)
+    at_max = np.where(level[f"max_{value}"] == highest[run_of_row], positions, -1)
     pick_max = np.maximum.reduceat(at_max, starts)
     pick = {"min": pick_min, "max": pick_max, "last": ends - 1}
     merged = {
-        "job_id": job_ids[starts],
+        spec.owner: owners[starts],
         "width": np.full(len(starts), width, dtype=np.int64),
         "bucket": buckets[starts],
         "count": np.add.reduceat(level["count"], starts),
-        "sum_loss": np.add.reduceat(level["sum_loss"], starts),
+        f"sum_{value}": np.add.reduceat(level[f"sum_{value}"], starts),
     }
     for prefix, rows in pick.items():
-        for name in ("loss", "step", "accuracy", "learning_rate"):
+        for name in spec.picked:
             merged[f"{prefix}_{name}"] = level[f"{prefix}_{name}"][rows]
     return merged
 
 
-def summary_rebuild(job_ids: Sequence[int] | None = None) -> None:
-    """Recompute the summaries of these jobs (None: all jobs) from their raw rows.
+def summary_rebuild(owner_ids: Sequence[int] | None = None, spec: SummarySpec = HEADLINE) -> None:
+    """Recompute the summaries of these jobs (or keys, for `KEYS`; None: all) from their
+    raw rows.
 
     For points loaded around the write path (a bulk COPY, a restore) and for the migration
-    that introduced the summary. Two statements for any number of jobs, but it sorts every
-    point of the jobs once per level: a bulk tool, not part of the write path.
+    that introduced the summary. Two statements for any number of owners, but it sorts every
+    point of them once per level: a bulk tool, not part of the write path.
     """
-    table = MetricSummary._meta.db_table
-    metric_table = TrainingMetric._meta.db_table
-    if job_ids is None:
+    table = spec.summary._meta.db_table
+    metric_table = spec.points._meta.db_table
+    if owner_ids is None:
         where, params = "", []
     else:
-        params = [int(job_id) for job_id in job_ids]
+        params = [int(owner_id) for owner_id in owner_ids]
         if not params:
             return
-        where = f"WHERE job_id IN ({', '.join(['%s'] * len(params))})"
+        where = f"WHERE {spec.owner} IN ({', '.join(['%s'] * len(params))})"
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} {where}", params)
         cursor.execute(
-            rebuild_sql(table, metric_table, where.replace("job_id", "m.job_id")), params
+            rebuild_sql(
+                table, metric_table, where.replace(spec.owner, f"m.{spec.owner}"), spec=spec
+            ),
+            params,
         )
 
 
-def rebuild_sql(summary_table: str, metric_table: str, where: str = "") -> str:
+def rebuild_sql(
+    summary_table: str, metric_table: str, where: str = "", *, spec: SummarySpec = HEADLINE
+) -> str:
     """INSERT ... SELECT of the summary rows of the points `where` selects (alias m)."""
     widths = " UNION ALL ".join(f"SELECT {width} AS width" for width in SUMMARY_WIDTHS)
-    partition = "PARTITION BY m.job_id, w.width, m.step / w.width"
+    owner, value = spec.owner, spec.value
+    partition = f"PARTITION BY m.{owner}, w.width, m.step / w.width"
     picks = ", ".join(
-        f"MAX(CASE WHEN {column.split('_', 1)[0]}_rank = 1 THEN {column.split('_', 1)[1]} END)"
-        for column, _ in _VALUE_COLUMNS[2:]
+        f"MAX(CASE WHEN {prefix}_rank = 1 THEN {name} END)"
+        for prefix in PICKS
+        for name in spec.picked
     )
-    names = ", ".join(name for name, _ in _COLUMNS)
+    names = ", ".join(name for name, _ in spec.columns)
+    finite = spec.finite(f"m.{value}")
+    if finite:
+        where = f"{where}{finite}" if where else f"WHERE {finite.removeprefix(' AND ')}"
+    carried = "".join(f", m.{name}" for name in spec.carried)
     return f"""
         INSERT INTO {summary_table} ({names})
-        SELECT job_id, width, bucket, COUNT(*), SUM(loss), {picks}
+        SELECT {owner}, width, bucket, COUNT(*), SUM({value}), {picks}
         FROM (
-            SELECT m.job_id, w.width, m.step / w.width AS bucket, m.step, m.loss,
-                   m.accuracy, m.learning_rate,
-                   ROW_NUMBER() OVER ({partition} ORDER BY m.loss, m.step) AS min_rank,
-                   ROW_NUMBER() OVER ({partition} ORDER BY m.loss DESC, m.step DESC) AS max_rank,
+            SELECT m.{owner}, w.width, m.step / w.width AS bucket, m.step, m.{value}{carried},
+                   ROW_NUMBER() OVER ({partition} ORDER BY m.{value}, m.step) AS min_rank,
+                   ROW_NUMBER() OVER (
+                       {partition} ORDER BY m.{value} DESC, m.step DESC
+                   ) AS max_rank,
                    ROW_NUMBER() OVER ({partition} ORDER BY m.step DESC) AS last_rank
             FROM {metric_table} m CROSS JOIN ({widths}) w
             {where}
         ) ranked
-        GROUP BY job_id, width, bucket
+        GROUP BY {owner}, width, bucket
     """
 
 
@@ -251,23 +358,36 @@ def summary_series(job: TrainingJob, max_points: int, *, after_step: int = -1) -
     buckets over the range, so a million-point range reads ~1,000 summary rows. The bucket
     that `after_step` cuts in two is read as raw rows (fewer than one bucket's width), so a
     catch-up from any step costs the same as the whole series. Every point returned is a
-    stored point, with its own accuracy and learning rate.
+    stored point, with its own accuracy, learning rate and time.
 
     None means the summary cannot give a better answer than the raw rows: the range has at
     most `max_points` points (they are all shown), or fewer steps than the finest level
     can split into enough buckets, or no summary rows (points loaded around the write
     path). One query; after a None the caller's raw read is a second one.
     """
+    found = summary_points(HEADLINE, job.pk, job.current_step, max_points, after_step=after_step)
+    if found is None:
+        return None
+    points, total = found
+    return Series.from_rows(points, total=total)
+
+
+def summary_points(
+    spec: SummarySpec, owner_id: int, end_step: int, max_points: int, *, after_step: int = -1
+) -> tuple[list[tuple[Any, ...]], int] | None:
+    """The downsampled points of one series from `spec`'s summary (see `summary_series`):
+    rows of (step, value, *carried, unix time) in step order, and the total; None where raw
+    rows should answer. `end_step` is one past the series' last step."""
     check_max_points(max_points)
     groups = (max_points - 1) // POINTS_PER_BUCKET
-    width = summary_width_for(job.current_step - (after_step + 1), groups)
+    width = summary_width_for(end_step - (after_step + 1), groups)
     if width is None:
         return None
     with connection.cursor() as cursor:
         cursor.execute(
-            _series_sql(MetricSummary._meta.db_table, TrainingMetric._meta.db_table),
+            _series_sql(spec),
             {
-                "job": job.pk,
+                "owner": owner_id,
                 "width": width,
                 "groups": groups,
                 "max_points": max_points,
@@ -277,39 +397,35 @@ def summary_series(job: TrainingJob, max_points: int, *, after_step: int = -1) -
             },
         )
         rows = cursor.fetchall()
-    total = max((row[4] or 0 for row in rows), default=0)
+    total_at = len(spec.picked)
+    total = max((row[total_at] or 0 for row in rows), default=0)
     if total <= max_points:
         return None
-    points = sorted({row[0]: row[:4] for row in rows}.values())
-    return Series.from_rows(points, total=int(total))
+    by_step = {row[0]: (*row[:total_at], row[total_at + 1]) for row in rows if row[0] is not None}
+    return sorted(by_step.values()), int(total)
 
 
-def _series_sql(summary_table: str, metric_table: str) -> str:
+def _series_sql(spec: SummarySpec) -> str:
     # Groups split the range of slots evenly: group = (slot - lo) * groups // span, which
     # yields exactly min(groups, span) groups. A slot is a bucket of the level; the raw rows
     # of the bucket `after` cuts in two share the slot before the first whole bucket. If the
     # range turns out to hold at most max_points points, only the total comes back and the
-    # caller reads raw rows instead.
-    picked = ", ".join(
-        f"{prefix}_{name}"
-        for prefix in ("min", "max", "last")
-        for name in ("loss", "step", "accuracy", "learning_rate")
-    )
-    raw_as_bucket = ", ".join(
-        name
-        for _ in ("min", "max", "last")
-        for name in ("loss", "step", "accuracy", "learning_rate")
-    )
+    # caller reads raw rows instead. The picked points' times are read back from their rows.
+    owner, value = spec.owner, spec.value
+    summary_table, metric_table = spec.summary._meta.db_table, spec.points._meta.db_table
+    picked = ", ".join(f"{prefix}_{name}" for prefix in PICKS for name in spec.picked)
+    raw_as_bucket = ", ".join(name for _ in PICKS for name in spec.picked)
+    finite = spec.finite(value)
     ranked = f"""
         WITH level AS (
             SELECT bucket AS slot, count, {picked}
             FROM {summary_table}
-            WHERE job_id = %(job)s AND width = %(width)s AND bucket >= %(first_bucket)s
+            WHERE {owner} = %(owner)s AND width = %(width)s AND bucket >= %(first_bucket)s
             UNION ALL
             SELECT CAST(%(first_bucket)s AS BIGINT) - 1, 1, {raw_as_bucket}
             FROM {metric_table}
-            WHERE job_id = %(job)s AND step > %(after)s
-              AND step < CAST(%(first_bucket)s AS BIGINT) * %(width)s
+            WHERE {owner} = %(owner)s AND step > %(after)s
+              AND step < CAST(%(first_bucket)s AS BIGINT) * %(width)s{finite}
         ),
         bounds AS (
             SELECT MIN(slot) AS lo, MAX(slot) AS hi, CAST(SUM(count) AS BIGINT) AS total
@@ -323,28 +439,45 @@ def _series_sql(summary_table: str, metric_table: str) -> str:
         ),
         ranked AS (
             SELECT *,
-                   ROW_NUMBER() OVER (PARTITION BY grp ORDER BY min_loss, min_step) AS min_rank,
                    ROW_NUMBER() OVER (
-                       PARTITION BY grp ORDER BY max_loss DESC, max_step DESC
+                       PARTITION BY grp ORDER BY min_{value}, min_step
+                   ) AS min_rank,
+                   ROW_NUMBER() OVER (
+                       PARTITION BY grp ORDER BY max_{value} DESC, max_step DESC
                    ) AS max_rank,
                    ROW_NUMBER() OVER (PARTITION BY grp ORDER BY last_step DESC) AS last_rank
             FROM grouped
         )
     """
+    carried = "".join(f", {name}" for name in spec.carried)
+    # Output columns p0 (step), p1 (value), then the carried ones, then the total; the
+    # first SELECT of a UNION names them.
+    names = ("step", value, *spec.carried)
+    columns = [f"p{index}" for index in range(len(names) + 1)]
     picks = " UNION ALL ".join(
-        f"SELECT {prefix}_step, {prefix}_loss, {prefix}_accuracy, {prefix}_learning_rate,"
-        f" total FROM ranked WHERE {prefix}_rank = 1"
-        for prefix in ("min", "max", "last")
+        "SELECT "
+        + ", ".join(
+            f"{prefix}_{name} AS {column}" for name, column in zip(names, columns, strict=False)
+        )
+        + f", total AS {columns[-1]} FROM ranked WHERE {prefix}_rank = 1"
+        for prefix in PICKS
     )
     first = f"""
         SELECT * FROM (
-            SELECT step, loss, accuracy, learning_rate, CAST(NULL AS BIGINT)
+            SELECT step, {value}{carried}, CAST(NULL AS BIGINT)
             FROM {metric_table}
-            WHERE job_id = %(job)s AND step > %(after)s AND EXISTS (SELECT 1 FROM grouped)
+            WHERE {owner} = %(owner)s AND step > %(after)s{finite}
+              AND EXISTS (SELECT 1 FROM grouped)
             ORDER BY step LIMIT 1
         ) first_point
     """
-    total_only = """
-        SELECT NULL, NULL, NULL, NULL, total FROM bounds WHERE total <= %(max_points)s
+    nulls = ", NULL" * len(spec.picked)
+    total_only = (
+        f"SELECT {nulls.removeprefix(', ')}, total FROM bounds WHERE total <= %(max_points)s"
+    )
+    return f"""
+        {ranked}
+        SELECT picked.*, {epoch_seconds_sql(f"m.{spec.time}")}
+        FROM ({picks} UNION ALL {first} UNION ALL {total_only}) picked
+        LEFT JOIN {metric_table} m ON m.{owner} = %(owner)s AND m.step = picked.p0
     """
-    return f"{ranked} {picks} UNION ALL {first} UNION ALL {total_only}"

@@ -17,7 +17,13 @@ from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from metrics.services import TickResult, simulation_advance, simulation_due_job_ids, tick_slot
+from metrics.services import (
+    TickResult,
+    ingest_log_prune,
+    simulation_advance,
+    simulation_due_job_ids,
+    tick_slot,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,12 @@ def simulate_tick(tick: int | None = None) -> dict[str, int]:
 def advance_jobs(job_ids: list[int], tick: int | None = None) -> dict[str, int]:
     """Advance these jobs once for `tick` (None: an ad-hoc tick that always advances)."""
     return _summary(tick, simulation_advance(job_ids=job_ids, tick=tick))
+
+
+@shared_task(name="metrics.tasks.prune_ingest_log")
+def prune_ingest_log() -> dict[str, int]:
+    """Drop ingest log rows past TRAINMON_INGEST_LOG_SECONDS (idempotent)."""
+    return {"deleted": ingest_log_prune()}
 
 
 def _summary(tick: int | None, result: TickResult) -> dict[str, Any]:

@@ -8,7 +8,8 @@ same, and costs one round trip, however many rows there are.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connection
@@ -16,14 +17,17 @@ from django.db import connection
 
 def json_rows(
     columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
-) -> tuple[str, list]:
+) -> tuple[str, list[Any]]:
     """A parenthesised SELECT yielding `rows`, with `columns`' names, and its one parameter.
 
-    `columns` are (name, PostgreSQL type) pairs; row[i] fills columns[i]; None is NULL. A
-    non-finite float raises ValueError: JSON has no NaN, and neither database would store it
-    through this path.
+    `columns` are (name, PostgreSQL type) pairs; row[i] fills columns[i]; None is NULL.
+    +-Infinity arrives as such (JSON has no Infinity: SQLite reads the literal 1e999 as
+    infinity, PostgreSQL casts the text "Infinity"). NaN raises ValueError: neither
+    database would store it through this path; pass None.
     """
-    payload = json.dumps(rows, allow_nan=False)
+    payload = json.dumps(rows, allow_nan=True)
+    if "NaN" in payload or "Infinity" in payload:
+        payload = _INFINITY.sub(_infinity_literal(connection.vendor), payload)
     if connection.vendor == "postgresql":
         select = ", ".join(
             f"(value->>{index})::{sql_type} AS {name}"
@@ -34,3 +38,20 @@ def json_rows(
         f"json_extract(value, '$[{index}]') AS {name}" for index, (name, _) in enumerate(columns)
     )
     return f"(SELECT {select} FROM json_each(%s))", [payload]
+
+
+# A JSON string (kept as it is), or a bare NaN / Infinity token that json.dumps wrote.
+_INFINITY = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)Infinity|NaN')
+
+
+def _infinity_literal(vendor: str) -> Callable[[re.Match[str]], str]:
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token.startswith('"'):
+            return token
+        if token == "NaN":
+            raise ValueError("NaN cannot be sent as a bulk row value; use None")
+        sign = match.group(1)
+        return f'"{sign}Infinity"' if vendor == "postgresql" else f"{sign}1e999"
+
+    return replace

@@ -229,6 +229,11 @@ TRAINMON_STALL_SECONDS = float(os.environ.get("TRAINMON_STALL_SECONDS", "300"))
 # Past this many running jobs, a tick fans out `advance_jobs` subtasks of this size.
 TRAINMON_TICK_CHUNK_SIZE = env_int("TRAINMON_TICK_CHUNK_SIZE", 500)
 TRAINMON_API_MAX_POINTS = env_int("TRAINMON_API_MAX_POINTS", 10_000)
+# Named metric keys one job may have; a batch that would pass it is refused whole.
+TRAINMON_MAX_KEYS_PER_JOB = env_int("TRAINMON_MAX_KEYS_PER_JOB", 1000)
+# How long the ingest log keeps a write's step ranges: a page whose poll cursor is older
+# reloads its series instead of catching up.
+TRAINMON_INGEST_LOG_SECONDS = env_int("TRAINMON_INGEST_LOG_SECONDS", 3600)
 # Log-in throttling (accounts.throttling): failures allowed within the window, per account
 # from one address and per address over all accounts.
 TRAINMON_LOGIN_THROTTLE_SECONDS = env_int("TRAINMON_LOGIN_THROTTLE_SECONDS", 900)
@@ -252,5 +257,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.tasks.mark_stalled",
         "schedule": 10.0,
         "options": {"expires": 30},
+    },
+    "prune-ingest-log": {
+        "task": "metrics.tasks.prune_ingest_log",
+        "schedule": 60.0,
+        "options": {"expires": 120},
     },
 }

@@ -3,11 +3,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics.models import TrainingMetric
-from metrics.selectors import metrics_after, series_downsampled
+from metrics.models import IngestLog, MetricKey, TrainingMetric
+from metrics.selectors import (
+    Poll,
+    job_poll,
+    metric_key_list,
+    metrics_after,
+    named_series_downsampled,
+    series_downsampled,
+)
 from metrics.series import MIN_DOWNSAMPLED_POINTS, Series
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory
-from tests.support.metric_points import points_write
+from tests.support.metric_points import named_write, points_write
 
 pytestmark = pytest.mark.django_db
 
@@ -188,3 +195,137 @@ def test_other_jobs_points_never_leak_in(user):
     mine = points_write(mine, range(5))
     assert series_downsampled(mine).steps == list(range(5))
     assert 99.0 not in metrics_after(mine, -1, limit=4).loss
+
+
+# --- named series -----------------------------------------------------------------------------
+
+
+def key_of(job, name):
+    return MetricKey.objects.get(job=job, name=name)
+
+
+def test_keys_are_listed_by_name_with_their_stats(big_job):
+    named_write(big_job, {"val/loss": ([9], 0.5), "a": ([0, 1], [3.0, 2.0])})
+    keys = metric_key_list(job=big_job)
+    assert [key.name for key in keys] == ["a", "val/loss"]
+    assert (keys[0].count, keys[0].last_value, keys[0].min_value) == (2, 2.0, 2.0)
+
+
+def test_a_short_named_series_comes_back_whole_with_gaps_for_nan_and_inf(big_job):
+    named_write(big_job, {"g": (range(5), [1.0, np.nan, np.inf, -np.inf, 2.0])})
+    series = named_series_downsampled(key=key_of(big_job, "g"), max_points=100)
+    assert series.steps == [0, 1, 2, 3, 4]
+    assert series.values == [1.0, None, None, None, 2.0]
+    assert series.times == [pytest.approx(1.8e9, abs=1e-3)] * 5
+    assert (series.total, series.shown, series.downsampled, series.last_step) == (5, 5, False, 4)
+    assert series.columns()["values"] == series.values
+
+
+@pytest.mark.parametrize("length", [5_000, 200_000], ids=["raw rows", "summary"])
+def test_a_downsampled_named_series_keeps_its_spikes(user, length):
+    big_job = TrainingJobFactory(owner=user, total_epochs=1000, steps_per_epoch=1000)
+    rng = np.random.default_rng(7)
+    values = 1.0 + rng.random(length) * 0.1
+    spikes = rng.choice(length, 5, replace=False)
+    dip = int(rng.integers(length))
+    values[rng.choice(length, 20, replace=False)] = np.nan  # gaps must not hide a spike
+    values[spikes] = 50.0 + np.arange(5)
+    values[dip] = -3.0
+    values[0] = values[-1] = 1.0
+    named_write(big_job, {"grad": (range(length), values)})
+    key = key_of(big_job, "grad")
+    series = named_series_downsampled(key=key, max_points=400)
+    assert series.downsampled and series.shown <= 400
+    assert series.total == length
+    shown = dict(zip(series.steps, series.values, strict=True))
+    for step in [*spikes.tolist(), dip]:
+        assert shown[step] == values[step]
+    assert series.steps[0] == 0 and series.steps[-1] == length - 1
+    assert series.steps == sorted(series.steps)
+    assert all(time == pytest.approx(1.8e9, abs=1e-3) for time in series.times)
+
+
+def test_a_named_series_after_a_step(big_job):
+    named_write(big_job, {"a": (range(10), np.arange(10.0))})
+    series = named_series_downsampled(key=key_of(big_job, "a"), max_points=100, after_step=6)
+    assert (series.steps, series.values, series.total) == ([7, 8, 9], [7.0, 8.0, 9.0], 3)
+
+
+# --- job_poll ---------------------------------------------------------------------------------
+
+
+def poll(job, cursor, **kwargs):
+    job.refresh_from_db()
+    return job_poll(job=job, cursor=cursor, **kwargs)
+
+
+def test_an_up_to_date_poll_costs_no_query(big_job, django_assert_num_queries):
+    named_write(big_job, {"a": ([0], 1.0)})
+    big_job.refresh_from_db()
+    with django_assert_num_queries(0):
+        result = job_poll(job=big_job, cursor=1, keys=None)
+    assert (result.cursor, result.reload, result.named, result.new_keys) == (1, False, {}, [])
+
+
+def test_a_poll_returns_late_points_written_after_the_cursor(big_job):
+    points_write(big_job, range(100, 110))
+    named_write(big_job, {"val/loss": ([99], 0.5)})
+    cursor = poll(big_job, 0).cursor
+    assert cursor == 2
+    # A retried batch arrives late: its steps lie before everything the chart shows.
+    points_write(big_job, [3, 4])
+    named_write(big_job, {"val/loss": ([9, 19], [0.9, 0.8]), "train/grad": ([5], 2.0)})
+    result = poll(big_job, cursor, keys=["val/loss"])
+    assert result.cursor == 4 and not result.reload
+    assert result.headline.steps == [3, 4]
+    assert len(result.headline.times) == 2
+    assert result.named.keys() == {"val/loss"}  # only the keys asked for
+    assert result.named["val/loss"].steps == [9, 19]
+    assert result.named["val/loss"].values == [0.9, 0.8]
+    assert result.new_keys == ["train/grad"]
+    # Every key when none are named; nothing new after that.
+    assert poll(big_job, cursor).named.keys() == {"val/loss", "train/grad"}
+    assert poll(big_job, 4) == Poll(cursor=4)
+
+
+def test_new_keys_are_those_created_after_the_cursor(big_job):
+    named_write(big_job, {"a": ([0], 1.0)})
+    named_write(big_job, {"a": ([1], 1.0), "b": ([1], 1.0)})
+    named_write(big_job, {"c": ([2], 1.0)})
+    assert poll(big_job, 0).new_keys == ["a", "b", "c"]
+    assert poll(big_job, 1).new_keys == ["b", "c"]
+    assert poll(big_job, 2).new_keys == ["c"]
+
+
+def test_a_poll_reloads_when_the_log_was_pruned(big_job):
+    named_write(big_job, {"a": ([0], 1.0)})
+    named_write(big_job, {"a": ([1], 1.0)})
+    IngestLog.objects.filter(job=big_job, seq=1).delete()
+    assert poll(big_job, 0) == Poll(cursor=2, reload=True)
+    assert not poll(big_job, 1).reload
+    # A cursor from the future (another database, a restore) reloads too.
+    assert poll(big_job, 7).reload
+
+
+def test_a_poll_reloads_when_a_range_is_too_big(big_job):
+    points_write(big_job, range(0, 30))
+    named_write(big_job, {"a": ([0, 1], 1.0)})
+    assert poll(big_job, 0, limit=20).reload
+    named_write(big_job, {"a": (range(2, 40), 1.0)})
+    result = poll(big_job, 2, limit=20)
+    assert result.reload and result.cursor == 3
+    assert not poll(big_job, 2, limit=50).reload
+
+
+def test_a_poll_costs_the_same_queries_for_one_key_or_twenty(big_job, django_assert_num_queries):
+    points_write(big_job, [0])
+    named_write(big_job, {"k0": ([0], 1.0)})
+    with django_assert_num_queries(3):
+        poll_one = job_poll(job=big_job, cursor=0)
+    assert poll_one.named.keys() == {"k0"}
+    named_write(big_job, {f"k{n}": ([1, 2], 1.0) for n in range(20)})
+    points_write(big_job, [1])
+    big_job.refresh_from_db()
+    with django_assert_num_queries(3):
+        result = job_poll(job=big_job, cursor=2)
+    assert len(result.named) == 20 and result.headline.steps == [1]

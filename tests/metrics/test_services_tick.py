@@ -10,8 +10,9 @@ from django.test.utils import CaptureQueriesContext, override_settings
 
 from jobs.models import TrainingJob
 from jobs.services import job_cancel, job_pause, job_resume
-from metrics.models import TrainingMetric
+from metrics.models import MetricKey, NamedMetric, TrainingMetric
 from metrics.services import TickResult, simulation_advance, simulation_due_job_ids, tick_slot
+from metrics.simulator import GRAD_NORM_KEY, VAL_ACCURACY_KEY, VAL_LOSS_KEY
 from tests.support.factories import TrainingJobFactory, reload
 
 Status = TrainingJob.Status
@@ -24,6 +25,12 @@ LOCK_WAIT_SECONDS = 10
 
 def steps_of(job: TrainingJob) -> list[int]:
     return list(job.metrics.order_by("step").values_list("step", flat=True))
+
+
+def named_of(job: TrainingJob, name: str) -> dict[int, float]:
+    return dict(
+        NamedMetric.objects.filter(key__job=job, key__name=name).values_list("step", "value")
+    )
 
 
 class TestAdvance:
@@ -50,6 +57,29 @@ class TestAdvance:
             for job in (fast, slow)
         ]
         np.testing.assert_array_equal(losses[0], losses[1])
+
+    def test_ticks_write_validation_at_epoch_ends_and_grad_norm_every_step(self, user):
+        job = TrainingJobFactory(owner=user, total_epochs=3, steps_per_epoch=20, steps_per_tick=7)
+        for _ in range(7):
+            simulation_advance()
+        assert sorted(named_of(job, GRAD_NORM_KEY)) == list(range(49))
+        assert sorted(named_of(job, VAL_LOSS_KEY)) == [19, 39]
+        assert sorted(named_of(job, VAL_ACCURACY_KEY)) == [19, 39]
+        job = reload(job)
+        assert (job.current_step, job.ingest_seq) == (49, 7)
+        key = MetricKey.objects.get(job=job, name=VAL_LOSS_KEY)
+        assert (key.count, key.last_step) == (2, 39)
+
+    def test_named_points_are_identical_however_ticks_split(self, user):
+        fast = TrainingJobFactory(owner=user, steps_per_tick=25, seed=7, steps_per_epoch=10)
+        slow = TrainingJobFactory(owner=user, steps_per_tick=3, seed=7, steps_per_epoch=10)
+        simulation_advance(job_ids=[fast.pk])
+        for _ in range(9):
+            simulation_advance(job_ids=[slow.pk])
+        for name in (GRAD_NORM_KEY, VAL_LOSS_KEY, VAL_ACCURACY_KEY):
+            slow_points = {step: v for step, v in named_of(slow, name).items() if step < 25}
+            assert named_of(fast, name) == slow_points
+        assert sorted(named_of(fast, VAL_LOSS_KEY)) == [9, 19]
 
     def test_the_last_tick_is_short_and_completes_the_job(self, user):
         job = TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=25, steps_per_tick=10)
@@ -195,6 +225,23 @@ class TestQueryCount:
         assert result.jobs_advanced == 200
         assert result.points_written == 2000
         assert TrainingMetric.objects.count() == 2010
+        # With every job's named series: grad_norm at each step, three keys per job.
+        assert NamedMetric.objects.filter(key__name=GRAD_NORM_KEY).count() == 2010
+        assert MetricKey.objects.count() == 600
+
+    def test_a_tick_costs_the_same_queries_for_any_number_of_named_points(self, user):
+        # Ticks that write validation points (epoch ends) and ticks that do not.
+        TrainingJobFactory(owner=user, steps_per_epoch=10, steps_per_tick=10)
+        simulation_advance(tick=1)
+        with CaptureQueriesContext(connection) as first:
+            simulation_advance(tick=2)
+        TrainingJobFactory.create_batch(
+            20, owner=user, total_epochs=30, steps_per_epoch=3, steps_per_tick=50
+        )
+        with CaptureQueriesContext(connection) as many:
+            simulation_advance(tick=3)
+        assert len(many) == len(first)
+        assert NamedMetric.objects.filter(key__name=VAL_LOSS_KEY).count() > 300
 
 
 def run_in_thread(target, *args, **kwargs) -> threading.Thread:
@@ -321,9 +368,12 @@ class TestOneBadJob:
         assert poison.status == Status.FAILED
         assert "IntegrityError" in poison.failure_reason
         assert steps_of(poison) == []
+        assert not MetricKey.objects.filter(job=poison).exists()
+        assert reload(poison).ingest_seq == 0
         for job in (jobs[0], jobs[2]):
             assert steps_of(reload(job)) == list(range(10))
             assert job.metric_summaries.filter(width=64).get().count == 10
+            assert sorted(named_of(job, GRAD_NORM_KEY)) == list(range(10))
 
     def test_a_loss_beyond_the_bound_fails_the_job_as_diverged(self, user, other_user):
         poison = TrainingJobFactory(owner=user, initial_loss=1.7e308, final_loss=0.3)

@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from jobs.services import DECAY_SPAN
 from metrics.points import MetricBatch
-from metrics.simulator import DIVERGENCE_BLOWUP_STEPS, LOSS_FLOOR, TrainingSimulator
+from metrics.simulator import (
+    DIVERGENCE_BLOWUP_STEPS,
+    GRAD_NORM_KEY,
+    LOSS_FLOOR,
+    SIMULATED_KEYS,
+    VAL_ACCURACY_KEY,
+    VAL_LOSS_GAP,
+    VAL_LOSS_KEY,
+    TrainingSimulator,
+)
 
 FIELDS = ("steps", "epochs", "losses", "accuracies", "learning_rates")
 
@@ -279,3 +288,72 @@ def test_empty_batch_at_end_is_allowed() -> None:
 def test_constructor_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         TrainingSimulator(**kwargs)
+
+
+# --- named series ------------------------------------------------------------
+
+
+def named_points(sim: TrainingSimulator, start: int, count: int, total: int, per_epoch: int):
+    """{key: {step: value}} of the named points at steps start..start+count-1."""
+    batch = sim.generate_metrics_batch(start, count, total, per_epoch)
+    named = sim.generate_named_batch(batch, total, per_epoch, time=1.0)
+    result: dict[str, dict[int, float]] = {name: {} for name in SIMULATED_KEYS}
+    for index, step, value in zip(
+        named.key_index.tolist(), named.steps.tolist(), named.values.tolist(), strict=True
+    ):
+        result[named.names[index]][step] = value
+    return result
+
+
+def test_validation_at_epoch_ends_and_grad_norm_every_step() -> None:
+    sim = TrainingSimulator(seed=5)
+    points = named_points(sim, 0, 100, 100, 20)
+    assert sorted(points[GRAD_NORM_KEY]) == list(range(100))
+    assert sorted(points[VAL_LOSS_KEY]) == [19, 39, 59, 79, 99]
+    assert sorted(points[VAL_ACCURACY_KEY]) == [19, 39, 59, 79, 99]
+    assert all(0 <= value <= 1 for value in points[VAL_ACCURACY_KEY].values())
+    assert all(value > 0 for value in points[GRAD_NORM_KEY].values())
+
+
+def test_validation_loss_follows_the_curve_with_a_generalisation_gap() -> None:
+    sim = TrainingSimulator(seed=11, initial_loss=2.5, final_loss=0.3, decay_rate=0.001)
+    points = named_points(sim, 0, 10_000, 10_000, 10)
+    steps = np.array(sorted(points[VAL_LOSS_KEY]))
+    val = np.array([points[VAL_LOSS_KEY][step] for step in steps])
+    ratio = val / expected_loss(sim, steps)
+    # Above the training curve by about the gap; its own noise, so not the training loss.
+    assert np.mean(ratio) == pytest.approx(1 + VAL_LOSS_GAP, abs=0.01)
+    train = sim.generate_metrics_batch(0, 10_000, 10_000, 10).losses[steps]
+    assert not np.allclose(val, train * (1 + VAL_LOSS_GAP))
+
+
+def test_no_named_point_from_the_divergence_on() -> None:
+    sim = TrainingSimulator(seed=3, diverge_at_step=10)
+    points = named_points(sim, 0, 60, 60, 5)
+    first_nan = 10 + DIVERGENCE_BLOWUP_STEPS
+    assert max(points[GRAD_NORM_KEY]) == first_nan - 1
+    assert max(points[VAL_LOSS_KEY]) < first_nan
+    assert all(math.isfinite(value) for series in points.values() for value in series.values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(min_value=0, max_value=2**64 - 1),
+    total=st.integers(min_value=1, max_value=400),
+    per_epoch=st.integers(min_value=1, max_value=50),
+    cut_fractions=st.lists(st.floats(min_value=0, max_value=1), max_size=6),
+)
+def test_named_points_are_identical_however_the_run_is_split(
+    seed: int, total: int, per_epoch: int, cut_fractions: list[float]
+) -> None:
+    sim = TrainingSimulator(seed=seed)
+    whole = named_points(sim, 0, total, total, per_epoch)
+    cuts = sorted({0, total, *(int(f * total) for f in cut_fractions)})
+    pieces: dict[str, dict[int, float]] = {name: {} for name in SIMULATED_KEYS}
+    for a, b in itertools.pairwise(cuts):
+        # A fresh instance per piece, as every tick builds its own.
+        for name, series in named_points(
+            TrainingSimulator(seed=seed), a, b - a, total, per_epoch
+        ).items():
+            pieces[name] |= series
+    assert pieces == whole

@@ -6,9 +6,10 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from jobs.models import TrainingJob
-from metrics.models import MetricSummary, TrainingMetric
+from metrics.models import KeySummary, MetricKey, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
 from metrics.summary import (
+    KEYS,
     SUMMARY_WIDTHS,
     summary_rebuild,
     summary_rows,
@@ -16,7 +17,7 @@ from metrics.summary import (
     summary_width_for,
 )
 from tests.support.factories import TrainingJobFactory
-from tests.support.metric_points import batches_write, metric_batch
+from tests.support.metric_points import batches_write, metric_batch, named_write
 
 pytestmark = pytest.mark.django_db
 
@@ -56,28 +57,40 @@ def stored_buckets(job):
 
 def raw_buckets(job):
     """What every bucket must hold, from the raw rows: GROUP BY in SQL, points in Python."""
-    table = TrainingMetric._meta.db_table
+    return buckets_from_raw_rows(
+        TrainingMetric, "job_id", job.pk, "loss", ("accuracy", "learning_rate")
+    )
+
+
+# Finite float8 values: the named keys' summary leaves NaN (NULL) and +-inf out.
+FINITE = "BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"
+
+
+def buckets_from_raw_rows(model, owner, owner_id, value, carried=()):
+    """Every bucket of one series with finite values, from the raw rows of `model`."""
+    table = model._meta.db_table
     expected = {}
     with connection.cursor() as cursor:
         for width in SUMMARY_WIDTHS:
             cursor.execute(
-                f"SELECT step / %s, COUNT(*), MIN(loss), MAX(loss), SUM(loss), MAX(step)"
-                f" FROM {table} WHERE job_id = %s GROUP BY step / %s",
-                [width, job.pk, width],
+                f"SELECT step / %s, COUNT(*), MIN({value}), MAX({value}), SUM({value}),"
+                f" MAX(step) FROM {table} WHERE {owner} = %s AND {value} {FINITE}"
+                f" GROUP BY step / %s",
+                [width, owner_id, width],
             )
             for bucket, count, low, high, total, last in cursor.fetchall():
                 expected[(width, bucket)] = {
                     "count": count,
-                    "min_loss": low,
-                    "max_loss": high,
-                    "sum_loss": total,
+                    f"min_{value}": low,
+                    f"max_{value}": high,
+                    f"sum_{value}": total,
                     "last_step": last,
                 }
-    rows = list(
-        TrainingMetric.objects.filter(job=job).values_list(
-            "step", "loss", "accuracy", "learning_rate"
-        )
-    )
+    rows = [
+        row
+        for row in model.objects.filter(**{owner: owner_id}).values_list("step", value, *carried)
+        if row[1] is not None and np.isfinite(row[1])
+    ]
     for width in SUMMARY_WIDTHS:
         by_bucket: dict[int, list[tuple]] = {}
         for row in rows:
@@ -88,13 +101,8 @@ def raw_buckets(job):
             last = max(members)
             bucket_row = expected[(width, bucket)]
             for prefix, point in (("min", lowest), ("max", highest), ("last", last)):
-                bucket_row |= dict(
-                    zip(
-                        [f"{prefix}_{n}" for n in ("step", "loss", "accuracy", "learning_rate")],
-                        point,
-                        strict=True,
-                    )
-                )
+                names = [f"{prefix}_{n}" for n in ("step", value, *carried)]
+                bucket_row |= dict(zip(names, point, strict=True))
     return expected
 
 
@@ -348,3 +356,71 @@ class TestSeries:
             batches_write((job, points(range(100, 200), seed=2)))
         assert TrainingMetric.objects.filter(job=job).count() == 200
         assert_summary_exact(job)
+
+
+# --- the same mechanism for named keys ----------------------------------------------------------
+
+
+def key_buckets_stored(key):
+    fields = [f.name for f in KeySummary._meta.fields if f.name not in {"id", "key"}]
+    return {
+        (row["width"], row["bucket"]): row
+        for row in KeySummary.objects.filter(key=key).values(*fields)
+    }
+
+
+class TestKeySummary:
+    def test_key_buckets_equal_a_group_by_over_the_finite_raw_rows(self, user):
+        job = big_job(user)
+        rng = np.random.default_rng(3)
+        steps = np.arange(0, 3000)
+        values = rng.integers(1, 6, len(steps)) / 4  # ties are common
+        values[rng.random(len(steps)) < 0.05] = np.nan
+        values[rng.random(len(steps)) < 0.02] = np.inf
+        values[rng.random(len(steps)) < 0.02] = -np.inf
+        # Out of order, over three writes, with a resent range that must not count twice.
+        for part in (slice(1000, 3000), slice(0, 1000), slice(500, 1500)):
+            named_write(job, {"val/loss": (steps[part], values[part])})
+        key = MetricKey.objects.get(job=job, name="val/loss")
+        stored = key_buckets_stored(key)
+        expected = buckets_from_raw_rows(NamedMetric, "key_id", key.pk, "value")
+        assert stored.keys() == expected.keys()
+        for bucket, want in expected.items():
+            got = stored[bucket]
+            assert got["sum_value"] == pytest.approx(want.pop("sum_value"))
+            assert {name: got[name] for name in want} == want, bucket
+        assert key.count == 3000
+
+    def test_a_rebuild_gives_the_maintained_rows(self, user):
+        job = big_job(user)
+        rng = np.random.default_rng(4)
+        values = rng.random(700)
+        values[::50] = np.nan
+        named_write(job, {"a": (range(700), values), "b": (range(0, 1400, 2), values)})
+        keys = list(MetricKey.objects.filter(job=job).order_by("name"))
+        maintained = [key_buckets_stored(key) for key in keys]
+        summary_rebuild([key.pk for key in keys], spec=KEYS)
+        rebuilt = [key_buckets_stored(key) for key in keys]
+        # Sums may differ in the last bits: the order of additions differs.
+        sums = [{b: row.pop("sum_value") for b, row in key.items()} for key in rebuilt]
+        want = [{b: row.pop("sum_value") for b, row in key.items()} for key in maintained]
+        assert rebuilt == maintained
+        assert [sorted(s.items()) for s in sums] == [
+            sorted((b, pytest.approx(v)) for b, v in w.items()) for w in want
+        ]
+
+    def test_the_headline_and_a_key_are_two_specs_of_one_summary(self, user):
+        job = big_job(user)
+        losses = np.linspace(3.0, 1.0, 500)
+        batches_write((job, points(range(500), losses=losses)))
+        named_write(job, {"loss": (range(500), losses)})
+        key = MetricKey.objects.get(job=job, name="loss")
+        headline = {
+            bucket: (row["count"], row["min_loss"], row["min_step"], row["last_step"])
+            for bucket, row in stored_buckets(job).items()
+        }
+        named = {
+            bucket: (row["count"], row["min_value"], row["min_step"], row["last_step"])
+            for bucket, row in key_buckets_stored(key).items()
+        }
+        assert named == headline

@@ -3,21 +3,30 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from celery import Task
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 from celery.states import SUCCESS
+from django.conf import settings
 from django.db import connection
 from django.test.utils import override_settings
 from django.utils import timezone
 
 from jobs.models import TrainingJob
-from metrics.models import TrainingMetric
+from metrics.models import IngestLog, TrainingMetric
 from metrics.services import tick_slot
-from metrics.tasks import ADVANCE_JOBS, SIMULATE_TICK, advance_jobs, simulate_tick
+from metrics.tasks import (
+    ADVANCE_JOBS,
+    SIMULATE_TICK,
+    advance_jobs,
+    prune_ingest_log,
+    simulate_tick,
+)
 from tests.support.factories import TrainingJobFactory, reload
+from tests.support.metric_points import named_write
 from tests.support.services import TEST_REDIS_URL
 from trainmon.celery import app as celery_app
 
@@ -199,3 +208,18 @@ def test_each_tick_message_names_the_slot_it_was_sent_in(job):
             args, kwargs, _ = message.decode()
     assert args == []
     assert sent_in <= kwargs["tick"] <= tick_slot(timezone.now())
+
+
+class TestPruneIngestLog:
+    def test_drops_rows_past_the_window_and_keeps_the_rest(self, job):
+        named_write(job, {"a": ([0], 1.0)})
+        named_write(job, {"a": ([1], 1.0)})
+        window = timedelta(seconds=settings.TRAINMON_INGEST_LOG_SECONDS)
+        IngestLog.objects.filter(seq=1).update(created_at=timezone.now() - window * 1.01)
+        assert prune_ingest_log() == {"deleted": 1}
+        assert list(IngestLog.objects.values_list("seq", flat=True)) == [2]
+        assert prune_ingest_log() == {"deleted": 0}
+
+    def test_beat_runs_it(self):
+        tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+        assert "metrics.tasks.prune_ingest_log" in tasks

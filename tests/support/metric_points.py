@@ -9,7 +9,7 @@ from django.db import transaction
 
 from jobs.models import TrainingJob
 from jobs.services import jobs_lock
-from metrics.points import MetricBatch
+from metrics.points import MetricBatch, NamedBatch
 from metrics.services import WriteResult, metric_batches_write
 
 Values = float | Sequence[float] | np.ndarray
@@ -49,6 +49,33 @@ def batches_write(*pairs: tuple[TrainingJob, MetricBatch]) -> list[WriteResult]:
     with transaction.atomic():
         locked = {job.pk: job for job in jobs_lock([job.pk for job, _ in pairs])}
         return metric_batches_write([(locked[job.pk], batch) for job, batch in pairs])
+
+
+def named_batch(
+    points: dict[str, tuple[Sequence[int], Values]], *, time: float = 1.8e9
+) -> NamedBatch:
+    """Named points from {name: (steps, values)}; a single number stands for every value."""
+    return NamedBatch.from_points(
+        (name, int(step), float(value), time)
+        for name, (steps, values) in points.items()
+        for step, value in zip(steps, np.broadcast_to(values, (len(steps),)), strict=True)
+    )
+
+
+def named_write(
+    job: TrainingJob,
+    points: dict[str, tuple[Sequence[int], Values]] | NamedBatch,
+    headline: MetricBatch | None = None,
+) -> WriteResult:
+    """Store named points (and an optional headline batch) through the real write path."""
+    batch = points if isinstance(points, NamedBatch) else named_batch(points)
+    with transaction.atomic():
+        [locked] = jobs_lock([job.pk])
+        [result] = metric_batches_write(
+            [(locked, MetricBatch.empty() if headline is None else headline)],
+            named={locked.pk: batch},
+        )
+    return result
 
 
 def points_write(

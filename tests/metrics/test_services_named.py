@@ -1,0 +1,155 @@
+"""The write path for named series: storage, duplicates, NaN/inf, the key limit, stats."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, override_settings
+
+from jobs.models import TrainingJob
+from metrics.models import IngestLog, KeySummary, MetricKey, NamedMetric, TrainingMetric
+from metrics.services import KeyLimitExceeded, WriteResult
+from tests.support.factories import TrainingJobFactory, reload
+from tests.support.metric_points import metric_batch, named_batch, named_write
+
+Status = TrainingJob.Status
+pytestmark = pytest.mark.django_db
+
+
+def stored(job, name):
+    return list(
+        NamedMetric.objects.filter(key__job=job, key__name=name)
+        .order_by("step")
+        .values_list("step", "value")
+    )
+
+
+def test_named_points_round_trip_with_their_times(job):
+    batch = named_batch({"val/loss": ([9, 19], [0.5, 0.4]), "train/grad_norm": ([0, 1], 1.5)})
+    result = named_write(job, batch)
+    assert result == WriteResult(created=0, duplicates=0, named_created=4, named_duplicates=0)
+    assert stored(job, "val/loss") == [(9, 0.5), (19, 0.4)]
+    assert stored(job, "train/grad_norm") == [(0, 1.5), (1, 1.5)]
+    point = NamedMetric.objects.get(key__name="val/loss", step=9)
+    assert point.reported_at.timestamp() == pytest.approx(1.8e9, abs=1e-3)
+    job = reload(job)
+    # Steps done follow every series, and the write moved the ingest position once.
+    assert (job.current_step, job.ingest_seq, job.last_loss) == (20, 1, None)
+
+
+def test_resent_points_are_counted_as_duplicates_and_keep_the_stored_value(job):
+    named_write(job, {"acc": ([0, 1], [0.1, 0.2])})
+    result = named_write(job, {"acc": ([1, 2, 2], [0.9, 0.3, 0.8])})
+    # Step 1 exists; step 2 given twice is stored once, from its first occurrence.
+    assert (result.named_created, result.named_duplicates) == (1, 2)
+    assert stored(job, "acc") == [(0, 0.1), (1, 0.2), (2, 0.3)]
+    key = MetricKey.objects.get(job=job, name="acc")
+    assert key.count == 3
+    assert reload(job).ingest_seq == 2
+
+
+def test_a_write_of_only_duplicates_does_not_move_the_ingest_position(job):
+    named_write(job, {"acc": ([0, 1], 0.5)})
+    assert named_write(job, {"acc": ([0, 1], 0.5)}).named_duplicates == 2
+    assert reload(job).ingest_seq == 1
+    assert IngestLog.objects.filter(job=job).count() == 1
+
+
+def test_nan_and_infinity_are_stored_read_back_and_never_fail_the_job(job):
+    values = [1.0, math.nan, math.inf, -math.inf, 2.0]
+    named_write(job, {"grad": (range(5), values)})
+    rows = stored(job, "grad")
+    assert [step for step, _ in rows] == [0, 1, 2, 3, 4]
+    assert rows[1][1] is None  # NaN is NULL
+    assert rows[2][1] == math.inf and rows[3][1] == -math.inf
+    job = reload(job)
+    assert job.status == Status.RUNNING
+    key = MetricKey.objects.get(job=job, name="grad")
+    # Stats over finite values only; the last value is the stored one.
+    assert (key.count, key.min_value, key.max_value, key.last_value) == (5, 1.0, 2.0, 2.0)
+    summary = KeySummary.objects.get(key=key, width=64)
+    assert (summary.count, summary.sum_value) == (2, 3.0)
+    assert (summary.last_step, summary.last_value) == (4, 2.0)
+
+
+def test_a_nan_last_value_is_stored_as_null(job):
+    named_write(job, {"grad": ([0, 1], [1.0, math.nan])})
+    key = MetricKey.objects.get(job=job, name="grad")
+    assert (key.last_step, key.last_value, key.first_step) == (1, None, 0)
+
+
+def test_a_non_finite_headline_loss_still_fails_the_job(job):
+    headline = metric_batch([0, 1], steps_per_epoch=20, losses=[1.0, math.nan])
+    named_write(job, {"grad": ([0, 1], [1.0, math.nan])}, headline=headline)
+    job = reload(job)
+    assert job.status == Status.FAILED
+    assert "diverged at step 1" in job.failure_reason
+    assert TrainingMetric.objects.filter(job=job).count() == 1
+    assert len(stored(job, "grad")) == 2
+
+
+@override_settings(TRAINMON_MAX_KEYS_PER_JOB=3)
+def test_the_key_limit_refuses_the_whole_batch_before_writing(job):
+    named_write(job, {"a": ([0], 1.0), "b": ([0], 1.0)})
+    headline = metric_batch([5], steps_per_epoch=20)
+    with pytest.raises(KeyLimitExceeded) as refused:
+        named_write(job, {"a": ([1], 1.0), "c": ([1], 1.0), "d": ([1], 1.0)}, headline=headline)
+    assert refused.value.limit == 3
+    assert refused.value.new_names == ["c", "d"]
+    assert "at most 3" in str(refused.value)
+    assert sorted(MetricKey.objects.filter(job=job).values_list("name", flat=True)) == ["a", "b"]
+    assert NamedMetric.objects.count() == 2
+    assert not TrainingMetric.objects.filter(job=job).exists()
+    assert reload(job).ingest_seq == 1
+    # Up to the limit is fine, and existing keys never count as new.
+    assert named_write(job, {"a": ([1], 1.0), "c": ([1], 1.0)}).named_created == 2
+
+
+def test_key_stats_follow_late_points(job):
+    named_write(job, {"loss": ([10, 11], [0.5, 0.4])})
+    named_write(job, {"loss": ([3], [9.0])})  # late: before what is stored
+    key = MetricKey.objects.get(job=job, name="loss")
+    assert (key.first_step, key.last_step, key.last_value) == (3, 11, 0.4)
+    assert (key.min_value, key.max_value, key.count) == (0.4, 9.0, 3)
+    assert reload(job).current_step == 12
+
+
+def test_headline_and_named_points_share_one_write(job):
+    headline = metric_batch([0, 1, 2], steps_per_epoch=20, losses=[2.0, 1.0, 1.5])
+    result = named_write(job, {"val/loss": ([2], 1.7)}, headline=headline)
+    assert (result.created, result.named_created) == (3, 1)
+    job = reload(job)
+    assert (job.current_step, job.last_loss, job.ingest_seq) == (3, 1.5, 1)
+    logged = set(
+        IngestLog.objects.filter(job=job).values_list("seq", "key__name", "min_step", "max_step")
+    )
+    assert logged == {(1, None, 0, 2), (1, "val/loss", 2, 2)}
+
+
+def test_a_write_costs_the_same_statements_for_any_number_of_jobs_keys_and_points(user):
+    from django.db import transaction
+
+    from jobs.services import jobs_lock
+    from metrics.services import metric_batches_write
+
+    def write(jobs, keys, points):
+        named = {
+            job.pk: named_batch({f"k{k}": (range(points), np.arange(points)) for k in range(keys)})
+            for job in jobs
+        }
+        with transaction.atomic():
+            locked = jobs_lock([job.pk for job in jobs])
+            batches = [(job, metric_batch(range(points), steps_per_epoch=20)) for job in locked]
+            with CaptureQueriesContext(connection) as queries:
+                metric_batches_write(batches, named=named)
+        return len(queries)
+
+    small = write([TrainingJobFactory(owner=user)], 1, 1)
+    jobs = [TrainingJobFactory(owner=user) for _ in range(5)]
+    assert write(jobs, 20, 30) == small
+    # A second write, some keys new, some points duplicates: still the same statements,
+    # plus each series kind's duplicate fallback (roll back to the savepoint, insert again).
+    assert write(jobs, 25, 40) == small + 4
