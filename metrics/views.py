@@ -385,7 +385,7 @@ def _named_columns(points: NamedSeries) -> dict[str, Any]:
 
 
 def _headline_columns(points: Series) -> dict[str, Any]:
-    return points.columns()  # with "times", the wall-clock axis
+    return {**points.columns(), "times": points.times}  # times: the wall-clock axis
 
 
 def _key_stats(key: MetricKey) -> dict[str, Any]:
