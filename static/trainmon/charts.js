@@ -446,17 +446,22 @@
       return state.xAxis === "time";
     }
 
-    const headlineCharts = {
-      loss: new MetricChart(document.getElementById("chart-loss"), {
-        lines: [{ label: "loss", colourVar: "--chart-loss", smoothed: true }],
-      }),
-      accuracy: new MetricChart(document.getElementById("chart-accuracy"), {
-        lines: [{ label: "accuracy", colourVar: "--chart-accuracy", smoothed: true }],
-      }),
-      learning_rate: new MetricChart(document.getElementById("chart-lr"), {
-        lines: [{ label: "learning rate", colourVar: "--chart-lr", smoothed: false }],
-      }),
+    const HEADLINE_LINES = {
+      loss: { label: "loss", colourVar: "--chart-loss", smoothed: true },
+      accuracy: { label: "accuracy", colourVar: "--chart-accuracy", smoothed: true },
+      learning_rate: { label: "learning rate", colourVar: "--chart-lr", smoothed: false },
     };
+    const HEADLINE_CANVASES = {
+      loss: "chart-loss",
+      accuracy: "chart-accuracy",
+      learning_rate: "chart-lr",
+    };
+    const headlineCharts = {};
+    for (const [name, line] of Object.entries(HEADLINE_LINES)) {
+      headlineCharts[name] = new MetricChart(document.getElementById(HEADLINE_CANVASES[name]), {
+        lines: [line],
+      });
+    }
 
     // --- named keys: sections, charts (panels), lazily drawn ------------------------------
 
@@ -579,7 +584,53 @@
         attachKey(panel, name);
         if (drawn && isOnScreen(panel.figure)) showPanel(panel);
       }
+      overlayHeadlineTwins();
       applyFilter();
+    }
+
+    // The headline loss and accuracy are the training twins of "val_loss" / "val/loss" and
+    // "val_accuracy" / "val/accuracy" when no named key "loss" / "accuracy" exists: the
+    // validation line joins the headline chart too (and keeps its own chart in its section).
+    const overlays = new Map(); // headline name -> its validation panel
+
+    function overlayHeadlineTwins() {
+      const names = new Set(panelOfKey.keys());
+      for (const name of ["loss", "accuracy"]) {
+        if (overlays.has(name) || names.has(name)) continue;
+        const withHeadline = new Set([...names, name]);
+        const val = Array.from(names)
+          .sort()
+          .find((key) => trainingTwin(key, withHeadline) === name);
+        if (!val) continue;
+        const canvas = document.getElementById(HEADLINE_CANVASES[name]);
+        headlineCharts[name].destroy();
+        const chart = new MetricChart(canvas, {
+          lines: [HEADLINE_LINES[name], { label: val, colourVar: "--series-1", smoothed: true }],
+        });
+        chart.configure(state);
+        headlineCharts[name] = chart;
+        const figure = canvas.closest("figure");
+        figure.dataset.twin = val;
+        const panel = {
+          keys: [val],
+          section: null,
+          figure,
+          note: document.createElement("span"), // the headline's note says how many points
+          canvas,
+          chart,
+          series: {},
+          loaded: false,
+          loading: false,
+          visible: true, // the headline charts are always live
+          synced: -1,
+          lineOffset: 1,
+          overlay: true,
+        };
+        overlays.set(name, panel);
+        panels.push(panel);
+        if (state.loaded) drawHeadline();
+        queueLoad(panel);
+      }
     }
 
     function isOnScreen(element) {
@@ -694,7 +745,8 @@
       if (!panel.chart) return;
       panel.keys.forEach((key, index) => {
         const columns = panel.series[key] || emptyColumns(NAMED_COLUMNS);
-        panel.chart.setLine(index, xs(columns), columns.values, state.weight);
+        const line = index + (panel.lineOffset || 0);
+        panel.chart.setLine(line, xs(columns), columns.values, state.weight);
       });
       panel.chart.update();
       notePanel(panel);
@@ -710,6 +762,7 @@
         total += Math.max(columns.total, columns.steps.length);
       }
       panel.note.textContent = pointsNote(shown, total);
+      if (panel.overlay) return;
       panel.figure.dataset.pointCount = String(shown);
       panel.figure.dataset.chart = "ready";
     }
@@ -724,6 +777,7 @@
       const shownBySection = new Map();
       let shown = 0;
       for (const panel of panels) {
+        if (panel.overlay) continue;
         const match = !query || panel.keys.some((key) => key.toLowerCase().includes(query));
         panel.figure.hidden = !match;
         if (!match) panel.visible = false;

@@ -350,3 +350,25 @@ def test_late_batches_from_several_writers_reach_the_open_chart_in_step_order(
     assert headline == list(range(stored))
     assert np.all(np.diff(headline) == 1)
     assert browser_errors.messages == []
+
+
+def test_a_validation_twin_of_the_headline_loss_joins_the_loss_chart(
+    open_page, user, external, browser_errors, fast_polls
+):
+    write(external, named=[("val/loss", s, 1.5) for s in (4, 9)], steps=range(10))
+    page = open_page(user)
+    page.goto(external.get_absolute_url())
+    page.wait_for_selector('figure[data-metric="loss"][data-twin="val/loss"]')
+    loss_lines = """() => {
+      const chart = Chart.getChart(document.getElementById("chart-loss"));
+      return [0, 1].map((line) => chart.data.datasets.filter((d) => d.line === line)[0]
+        .data.map((p) => p.x));
+    }"""
+    page.wait_for_function(f"() => ({loss_lines})()[1].length === 2")
+    assert page.evaluate(loss_lines) == [list(range(10)), [4, 9]]
+    # It keeps its own chart in its section, and both follow the run.
+    ready(page, "val/loss")
+    write(external, named=[("val/loss", 14, 1.2)], steps=range(10, 15))
+    page.wait_for_function(f"() => ({loss_lines})()[1].length === 3")
+    assert page.evaluate(loss_lines)[0] == list(range(15))
+    assert browser_errors.messages == []
