@@ -225,7 +225,8 @@
     const data = {};
     for (const column of columns) {
       const values = source[column];
-      data[column] = values && values.length === steps.length ? values.slice() : steps.map(() => null);
+      data[column] =
+        values && values.length === steps.length ? values.slice() : steps.map(() => null);
     }
     let sorted = true;
     for (let i = 1; i < steps.length && sorted; i++) sorted = steps[i - 1] < steps[i];
@@ -496,7 +497,8 @@
       details.append(summary, body);
       details.addEventListener("toggle", () => {
         // A collapsed section frees its charts; opening it draws them again as they show.
-        if (!details.open) for (const panel of panels) if (panel.section === entry) dropChart(panel);
+        if (details.open) return;
+        for (const panel of panels) if (panel.section === entry) dropChart(panel);
       });
       entry = { details, body, count, prefix };
       sections.set(prefix, entry);
@@ -729,7 +731,8 @@
         for (const panel of batch) {
           if (panel.chart) panel.note.textContent = `could not load (${error.message})`;
         }
-        window.setTimeout(() => batch.forEach((panel) => panel.chart && queueLoad(panel)), RETRY_MS);
+        const retry = () => batch.forEach((panel) => panel.chart && queueLoad(panel));
+        window.setTimeout(retry, RETRY_MS);
       } finally {
         for (const panel of batch) {
           panel.loading = false;
@@ -768,7 +771,9 @@
     }
 
     function livePanels() {
-      return panels.filter((panel) => panel.visible && panel.chart && panel.loaded && !panel.loading);
+      return panels.filter(
+        (panel) => panel.visible && panel.chart && panel.loaded && !panel.loading
+      );
     }
 
     function applyFilter() {
@@ -812,7 +817,9 @@
         state.keysLoaded = true;
         applyFilter();
       } catch (error) {
-        if (keyCount) keyCount.textContent = `Could not list the keys (${error.message}); retrying…`;
+        if (keyCount) {
+          keyCount.textContent = `Could not list the keys (${error.message}); retrying…`;
+        }
         window.setTimeout(loadKeys, RETRY_MS);
       }
     }

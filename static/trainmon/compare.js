@@ -28,8 +28,9 @@
     const datasets = [];
     // Lines need not share steps: a tooltip matches by x, and NaN (null) stays a gap.
     for (const job of jobs) {
-      datasets.push({ label: `${job.name} (raw)`, data: [], borderWidth: 1, order: 2, job, raw: true, spanGaps: false });
-      datasets.push({ label: job.name, data: [], borderWidth: 2, order: 1, job, raw: false, spanGaps: false });
+      const common = { data: [], job, spanGaps: false };
+      datasets.push({ ...common, label: `${job.name} (raw)`, borderWidth: 1, order: 2, raw: true });
+      datasets.push({ ...common, label: job.name, borderWidth: 2, order: 1, raw: false });
     }
     const options = tc.chartOptions(canvas.dataset.key || "loss");
     options.interaction = { mode: "nearest", axis: "x", intersect: false };

@@ -372,3 +372,27 @@ def test_a_validation_twin_of_the_headline_loss_joins_the_loss_chart(
     page.wait_for_function(f"() => ({loss_lines})()[1].length === 3")
     assert page.evaluate(loss_lines)[0] == list(range(15))
     assert browser_errors.messages == []
+
+
+def test_compare_picks_a_shared_key(open_page, user, browser_errors):
+    first, second = (
+        TrainingJobFactory(owner=user, name=name, total_epochs=10, steps_per_epoch=100)
+        for name in ("run-a", "run-b")
+    )
+    write(first, named=[("val/loss", s, 1.0 - s / 20) for s in range(5)], steps=range(5))
+    write(second, named=[("val/loss", s, 2.0) for s in (0, 2)], steps=range(3))
+    page = open_page(user)
+    page.goto(f"/compare/?jobs={first.pk},{second.pk}")
+    assert page.is_hidden("#compare-key-submit")  # the picker submits itself
+    with page.expect_navigation():
+        page.select_option("#compare-key", "val/loss")
+    assert "key=val%2Floss" in page.url
+    assert page.inner_text("#compare-chart-title") == "val/loss"
+    lines = page.evaluate(
+        """() => Chart.getChart(document.getElementById("compare-chart")).data.datasets
+             .filter((d) => d.raw).map((d) => d.data.map((p) => p.x))"""
+    )
+    assert lines == [[0, 1, 2, 3, 4], [0, 2]]
+    row = page.locator(f'tr[data-job-id="{first.pk}"]')
+    assert row.locator('[data-column="best"]').inner_text() == "0.8000"
+    assert browser_errors.messages == []
