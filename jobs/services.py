@@ -598,6 +598,7 @@ class BatchSummary:
     min_loss_step: int | None = None
     diverged_at_step: int | None = None  # first step whose loss was NaN or infinite
     named_max_step: int | None = None  # highest step of named points stored, if any
+    first_key: str | None = None  # the primary metric of a job that has none yet
 
 
 _PROGRESS_COLUMNS = (
@@ -613,6 +614,7 @@ _PROGRESS_COLUMNS = (
     ("failure_reason", "text"),
     ("finished", "boolean"),
     ("ingest_seq", "bigint"),
+    ("primary_metric", "text"),
 )
 
 
@@ -656,6 +658,8 @@ def _progress_row(summary: BatchSummary, now: datetime) -> tuple:
         job.current_step = max(job.current_step, summary.named_max_step + 1)
     if summary.max_step is not None or summary.named_max_step is not None:
         job.ingest_seq += 1  # this write stored points: the job's ingest position moves
+    if summary.first_key and not job.primary_metric:
+        job.primary_metric = summary.first_key
     if summary.min_loss is not None and (job.best_loss is None or summary.min_loss < job.best_loss):
         job.best_loss = summary.min_loss
         job.best_loss_step = summary.min_loss_step
@@ -700,6 +704,7 @@ def _progress_row(summary: BatchSummary, now: datetime) -> tuple:
         job.failure_reason,
         finished,
         job.ingest_seq,
+        job.primary_metric,
     )
 
 

@@ -95,6 +95,9 @@ class NamedBatch:
         object.__setattr__(self, "names", names)
         if len(set(names)) != len(names):
             raise ValueError("NamedBatch.names must be distinct")
+        bad = [name for name in names if not is_key_name(name)]
+        if bad:
+            raise ValueError(f"not a metric key name (see KEY_NAME_RE): {bad[0]!r}")
         if len(self.key_index) and (self.key_index.min() < 0 or self.key_index.max() >= len(names)):
             raise ValueError("NamedBatch.key_index points outside names")
         if len(self.steps) and self.steps.min() < 0:

@@ -28,6 +28,8 @@ from trainmon.bulk import json_rows
 
 logger = logging.getLogger(__name__)
 
+# The named key a job without headline loss shows on the dashboard, if it logs one.
+PRIMARY_METRIC_DEFAULT = "loss"
 # A failed job's reason quotes this much of the error: enough to recognise it.
 SIMULATION_ERROR_CHARS = 200
 
@@ -111,6 +113,7 @@ def metric_batches_write(
                     created_points.get(job.pk, MetricBatch.empty()),
                     diverged_step,
                     named_steps.get(job.pk),
+                    _first_key(named.get(job.pk)),
                 )
                 for job, _, diverged_step in stored
             ],
@@ -131,21 +134,33 @@ def metric_batches_write(
     ]
 
 
+def _first_key(batch: NamedBatch | None) -> str | None:
+    # A job's primary metric, once it logs named keys: "loss" if it logs one, else its first.
+    if batch is None or not batch.names:
+        return None
+    return PRIMARY_METRIC_DEFAULT if PRIMARY_METRIC_DEFAULT in batch.names else batch.names[0]
+
+
 def _summary(
     job: TrainingJob,
     batch: MetricBatch,
     diverged_at_step: int | None,
     named_max_step: int | None,
+    first_key: str | None,
 ) -> BatchSummary:
     if not len(batch):
         return BatchSummary(
-            job=job, diverged_at_step=diverged_at_step, named_max_step=named_max_step
+            job=job,
+            diverged_at_step=diverged_at_step,
+            named_max_step=named_max_step,
+            first_key=first_key,
         )
     last = int(np.argmax(batch.steps))
     best = int(np.argmin(batch.losses))
     return BatchSummary(
         job=job,
         named_max_step=named_max_step,
+        first_key=first_key,
         max_step=int(batch.steps[last]),
         last_loss=float(batch.losses[last]),
         last_accuracy=_optional(batch.accuracies[last]),

@@ -24,6 +24,16 @@ STREAM_VAL_LOSS_ANGLE = 5
 STREAM_VAL_ACCURACY = 6
 STREAM_GRAD_NORM = 7
 
+_STREAMS = (
+    STREAM_LOSS_RADIUS,
+    STREAM_LOSS_ANGLE,
+    STREAM_ACCURACY,
+    STREAM_VAL_LOSS_RADIUS,
+    STREAM_VAL_LOSS_ANGLE,
+    STREAM_VAL_ACCURACY,
+    STREAM_GRAD_NORM,
+)
+
 # The named series a simulated job writes beside its headline points: validation loss and
 # accuracy at each epoch's last step, the gradient norm at every step.
 VAL_LOSS_KEY = "val/loss"
@@ -93,18 +103,9 @@ class TrainingSimulator:
         self.warmup_steps = int(warmup_steps)
         self.diverge_at_step = None if diverge_at_step is None else int(diverge_at_step)
         seed_hash = _splitmix64(np.array([self.seed & UINT64_MASK], dtype=np.uint64))
-        self._stream_keys = {
-            stream: _splitmix64(seed_hash ^ _U64(stream))
-            for stream in (
-                STREAM_LOSS_RADIUS,
-                STREAM_LOSS_ANGLE,
-                STREAM_ACCURACY,
-                STREAM_VAL_LOSS_RADIUS,
-                STREAM_VAL_LOSS_ANGLE,
-                STREAM_VAL_ACCURACY,
-                STREAM_GRAD_NORM,
-            )
-        }
+        # Every stream's key in one call: a tick builds a simulator per job.
+        keys = _splitmix64(seed_hash ^ np.array(_STREAMS, dtype=np.uint64))
+        self._stream_keys = {stream: keys[i : i + 1] for i, stream in enumerate(_STREAMS)}
 
     def _uniforms(self, stream: int, steps: np.ndarray) -> np.ndarray:
         # Counter-based: the draw for a step depends on nothing but the key and
@@ -215,15 +216,23 @@ class TrainingSimulator:
             * np.sqrt(losses / self.initial_loss)
             * (1.0 + GRAD_NORM_JITTER * jitter)
         )
-        val_steps = steps[(steps + 1) % steps_per_epoch == 0]
-        val_losses = self._healthy_losses(
-            val_steps,
-            total_steps,
-            gap=VAL_LOSS_GAP,
-            noise_scale=VAL_NOISE_SCALE,
-            streams=(STREAM_VAL_LOSS_RADIUS, STREAM_VAL_LOSS_ANGLE),
+        # The epoch ends in the batch, without a pass over its steps: first the step that
+        # ends the epoch the batch starts in, then every steps_per_epoch on.
+        first_end = (
+            -(-(int(steps[0]) + 1) // steps_per_epoch) * steps_per_epoch - 1 if len(steps) else 0
         )
-        val_accuracies = self._accuracies(val_losses, val_steps, STREAM_VAL_ACCURACY)
+        val_steps = np.arange(first_end, int(steps[-1]) + 1 if len(steps) else 0, steps_per_epoch)
+        if len(val_steps):
+            val_losses = self._healthy_losses(
+                val_steps,
+                total_steps,
+                gap=VAL_LOSS_GAP,
+                noise_scale=VAL_NOISE_SCALE,
+                streams=(STREAM_VAL_LOSS_RADIUS, STREAM_VAL_LOSS_ANGLE),
+            )
+            val_accuracies = self._accuracies(val_losses, val_steps, STREAM_VAL_ACCURACY)
+        else:
+            val_losses = val_accuracies = np.empty(0)
         n, v = len(steps), len(val_steps)
         return NamedBatch(
             names=SIMULATED_KEYS,

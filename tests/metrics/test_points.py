@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics.points import MetricBatch
+from metrics.points import MetricBatch, NamedBatch, is_key_name
 from metrics.simulator import TrainingSimulator
 
 
@@ -33,3 +33,40 @@ def test_metric_batch_empty_head_and_first_diverged() -> None:
     losses[[6, 8]] = [np.inf, np.nan]
     broken = MetricBatch(batch.steps, batch.epochs, losses, batch.accuracies, batch.learning_rates)
     assert broken.first_diverged_loss() == 6
+
+
+# --- NamedBatch -------------------------------------------------------------------------------
+
+
+def test_a_named_batch_from_points_numbers_names_by_first_appearance():
+    batch = NamedBatch.from_points(
+        [("val/loss", 9, 0.5, 1.0), ("grad", 0, float("nan"), 2.0), ("val/loss", 19, 0.4, 3.0)]
+    )
+    assert batch.names == ("val/loss", "grad")
+    assert batch.key_index.tolist() == [0, 1, 0]
+    assert batch.steps.dtype == np.int64 and batch.values.dtype == np.float64
+    assert len(batch) == 3 and np.isnan(batch.values[1])
+    assert len(NamedBatch.empty()) == 0
+
+
+@pytest.mark.parametrize(
+    ("names", "key_index", "steps", "message"),
+    [
+        (("a", "a"), [0], [0], "distinct"),
+        (("a",), [1], [0], "outside names"),
+        (("a",), [0], [-1], ">= 0"),
+        (("bad\\nname",), [0], [0], "key name"),
+        (("x" * 251,), [0], [0], "key name"),
+        (("",), [0], [0], "key name"),
+    ],
+)
+def test_a_named_batch_refuses_what_cannot_be_stored(names, key_index, steps, message):
+    with pytest.raises(ValueError, match=message):
+        NamedBatch(names, np.array(key_index), np.array(steps), np.zeros(1), np.zeros(1))
+
+
+def test_key_names_follow_mlflows_rule():
+    for name in ("loss", "val/loss", "train_acc-top.5", "eval: f1", "a" * 250):
+        assert is_key_name(name)
+    for name in ("", "a" * 251, "loss\\n", "é", "a,b", "x\\ty"):
+        assert not is_key_name(name)

@@ -153,3 +153,27 @@ def test_a_write_costs_the_same_statements_for_any_number_of_jobs_keys_and_point
     # A second write, some keys new, some points duplicates: still the same statements,
     # plus each series kind's duplicate fallback (roll back to the savepoint, insert again).
     assert write(jobs, 25, 40) == small + 4
+
+
+def test_the_primary_metric_is_loss_if_logged_else_the_first_key(user):
+    with_loss = TrainingJobFactory(owner=user)
+    named_write(with_loss, {"acc": ([0], 0.5), "loss": ([0], 1.0)})
+    assert reload(with_loss).primary_metric == "loss"
+    without = TrainingJobFactory(owner=user)
+    named_write(without, {"val/acc": ([0], 0.5), "grad": ([0], 1.0)})
+    named_write(without, {"loss": ([1], 1.0)})  # set once: later keys do not move it
+    assert reload(without).primary_metric == "val/acc"
+    chosen = TrainingJobFactory(owner=user, primary_metric="grad")
+    named_write(chosen, {"loss": ([0], 1.0), "grad": ([0], 1.0)})
+    assert reload(chosen).primary_metric == "grad"
+
+
+def test_deleting_a_job_deletes_its_keys_points_summaries_and_log(user):
+    doomed, kept = TrainingJobFactory(owner=user), TrainingJobFactory(owner=user)
+    for job in (doomed, kept):
+        named_write(job, {"a": (range(50), 1.0), "b": ([3], 2.0)})
+    doomed.delete()
+    assert set(MetricKey.objects.values_list("job_id", flat=True)) == {kept.pk}
+    assert NamedMetric.objects.count() == 51
+    assert set(KeySummary.objects.values_list("key__job_id", flat=True)) == {kept.pk}
+    assert set(IngestLog.objects.values_list("job_id", flat=True)) == {kept.pk}
