@@ -52,6 +52,7 @@ COMPARE_MAX_JOBS = 8
 COMPARE_POINTS_PER_JOB = 1000
 MAX_JOB_ID = 2**63 - 1
 MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
+MAX_STEP = 2**63 - 1
 PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7
 MISSING_VALUE = "—"
 # Named keys one series or poll request may ask for: a screenful of charts, with room to spare.
@@ -145,7 +146,9 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
             names = _keys_param(request.GET)
             after = None
         else:
-            after = _int_param(request.GET, "after", minimum=-1)
+            # Steps are signed 64-bit: past the largest there is nothing, and SQLite cannot
+            # even bind a larger number.
+            after = min(_int_param(request.GET, "after", minimum=-1), MAX_STEP)
     except BadParameter as error:
         return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
     job = job_get_visible(user=request.user, job_id=job_id)

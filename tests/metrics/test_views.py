@@ -536,6 +536,15 @@ def test_poll_by_cursor_from_the_future_asks_for_a_reload(user_client, external)
     assert data["cursor"] == job.ingest_seq
 
 
+@pytest.mark.parametrize("huge", [str(2**63), str(10**30)])
+def test_poll_takes_a_cursor_or_step_beyond_any_without_error(user_client, external, huge):
+    job = named_write(external, [("a", 0, 1.0)])
+    data = poll_data(user_client.get(poll_url(job, cursor=huge, keys="a")))
+    assert (data["reload"], data["cursor"]) == (True, job.ingest_seq)
+    data = poll_data(user_client.get(poll_url(job, after=huge)))
+    assert data["steps"] == []
+
+
 @pytest.mark.parametrize("query", ["cursor=", "cursor=abc", "cursor=-1", "cursor=1.5"])
 def test_poll_rejects_a_bad_cursor(user_client, running, query):
     response = user_client.get(reverse("metrics:poll", args=[running.pk]) + "?" + query)
