@@ -19,6 +19,7 @@ from jobs.models import TrainingJob
 from jobs.services import jobs_lock
 from metrics.points import MetricBatch, NamedBatch
 from metrics.services import metric_batches_write
+from tests.browser.support import screenshot
 from tests.support.factories import TrainingJobFactory
 from tests.support.metric_points import metric_batch
 
@@ -142,6 +143,7 @@ def test_keys_get_sections_twins_share_a_chart_and_the_filter_hides(
              .data.datasets.every((d) => d.spanGaps === false)"""
     )
     assert "6 points" in page.inner_text('figure[data-key="grad_norm"] figcaption')
+    screenshot(page, "job-named-keys")
 
     # The filter: type to keep the matching charts; sections without one are hidden.
     page.fill("#key-filter", "acc")
