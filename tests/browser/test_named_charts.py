@@ -398,3 +398,35 @@ def test_compare_picks_a_shared_key(open_page, user, browser_errors):
     row = page.locator(f'tr[data-job-id="{first.pk}"]')
     assert row.locator('[data-column="best"]').inner_text() == "0.8000"
     assert browser_errors.messages == []
+
+
+def test_a_late_range_too_large_for_a_poll_reloads_the_charts(
+    open_page, user, browser_errors, fast_polls
+):
+    external = TrainingJobFactory(
+        owner=user, source=TrainingJob.Source.EXTERNAL, total_epochs=10, steps_per_epoch=1000
+    )
+    write(
+        external, named=[("train/loss", s, 1.0) for s in range(3000, 3100)], steps=range(3000, 3100)
+    )
+    page = open_page(user)
+    page.goto(external.get_absolute_url())
+    ready(page, "train/loss")
+    page.wait_for_function(
+        "() => Number(document.getElementById('charts').dataset.pointCount) === 100"
+    )
+    reloads: list[str] = []
+    page.on("request", lambda r: "/series/" in r.url and reloads.append(r.url))
+    # More late points than one poll carries (POLL_MAX_POINTS): the poll says reload.
+    late = range(2500)
+    write(external, named=[("train/loss", s, 2.0) for s in late], steps=late)
+    page.wait_for_function(
+        "() => Number(document.getElementById('charts').dataset.totalPoints) === 2600"
+    )
+    page.wait_for_selector('figure[data-key="train/loss"] figcaption:has-text("of 2,600 points")')
+    assert "of 2,600 points" in page.inner_text("#points-note")
+    assert any("keys=train%2Floss" in url for url in reloads)
+    assert any("keys=" not in url for url in reloads)
+    x = plotted_x(page, "train/loss")
+    assert x == sorted(x) and x[0] == 0 and x[-1] == 3099 and len(x) <= 2000
+    assert browser_errors.messages == []
