@@ -18,6 +18,7 @@ from metrics.series import (
     Series,
     check_max_points,
     epoch_seconds_sql,
+    step_param,
 )
 from metrics.summary import HEADLINE, KEYS, SummarySpec, summary_points, summary_series
 from trainmon.bulk import json_rows
@@ -54,10 +55,10 @@ def _raw_rows(
     sql = (
         f"SELECT {columns} FROM {spec.points._meta.db_table} WHERE {spec.owner} = %s AND step > %s"
     )
-    params: list[int] = [owner_id, after_step]
+    params: list[int] = [owner_id, step_param(after_step)]
     if through_step is not None:
         sql += " AND step <= %s"
-        params.append(through_step)
+        params.append(step_param(through_step))
     sql += " ORDER BY step"
     if limit is not None:
         sql += " LIMIT %s"
@@ -135,7 +136,7 @@ def _downsampled_range(
         ORDER BY step
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [owner_id, after_step, buckets, max_points])
+        cursor.execute(sql, [owner_id, step_param(after_step), buckets, max_points])
         rows = cursor.fetchall()
     if not rows:
         return [], 0

@@ -18,6 +18,15 @@ POINTS_PER_BUCKET = 3
 MIN_DOWNSAMPLED_POINTS = POINTS_PER_BUCKET + 1
 
 
+# Steps are stored as 64-bit integers: a step parameter past this matches nothing.
+MAX_STEP = 2**63 - 1
+
+
+def step_param(step: int) -> int:
+    """`step` as an SQL parameter: clamped into int64, which both databases can bind."""
+    return max(-MAX_STEP, min(step, MAX_STEP))
+
+
 def check_max_points(max_points: int) -> None:
     if max_points < MIN_DOWNSAMPLED_POINTS:
         raise ValueError(f"max_points must be at least {MIN_DOWNSAMPLED_POINTS}, got {max_points}")

@@ -329,3 +329,12 @@ def test_a_poll_costs_the_same_queries_for_one_key_or_twenty(big_job, django_ass
     with django_assert_num_queries(3):
         result = job_poll(job=big_job, cursor=2)
     assert len(result.named) == 20 and result.headline.steps == [1]
+
+
+def test_a_step_past_int64_finds_nothing_instead_of_failing(big_job):
+    named_write(big_job, {"a": ([0], 1.0)})
+    points_write(big_job, [0])
+    key = key_of(big_job, "a")
+    assert named_series_downsampled(key=key, max_points=10, after_step=10**30).steps == []
+    assert metrics_after(big_job, 2**63).steps == []
+    assert series_downsampled(big_job, 10, after_step=10**30).steps == []
