@@ -4,6 +4,7 @@ stats per job. The headline loss is read by `metrics.selectors.series_downsample
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Aggregate, CharField, OuterRef, QuerySet, Subquery, Value
@@ -11,6 +12,8 @@ from django.db.models.sql.compiler import SQLCompiler
 
 from jobs.models import TrainingJob
 from metrics.models import MetricKey
+from metrics.selectors import named_series_downsampled
+from metrics.series import NamedSeries
 
 # A key name cannot hold a newline (metrics.points.KEY_NAME_RE): a safe separator.
 _NAME_SEPARATOR = "\n"
@@ -51,7 +54,30 @@ def shared_key_names(jobs: Iterable[TrainingJob]) -> list[str]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def keys_named(jobs: Iterable[TrainingJob], name: str) -> dict[int, MetricKey]:
-    """Each job's key called `name`, by job id (jobs without one are left out); one query."""
-    found = MetricKey.objects.filter(job_id__in=[job.pk for job in jobs], name=name)
-    return {key.job_id: key for key in found}
+@dataclass(frozen=True)
+class KeyLine:
+    """One job's line of a compared key: its series (None: the job has no such key), its
+    last value and its best (lowest) finite value."""
+
+    series: NamedSeries | None
+    last: float | None
+    best: float | None
+
+
+def key_series(jobs: Iterable[TrainingJob], name: str, max_points: int) -> dict[int, KeyLine]:
+    """Each job's key `name`, downsampled to `max_points`, by job id: one query for the keys
+    (their stats are the last and best values), then one series read per job that has it."""
+    jobs = list(jobs)
+    found = {
+        key.job_id: key
+        for key in MetricKey.objects.filter(job_id__in=[job.pk for job in jobs], name=name)
+    }
+    lines: dict[int, KeyLine] = {}
+    for job in jobs:
+        key = found.get(job.pk)
+        if key is None:
+            lines[job.pk] = KeyLine(None, None, None)
+        else:
+            series = named_series_downsampled(key=key, max_points=max_points)
+            lines[job.pk] = KeyLine(series, key.last_value, key.min_value)
+    return lines

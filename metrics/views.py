@@ -22,7 +22,7 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from jobs.models import TrainingJob
 from jobs.selectors import job_get_visible, job_list_visible
-from metrics.compare import jobs_with_key_names, keys_named, shared_key_names
+from metrics.compare import jobs_with_key_names, key_series, shared_key_names
 from metrics.export import (
     FORMATS,
     dumps_finite,
@@ -202,23 +202,9 @@ def compare(request: HtmxHttpRequest) -> HttpResponse:
     colours = series_colours([job.pk for job in jobs])
     shared = shared_key_names(jobs)
     if key:
-        named = keys_named(jobs, key)
-        lines = {
-            job.pk: _named_compact(
-                named_series_downsampled(key=named[job.pk], max_points=COMPARE_POINTS_PER_JOB)
-                if job.pk in named
-                else None
-            )
-            for job in jobs
-        }
-        stats = {
-            job.pk: (
-                (named[job.pk].last_value, named[job.pk].min_value)
-                if job.pk in named
-                else (None, None)
-            )
-            for job in jobs
-        }
+        found = key_series(jobs, key, COMPARE_POINTS_PER_JOB)
+        lines = {job_id: _named_compact(line.series) for job_id, line in found.items()}
+        stats = {job_id: (line.last, line.best) for job_id, line in found.items()}
     else:
         lines = {
             job.pk: _compact_series(series_downsampled(job, COMPARE_POINTS_PER_JOB)) for job in jobs
@@ -362,16 +348,18 @@ def _keys_param(params: QueryDict) -> list[str] | None:
     parameter is absent, [] when it is empty."""
     if "keys" not in params:
         return None
-    names: list[str] = []
+    names: dict[str, None] = {}  # ordered and unique
     for value in params.getlist("keys"):
         for name in value.split(","):
-            if name and name not in names:
-                if len(name) > KEY_NAME_MAX_LENGTH:
-                    raise BadParameter(f"A key name has at most {KEY_NAME_MAX_LENGTH} characters.")
-                names.append(name)
-    if len(names) > MAX_KEYS_PER_REQUEST:
-        raise BadParameter(f"Ask for at most {MAX_KEYS_PER_REQUEST} keys at a time.")
-    return names
+            if not name or name in names:
+                continue
+            if len(name) > KEY_NAME_MAX_LENGTH:
+                raise BadParameter(f"A key name has at most {KEY_NAME_MAX_LENGTH} characters.")
+            names[name] = None
+            # Checked as it grows: a hostile list of a million names costs no more than this.
+            if len(names) > MAX_KEYS_PER_REQUEST:
+                raise BadParameter(f"Ask for at most {MAX_KEYS_PER_REQUEST} keys at a time.")
+    return list(names)
 
 
 _EMPTY_NAMED: dict[str, Any] = {"steps": [], "values": [], "times": [], "total": 0, "shown": 0}

@@ -460,6 +460,14 @@ def test_series_refuses_too_many_keys(user_client, external):
     assert str(MAX_KEYS_PER_REQUEST) in response.json()["error"]
 
 
+def test_a_huge_keys_list_is_refused_without_reading_it_all(user_client, external):
+    names = ",".join(f"k{i}" for i in range(200_000))
+    started = time.monotonic()
+    assert user_client.get(series_url(external, keys=names)).status_code == 400
+    assert user_client.get(poll_url(external, cursor=0, keys=names)).status_code == 400
+    assert time.monotonic() - started < 2
+
+
 def test_keys_lists_every_key_with_its_stats(user_client, external):
     job = named_write(
         external,
