@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from jobs.models import TrainingJob
 from jobs.selectors import job_get_visible, job_list_visible
+from metrics.compare import jobs_with_key_names, key_series, shared_key_names
 from metrics.export import (
     FORMATS,
     dumps_finite,
@@ -30,8 +32,17 @@ from metrics.export import (
     named_csv_chunks,
     named_json_chunks,
 )
-from metrics.selectors import metrics_after, series_downsampled
-from metrics.series import POLL_MAX_POINTS, SERIES_MAX_POINTS, Series
+from metrics.models import MetricKey
+from metrics.points import KEY_NAME_RE
+from metrics.selectors import (
+    Poll,
+    job_poll,
+    metric_key_list,
+    metrics_after,
+    named_series_downsampled,
+    series_downsampled,
+)
+from metrics.series import POLL_MAX_POINTS, SERIES_MAX_POINTS, NamedSeries, Series
 from trainmon.http import HtmxHttpRequest
 
 Status = TrainingJob.Status
@@ -43,8 +54,13 @@ COMPARE_MAX_JOBS = 8
 COMPARE_POINTS_PER_JOB = 1000
 MAX_JOB_ID = 2**63 - 1
 MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
+MAX_STEP = 2**63 - 1
 PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7
 MISSING_VALUE = "—"
+# Named keys one series or poll request may ask for: a screenful of charts, with room to spare.
+MAX_KEYS_PER_REQUEST = 100
+KEY_NAME_MAX_LENGTH = 250
+HEADLINE_KEY = "loss"  # the compare page's default: the headline loss (TrainingMetric)
 
 _STATUS_TOASTS: dict[str, tuple[str, str]] = {
     Status.COMPLETED: ("completed", "success"),
@@ -71,35 +87,84 @@ class BadParameter(ValueError):
 @never_cache
 @require_GET
 def series(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
+    """The headline series (today's shape, plus "times" and "cursor"); with `?keys=a,b` the
+    named series of those keys instead: {"keys": {name: columns}, "cursor": seq}."""
     try:
         max_points = _int_param(request.GET, "max_points", default=SERIES_MAX_POINTS)
+        names = _keys_param(request.GET)
     except BadParameter as error:
         return _json_response({"error": str(error)}, status=400)
     max_points = min(max(max_points, SERIES_MIN_POINTS_PARAM), SERIES_MAX_POINTS_PARAM)
     job = job_get_visible(user=request.user, job_id=job_id)
-    points = series_downsampled(job, max_points)
-    return _json_response({**points.columns(), "shown": points.shown, "status": job.status})
+    # The cursor is read (with the job) before the points: a write in between is sent again
+    # by the next poll, which the page merges by step, rather than missed.
+    cursor = job.ingest_seq
+    if names is None:
+        points = series_downsampled(job, max_points)
+        return _json_response(
+            {
+                **_headline_columns(points),
+                "shown": points.shown,
+                "status": job.status,
+                "cursor": cursor,
+            }
+        )
+    by_name = {key.name: key for key in metric_key_list(job=job)}
+    answer = {}
+    for name in names:
+        key = by_name.get(name)
+        answer[name] = (
+            _named_columns(named_series_downsampled(key=key, max_points=max_points))
+            if key is not None
+            else _EMPTY_NAMED
+        )
+    return _json_response({"keys": answer, "cursor": cursor, "status": job.status})
+
+
+@never_cache
+@require_GET
+def keys(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
+    """The job's named keys with their running stats, by name, and the ingest cursor."""
+    job = job_get_visible(user=request.user, job_id=job_id)
+    cursor = job.ingest_seq
+    return _json_response(
+        {"keys": [_key_stats(key) for key in metric_key_list(job=job)], "cursor": cursor}
+    )
 
 
 @never_cache
 @require_GET
 def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
-    """New points since `after` as JSON in #poll-data, and the job's partials, out of band."""
+    """News for an open job page as JSON in #poll-data, and the job's partials, out of band.
+
+    `?cursor=N&keys=a,b`: everything ingested since the ingest position N (late points
+    included) for the headline and those keys. The older `?after=<step>`: headline points
+    with a step past it.
+    """
     try:
-        after = _int_param(request.GET, "after", minimum=-1)
         known_status = _status_param(request.GET)
+        if "cursor" in request.GET:
+            cursor = _int_param(request.GET, "cursor", minimum=0)
+            names = _keys_param(request.GET)
+            after = None
+        else:
+            # Steps are signed 64-bit: past the largest there is nothing, and SQLite cannot
+            # even bind a larger number.
+            after = min(_int_param(request.GET, "after", minimum=-1), MAX_STEP)
     except BadParameter as error:
         return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
     job = job_get_visible(user=request.user, job_id=job_id)
-    points = metrics_after(job, after, POLL_MAX_POINTS)
-    data = {
-        **points.columns(),
-        "shown": points.shown,
-        "last_step": after if points.last_step is None else points.last_step,
-        "catch_up": points.downsampled,
-        "status": job.status,
-        "terminal": job.is_terminal,
-    }
+    if after is None:
+        data = _poll_data(job_poll(job=job, cursor=cursor, keys=names))
+    else:
+        points = metrics_after(job, after, POLL_MAX_POINTS)
+        data = {
+            **points.columns(),
+            "shown": points.shown,
+            "last_step": after if points.last_step is None else points.last_step,
+            "catch_up": points.downsampled,
+        }
+    data.update(status=job.status, terminal=job.is_terminal)
     status_changed = known_status != job.status
     # The header (badge, buttons) changes only with the status: re-sent then, not every poll.
     context = {"job": job, "poll_json": _script_json(data), "with_header": status_changed}
@@ -145,36 +210,55 @@ def _key_names_param(params: QueryDict) -> set[str] | None:
 
 @require_GET
 def compare(request: HtmxHttpRequest) -> HttpResponse:
+    """Jobs side by side: one key overlaid (`?key=`, default the headline loss), the table
+    with each job's last and best value of it and the hyperparameters."""
     try:
         job_ids = _job_ids(request.GET)
+        key = _compare_key_param(request.GET)
     except BadParameter as error:
         context = {"error": str(error), "max_jobs": COMPARE_MAX_JOBS}
         return render(request, "metrics/compare.html", context, status=400)
-    visible = {job.pk: job for job in job_list_visible(user=request.user).filter(pk__in=job_ids)}
+    visible_jobs = jobs_with_key_names(job_list_visible(user=request.user).filter(pk__in=job_ids))
+    visible = {job.pk: job for job in visible_jobs}
     jobs = [visible[job_id] for job_id in job_ids if job_id in visible]
     if not jobs:
         raise Http404("None of these jobs exist or are yours.")
     colours = series_colours([job.pk for job in jobs])
-    chart = [
-        {
-            "id": job.pk,
-            "name": job.name,
-            "colour": colours[job.pk],
-            **_compact_series(series_downsampled(job, COMPARE_POINTS_PER_JOB)),
+    shared = shared_key_names(jobs)
+    if key:
+        found = key_series(jobs, key, COMPARE_POINTS_PER_JOB)
+        lines = {job_id: _named_compact(line.series) for job_id, line in found.items()}
+        stats = {job_id: (line.last, line.best) for job_id, line in found.items()}
+    else:
+        lines = {
+            job.pk: _compact_series(series_downsampled(job, COMPARE_POINTS_PER_JOB)) for job in jobs
         }
-        for job in jobs
+        stats = {job.pk: (job.last_loss, job.best_loss) for job in jobs}
+    chart = [
+        {"id": job.pk, "name": job.name, "colour": colours[job.pk], **lines[job.pk]} for job in jobs
     ]
-    keys, rows = _hyperparameter_table(jobs)
+    params_keys, rows = _hyperparameter_table(jobs)
     context = {
         "jobs": jobs,
         "rows": [
-            {"job": job, "colour": colours[job.pk], "params": params}
+            {
+                "job": job,
+                "colour": colours[job.pk],
+                "params": params,
+                "last": stats[job.pk][0],
+                "best": stats[job.pk][1],
+            }
             for job, params in zip(jobs, rows, strict=True)
         ],
-        "hyperparameter_keys": keys,
+        "hyperparameter_keys": params_keys,
         "skipped": [job_id for job_id in job_ids if job_id not in visible],
         "chart_data": chart,
         "max_jobs": COMPARE_MAX_JOBS,
+        "key": key,
+        "key_label": key or HEADLINE_KEY,
+        # The picker: the keys every job has, and the one asked for even if some lack it.
+        "key_choices": shared if not key or key in shared else sorted([*shared, key]),
+        "job_ids": ",".join(str(job.pk) for job in jobs),
     }
     return render(request, "metrics/compare.html", context)
 
@@ -285,8 +369,80 @@ def _hyperparameter_table(
     return [{"key": key, "differs": differs[key]} for key in keys], rows
 
 
+def _keys_param(params: QueryDict) -> list[str] | None:
+    """Key names from ?keys=a,b (names cannot hold a comma), in order, unique; None when the
+    parameter is absent, [] when it is empty."""
+    if "keys" not in params:
+        return None
+    names: dict[str, None] = {}  # ordered and unique
+    for value in params.getlist("keys"):
+        for name in value.split(","):
+            if not name or name in names:
+                continue
+            if len(name) > KEY_NAME_MAX_LENGTH:
+                raise BadParameter(f"A key name has at most {KEY_NAME_MAX_LENGTH} characters.")
+            names[name] = None
+            # Checked as it grows: a hostile list of a million names costs no more than this.
+            if len(names) > MAX_KEYS_PER_REQUEST:
+                raise BadParameter(f"Ask for at most {MAX_KEYS_PER_REQUEST} keys at a time.")
+    return list(names)
+
+
+_EMPTY_NAMED: dict[str, Any] = {"steps": [], "values": [], "times": [], "total": 0, "shown": 0}
+
+
+def _named_columns(points: NamedSeries) -> dict[str, Any]:
+    return {
+        "steps": points.steps,
+        "values": points.values,
+        "times": points.times,
+        "total": points.total,
+        "shown": points.shown,
+    }
+
+
+def _headline_columns(points: Series) -> dict[str, Any]:
+    return {**points.columns(), "times": points.times}  # times: the wall-clock axis
+
+
+def _key_stats(key: MetricKey) -> dict[str, Any]:
+    return {
+        "key": key.name,
+        "count": key.count,
+        "first_step": key.first_step,
+        "last_step": key.last_step,
+        "last": key.last_value,
+        "min": key.min_value,
+        "max": key.max_value,
+    }
+
+
+def _poll_data(news: Poll) -> dict[str, Any]:
+    return {
+        "cursor": news.cursor,
+        "headline": _headline_columns(news.headline),
+        "keys": {name: _named_columns(points) for name, points in news.named.items()},
+        "reload": news.reload,
+        "new_keys": news.new_keys,
+    }
+
+
 def _compact_series(points: Series) -> dict[str, Any]:
-    return {"steps": points.steps, "loss": points.loss, "total": points.total}
+    return {"steps": points.steps, "values": points.loss, "total": points.total}
+
+
+def _named_compact(points: NamedSeries | None) -> dict[str, Any]:
+    if points is None:
+        return {"steps": [], "values": [], "total": 0}
+    return {"steps": points.steps, "values": points.values, "total": points.total}
+
+
+def _compare_key_param(params: QueryDict) -> str:
+    """The named key to compare; "" for the headline loss."""
+    key = params.get("key", "")
+    if key and not re.fullmatch(KEY_NAME_RE, key):
+        raise BadParameter(f"{key[:40]!r} is not a metric key name.")
+    return key
 
 
 def _json_response(data: dict[str, Any], *, status: int = 200) -> HttpResponse:

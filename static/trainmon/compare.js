@@ -1,4 +1,5 @@
-// The compare page: one loss chart, a line per job in its palette colour (--series-N).
+// The compare page: one chart of the chosen key (the headline loss by default), a line per
+// job in its palette colour (--series-N); picking another key reloads the page with ?key=.
 // Needs charts.js (window.trainmonCharts) loaded first.
 (function () {
   "use strict";
@@ -6,6 +7,14 @@
   const tc = window.trainmonCharts;
 
   tc.ready(() => {
+    // The key picker submits itself; its button is for a page without scripts.
+    const keyForm = document.getElementById("compare-key-form");
+    const keyPicker = document.getElementById("compare-key");
+    if (keyForm && keyPicker) {
+      const submit = document.getElementById("compare-key-submit");
+      if (submit) submit.hidden = true;
+      keyPicker.addEventListener("change", () => keyForm.requestSubmit());
+    }
     const canvas = document.getElementById("compare-chart");
     const source = document.getElementById("compare-data");
     if (!canvas || !source || typeof Chart === "undefined") return;
@@ -17,11 +26,13 @@
 
     // Per job: a faint raw line (no legend entry) and a bold smoothed line named after the job.
     const datasets = [];
+    // Lines need not share steps: a tooltip matches by x, and NaN (null) stays a gap.
     for (const job of jobs) {
-      datasets.push({ label: `${job.name} (raw)`, data: [], borderWidth: 1, order: 2, job, raw: true });
-      datasets.push({ label: job.name, data: [], borderWidth: 2, order: 1, job, raw: false });
+      const common = { data: [], job, spanGaps: false };
+      datasets.push({ ...common, label: `${job.name} (raw)`, borderWidth: 1, order: 2, raw: true });
+      datasets.push({ ...common, label: job.name, borderWidth: 2, order: 1, raw: false });
     }
-    const options = tc.chartOptions("loss");
+    const options = tc.chartOptions(canvas.dataset.key || "loss");
     options.interaction = { mode: "nearest", axis: "x", intersect: false };
     options.plugins.legend = {
       display: true,
@@ -48,10 +59,10 @@
 
     function fill() {
       for (const dataset of chart.data.datasets) {
-        const { steps, loss } = dataset.job;
+        const { steps, values } = dataset.job;
         dataset.data = dataset.raw
-          ? tc.toPoints(steps, loss)
-          : tc.smoothPoints(steps, loss, weight).points;
+          ? tc.toPoints(steps, values)
+          : tc.smoothPoints(steps, values, weight).points;
       }
       chart.update("none");
     }

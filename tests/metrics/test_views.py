@@ -1,19 +1,23 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 
 import numpy as np
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.template.loader import render_to_string
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from jobs.models import TrainingJob
-from jobs.services import job_fail, job_pause
+from jobs.services import job_fail, job_pause, jobs_lock
+from metrics.points import MetricBatch, NamedBatch
 from metrics.series import SERIES_MAX_POINTS
-from metrics.views import COMPARE_MAX_JOBS, series_colours
+from metrics.services import metric_batches_write
+from metrics.views import COMPARE_MAX_JOBS, MAX_KEYS_PER_REQUEST, series_colours
 from tests.support.factories import TrainingJobFactory
 from tests.support.metric_points import points_write
 
@@ -57,7 +61,11 @@ def test_series_is_compact_json_of_every_point(user_client, running):
     assert response.status_code == 200
     assert response["Content-Type"] == "application/json"
     assert b", " not in response.content  # compact separators
-    assert response.json() == {
+    body = response.json()
+    times = body.pop("times")  # when each point was stored: the wall-clock axis
+    assert len(times) == 5 and times == sorted(times)
+    assert abs(times[-1] - time.time()) < 60
+    assert body == {
         "steps": [0, 1, 2, 3, 4],
         "loss": [5.0, 4.0, 3.0, 2.0, 1.0],
         "accuracy": [None, 0.2, 0.3, 0.4, 0.5],
@@ -66,6 +74,7 @@ def test_series_is_compact_json_of_every_point(user_client, running):
         "shown": 5,
         "last_step": 4,
         "status": "running",
+        "cursor": job.ingest_seq,
     }
 
 
@@ -386,3 +395,279 @@ def test_series_colours_are_stable_and_distinct_on_a_page():
     assert series_colours([11])[11] == 3
     many = series_colours(list(range(100, 108)))
     assert sorted(many.values()) == list(range(8))
+
+
+# --- named series: series?keys=, keys/, poll?cursor= ------------------------------------------
+
+
+def named_write(job, points) -> TrainingJob:
+    """Store named points (name, step, value[, unix time]) through the real write path."""
+    rows = [(p[0], p[1], p[2], p[3] if len(p) > 3 else time.time()) for p in points]
+    with transaction.atomic():
+        (locked,) = jobs_lock([job.pk])
+        metric_batches_write(
+            [(locked, MetricBatch.empty())], named={job.pk: NamedBatch.from_points(rows)}
+        )
+    job.refresh_from_db()
+    return job
+
+
+def keys_url(job):
+    return reverse("metrics:keys", args=[job.pk])
+
+
+@pytest.fixture
+def external(user):
+    return TrainingJobFactory(
+        owner=user, source=TrainingJob.Source.EXTERNAL, total_epochs=100, steps_per_epoch=1000
+    )
+
+
+def test_series_of_named_keys_draws_nan_as_a_gap(user_client, external):
+    job = named_write(
+        external,
+        [
+            ("val/loss", 0, 1.0, 1000.0),
+            ("val/loss", 1, math.nan, 1001.0),
+            ("val/loss", 2, 0.5, 1002.5),
+        ]
+        + [("train/loss", step, 2.0 - step / 10, 1000.0 + step) for step in range(5)],
+    )
+    response = user_client.get(series_url(job, keys="val/loss,missing"))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["cursor"] == job.ingest_seq > 0
+    assert set(body["keys"]) == {"val/loss", "missing"}  # only the keys asked for
+    val = body["keys"]["val/loss"]
+    assert (val["steps"], val["values"]) == ([0, 1, 2], [1.0, None, 0.5])
+    assert val["times"] == pytest.approx([1000.0, 1001.0, 1002.5], abs=0.01)
+    assert (val["total"], val["shown"]) == (3, 3)
+    assert body["keys"]["missing"]["steps"] == [] and body["keys"]["missing"]["total"] == 0
+
+
+def test_series_of_a_long_key_is_downsampled(user_client, external):
+    job = named_write(external, [("grad_norm", step, float(step % 7)) for step in range(5000)])
+    val = user_client.get(series_url(job, keys="grad_norm", max_points=100)).json()["keys"]
+    assert val["grad_norm"]["total"] == 5000
+    assert 50 <= val["grad_norm"]["shown"] <= 100
+    assert val["grad_norm"]["steps"] == sorted(val["grad_norm"]["steps"])
+
+
+def test_series_refuses_too_many_keys(user_client, external):
+    names = ",".join(f"k{i}" for i in range(MAX_KEYS_PER_REQUEST + 1))
+    response = user_client.get(series_url(external, keys=names))
+    assert response.status_code == 400
+    assert str(MAX_KEYS_PER_REQUEST) in response.json()["error"]
+
+
+def test_a_huge_keys_list_is_refused_without_reading_it_all(user_client, external):
+    names = ",".join(f"k{i}" for i in range(200_000))
+    started = time.monotonic()
+    assert user_client.get(series_url(external, keys=names)).status_code == 400
+    assert user_client.get(poll_url(external, cursor=0, keys=names)).status_code == 400
+    assert time.monotonic() - started < 5  # a list scanned per name would be quadratic
+
+
+def test_keys_lists_every_key_with_its_stats(user_client, external):
+    job = named_write(
+        external,
+        [("val_loss", 3, 0.7), ("val_loss", 9, math.nan), ("loss", 1, 2.0), ("loss", 2, 1.5)],
+    )
+    response = user_client.get(keys_url(job))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["cursor"] == job.ingest_seq
+    assert body["keys"] == [
+        {
+            "key": "loss",
+            "count": 2,
+            "first_step": 1,
+            "last_step": 2,
+            "last": 1.5,
+            "min": 1.5,
+            "max": 2.0,
+        },
+        {
+            "key": "val_loss",
+            "count": 2,
+            "first_step": 3,
+            "last_step": 9,
+            "last": None,
+            "min": 0.7,
+            "max": 0.7,
+        },
+    ]
+
+
+def test_keys_of_another_users_job_are_404(user_client, other_user):
+    theirs = TrainingJobFactory(owner=other_user)
+    assert user_client.get(keys_url(theirs)).status_code == 404
+    assert user_client.get(series_url(theirs, keys="a")).status_code == 404
+    assert user_client.get(poll_url(theirs, cursor=0, keys="a")).status_code == 404
+
+
+def test_poll_by_cursor_sends_what_was_ingested_since_for_the_keys_asked(user_client, external):
+    job = named_write(external, [("a", 0, 1.0), ("b", 0, 1.0)])
+    cursor = job.ingest_seq
+    job = named_write(job, [("a", 1, 2.0), ("b", 1, 2.0), ("c", 5, 3.0)])
+    data = poll_data(user_client.get(poll_url(job, cursor=cursor, keys="a,c", status="running")))
+    assert data["cursor"] == job.ingest_seq > cursor
+    assert set(data["keys"]) == {"a", "c"}  # b changed too, but no chart asked for it
+    assert (data["keys"]["a"]["steps"], data["keys"]["a"]["values"]) == ([1], [2.0])
+    assert data["new_keys"] == ["c"]
+    assert data["reload"] is False
+    assert data["headline"]["steps"] == []
+    assert (data["status"], data["terminal"]) == ("running", False)
+    # Up to date: nothing.
+    again = poll_data(user_client.get(poll_url(job, cursor=data["cursor"], keys="a,c")))
+    assert (again["keys"], again["new_keys"], again["cursor"]) == ({}, [], data["cursor"])
+
+
+def test_poll_by_cursor_carries_late_points(user_client, running):
+    job = points_write(running, range(10, 20))
+    job = named_write(job, [("val/loss", step, 1.0) for step in range(10, 20)])
+    cursor = job.ingest_seq
+    # A retried batch lands behind what the chart shows.
+    job = points_write(job, range(0, 5))
+    job = named_write(job, [("val/loss", step, 0.5) for step in (2, 4, 6)])
+    data = poll_data(user_client.get(poll_url(job, cursor=cursor, keys="val/loss")))
+    assert data["headline"]["steps"] == [0, 1, 2, 3, 4]
+    assert len(data["headline"]["times"]) == 5
+    assert data["keys"]["val/loss"]["steps"] == [2, 4, 6]
+    assert data["reload"] is False
+
+
+def test_poll_by_cursor_from_the_future_asks_for_a_reload(user_client, external):
+    job = named_write(external, [("a", 0, 1.0)])
+    data = poll_data(user_client.get(poll_url(job, cursor=job.ingest_seq + 5, keys="a")))
+    assert data["reload"] is True
+    assert data["cursor"] == job.ingest_seq
+
+
+@pytest.mark.parametrize("huge", [str(2**63), str(10**30)])
+def test_poll_takes_a_cursor_or_step_beyond_any_without_error(user_client, external, huge):
+    job = named_write(external, [("a", 0, 1.0)])
+    data = poll_data(user_client.get(poll_url(job, cursor=huge, keys="a")))
+    assert (data["reload"], data["cursor"]) == (True, job.ingest_seq)
+    data = poll_data(user_client.get(poll_url(job, after=huge)))
+    assert data["steps"] == []
+
+
+@pytest.mark.parametrize("query", ["cursor=", "cursor=abc", "cursor=-1", "cursor=1.5"])
+def test_poll_rejects_a_bad_cursor(user_client, running, query):
+    response = user_client.get(reverse("metrics:poll", args=[running.pk]) + "?" + query)
+    assert response.status_code == 400
+    assert b"cursor" in response.content
+
+
+def test_poll_by_cursor_of_a_finished_job_answers_286(user_client, user):
+    job = TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=20)
+    cursor = job.ingest_seq
+    job = points_write(job, range(20))
+    response = user_client.get(poll_url(job, cursor=cursor, keys="", status="running"))
+    assert response.status_code == 286
+    data = poll_data(response)
+    assert data["headline"]["steps"] == list(range(20))
+    assert data["terminal"] is True
+
+
+def test_poll_by_cursor_query_count_does_not_grow_with_keys(
+    user_client, external, django_assert_max_num_queries
+):
+    job = named_write(external, [("a", 0, 1.0)])
+    cursor = job.ingest_seq
+    job = named_write(job, [(f"k{i}", step, 1.0) for i in range(20) for step in range(50)])
+    keys = ",".join(f"k{i}" for i in range(20))
+    # session, user, job, then the ingest log and the ranges (headline, named): a handful
+    with django_assert_max_num_queries(8):
+        data = poll_data(user_client.get(poll_url(job, cursor=cursor, keys=keys)))
+    assert all(len(data["keys"][f"k{i}"]["steps"]) == 50 for i in range(20))
+
+
+def test_charts_partial_offers_named_keys_filter_and_time_axis(rf, running):
+    request = rf.get("/")
+    request.user = running.owner
+    html = render_to_string("metrics/_charts.html", {"job": running}, request=request)
+    assert f'data-keys-url="{reverse("metrics:keys", args=[running.pk])}"' in html
+    assert 'id="key-filter"' in html and 'id="key-sections"' in html
+    assert re.search(r'<select id="x-axis">\s*<option value="step" selected>', html)
+    assert '<option value="time">' in html
+    assert "style=" not in html and "<script>" not in html  # the CSP allows neither
+
+
+# --- compare: any key the jobs share ---------------------------------------------------------
+
+
+@pytest.fixture
+def two_named_runs(two_runs):
+    first, second = two_runs
+    named_write(
+        first,
+        [("val/loss", 0, 0.9), ("val/loss", 5, 0.4), ("val/loss", 9, 0.6), ("only_first", 1, 1.0)],
+    )
+    named_write(second, [("val/loss", 0, 1.2), ("val/loss", 4, 0.8), ("grad", 1, 1.0)])
+    return first, second
+
+
+def test_compare_picker_lists_the_keys_every_job_has(user_client, two_named_runs):
+    first, second = two_named_runs
+    html = compare(user_client, f"jobs={first.pk},{second.pk}").content.decode()
+    picker = re.search(r'<select id="compare-key" name="key">(.*?)</select>', html, re.S).group(1)
+    assert re.findall(r'<option value="([^"]*)"', picker) == ["", "val/loss"]
+    assert re.search(r'<option value="" selected>loss \(headline\)', picker)
+    assert f'name="jobs" value="{first.pk},{second.pk}"' in html
+
+
+def test_compare_overlays_the_chosen_key_with_last_and_best(user_client, two_named_runs):
+    first, second = two_named_runs
+    response = compare(user_client, f"jobs={first.pk},{second.pk}&key=val/loss")
+    assert response.status_code == 200
+    data = compare_data(response)
+    assert [(job["steps"], job["values"]) for job in data] == [
+        ([0, 5, 9], [0.9, 0.4, 0.6]),
+        ([0, 4], [1.2, 0.8]),
+    ]
+    html = response.content.decode()
+    assert re.search(r'<option value="val/loss" selected>', html)
+    assert '<th scope="col">Best val/loss</th>' in html
+    first_row = re.search(rf'<tr data-job-id="{first.pk}">(.*?)</tr>', html, re.S).group(1)
+    assert '<td class="num" data-column="best">0.4000</td>' in first_row
+    assert '<td class="num" data-column="last">0.6000</td>' in first_row
+    second_row = re.search(rf'<tr data-job-id="{second.pk}">(.*?)</tr>', html, re.S).group(1)
+    assert '<td class="num" data-column="best">0.8000</td>' in second_row
+
+
+def test_compare_a_key_some_jobs_lack_shows_them_empty(user_client, two_named_runs):
+    first, second = two_named_runs
+    response = compare(user_client, f"jobs={first.pk},{second.pk}&key=only_first")
+    data = compare_data(response)
+    assert data[0]["steps"] == [1] and data[1]["steps"] == []
+    html = response.content.decode()
+    second_row = re.search(rf'<tr data-job-id="{second.pk}">(.*?)</tr>', html, re.S).group(1)
+    assert '<td class="num" data-column="best">—</td>' in second_row
+    assert re.search(r'<option value="only_first" selected>', html)
+
+
+def test_compare_rejects_a_bad_key_name(user_client, two_runs):
+    first, _ = two_runs
+    response = compare(user_client, f"jobs={first.pk}&key=bad%0Aname")
+    assert response.status_code == 400
+    assert "is not a metric key name" in response.content.decode()
+
+
+def test_compare_of_a_key_queries_are_bounded_by_the_job_count(
+    user_client, user, django_assert_max_num_queries
+):
+    jobs = [
+        named_write(
+            TrainingJobFactory(owner=user, total_epochs=10, steps_per_epoch=1000),
+            [("val/loss", step, 1.0) for step in range(n)],
+        )
+        for n in (10, 3000)
+    ]
+    # session, user, the jobs (with their key names), the keys, then one series per job
+    with django_assert_max_num_queries(4 + len(jobs)):
+        response = compare(
+            user_client, "jobs=" + ",".join(str(job.pk) for job in jobs) + "&key=val/loss"
+        )
+    assert [job["total"] for job in compare_data(response)] == [10, 3000]

@@ -134,9 +134,27 @@ TABLE: dict[str, list[Probe]] = {
             on_the_job(200),
             headers=HTMX,
         ),
+        Probe(
+            "get",
+            lambda w: reverse("metrics:poll", args=[w.job.pk]) + "?cursor=0&keys=val/loss",
+            on_the_job(200),
+            headers=HTMX,
+            label="cursor",
+        ),
+        Probe("post", lambda w: reverse("metrics:poll", args=[w.job.pk]), logged_in(405)),
     ],
     "metrics:series": [
         Probe("get", lambda w: reverse("metrics:series", args=[w.job.pk]), on_the_job(200)),
+        Probe(
+            "get",
+            lambda w: reverse("metrics:series", args=[w.job.pk]) + "?keys=val/loss,loss",
+            on_the_job(200),
+            label="keys",
+        ),
+    ],
+    "metrics:keys": [
+        Probe("get", lambda w: reverse("metrics:keys", args=[w.job.pk]), on_the_job(200)),
+        Probe("post", lambda w: reverse("metrics:keys", args=[w.job.pk]), logged_in(405)),
     ],
     "metrics:export_csv": [
         Probe("get", lambda w: reverse("metrics:export_csv", args=[w.job.pk]), on_the_job(200)),
@@ -158,6 +176,12 @@ TABLE: dict[str, list[Probe]] = {
     ],
     "metrics:compare": [
         Probe("get", lambda w: reverse("metrics:compare") + f"?jobs={w.job.pk}", on_the_job(200)),
+        Probe(
+            "get",
+            lambda w: reverse("metrics:compare") + f"?jobs={w.job.pk}&key=val/loss",
+            on_the_job(200),
+            label="key",
+        ),
     ],
     # --- accounts ------------------------------------------------------------------------------
     "accounts:tokens": [Probe("get", lambda w: reverse("accounts:tokens"), logged_in(200))],
