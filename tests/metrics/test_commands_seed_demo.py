@@ -9,7 +9,8 @@ from django.db.models import Count, Max
 
 from jobs.models import TrainingJob
 from metrics.management.commands.seed_demo import DEMO_JOBS
-from metrics.models import TrainingMetric
+from metrics.models import NamedMetric, TrainingMetric
+from metrics.simulator import VAL_LOSS_KEY
 from tests.support.commands import command_output
 from tests.support.factories import UserFactory
 
@@ -49,6 +50,9 @@ class TestSeedDemo:
         for job in by_status[Status.COMPLETED]:
             assert job.current_step == job.total_steps
             assert job.finished_at is not None
+            # The simulator's named series came along: validation at every epoch end.
+            val_steps = NamedMetric.objects.filter(key__job=job, key__name=VAL_LOSS_KEY)
+            assert val_steps.count() == job.total_epochs
         for job in by_status[Status.RUNNING] + by_status[Status.PAUSED]:
             assert 0 < job.current_step < job.total_steps
         for job in by_status[Status.RUNNING]:

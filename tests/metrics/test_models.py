@@ -4,7 +4,12 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 
 from metrics.models import TrainingMetric
-from tests.support.factories import TrainingJobFactory, TrainingMetricFactory
+from tests.support.factories import (
+    MetricKeyFactory,
+    NamedMetricFactory,
+    TrainingJobFactory,
+    TrainingMetricFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -43,3 +48,14 @@ def test_the_job_step_index_serves_points_after_a_step():
     }
     columns = sorted(tuple(info["columns"]) for info in indexes.values() if not info["primary_key"])
     assert columns == [("job_id", "step")]
+
+
+def test_a_key_name_is_unique_per_job_and_a_step_per_key(job):
+    key = MetricKeyFactory(job=job, name="val/loss")
+    MetricKeyFactory(name="val/loss")  # another job may use the name
+    with pytest.raises(IntegrityError), transaction.atomic():
+        MetricKeyFactory(job=job, name="val/loss")
+    NamedMetricFactory(key=key, step=3, value=None)  # NaN is stored as NULL
+    with pytest.raises(IntegrityError), transaction.atomic():
+        NamedMetricFactory(key=key, step=3)
+    assert str(key) == f"{job.pk}: val/loss"

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from jobs.models import TrainingJob
-from metrics.models import TrainingMetric
+from metrics.models import MetricKey, NamedMetric, TrainingMetric
 
 PASSWORD = "correct-horse-battery"
 
@@ -59,6 +59,27 @@ class TrainingMetricFactory(factory.django.DjangoModelFactory):
     loss = 1.0
     accuracy = 0.5
     learning_rate = 1e-3
+
+
+class MetricKeyFactory(factory.django.DjangoModelFactory):
+    """A key row alone: its stats and summary are the write path's (see metric_points)."""
+
+    class Meta:
+        model = MetricKey
+
+    job = factory.SubFactory(TrainingJobFactory)
+    name = factory.Sequence(lambda n: f"metric/{n}")
+
+
+class NamedMetricFactory(factory.django.DjangoModelFactory):
+    """A raw named point, around the write path: no stats, summary or ingest log."""
+
+    class Meta:
+        model = NamedMetric
+
+    key = factory.SubFactory(MetricKeyFactory)
+    step = factory.Sequence(lambda n: n)
+    value = 1.0
 
 
 def reload(job: TrainingJob) -> TrainingJob:

@@ -183,7 +183,10 @@ def _seed_job(owner: User, index: int, now: datetime) -> tuple[TrainingJob, int]
         batch = simulator.generate_metrics_batch(start, size, total_steps, steps_per_epoch)
         (job,) = jobs_lock([job.pk])
         reported = started + timedelta(seconds=(start + size) / steps_per_second)
-        (result,) = metric_batches_write([(job, batch)], now=reported)
+        named = simulator.generate_named_batch(
+            batch, job.total_steps, job.steps_per_epoch, reported.timestamp()
+        )
+        (result,) = metric_batches_write([(job, batch)], named={job.pk: named}, now=reported)
         written += result.created
         if job.is_terminal:  # finished, or diverged
             break
