@@ -184,7 +184,7 @@ def _seed_job(owner: User, index: int, now: datetime) -> tuple[TrainingJob, int]
         (job,) = jobs_lock([job.pk])
         reported = started + timedelta(seconds=(start + size) / steps_per_second)
         named = simulator.generate_named_batch(
-            batch, job.total_steps, job.steps_per_epoch, reported.timestamp()
+            batch, total_steps, steps_per_epoch, reported.timestamp()
         )
         (result,) = metric_batches_write([(job, batch)], named={job.pk: named}, now=reported)
         written += result.created
