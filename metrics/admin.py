@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -12,6 +12,8 @@ from django.utils.functional import cached_property
 
 from jobs.models import TrainingJob
 from metrics.models import MetricKey, NamedMetric, TrainingMetric
+
+_Point = TypeVar("_Point", TrainingMetric, NamedMetric)
 
 # Below this many rows (by the planner's estimate) an exact count is cheap enough to run.
 EXACT_COUNT_BELOW = 100_000
@@ -45,8 +47,32 @@ class JobStatusFilter(admin.ChoicesFieldListFilter):
         self.title = "job status"
 
 
+class ReadOnlyPointsAdmin(admin.ModelAdmin[_Point]):
+    """Points browsed, never edited: they are stored with their job's or key's figures and
+    summary (metrics.services), which an edit would leave wrong, and go away with the job.
+
+    Newest first, read backwards off the unique index that `ordering` names; any other order
+    would sort the whole table, so headers do not sort. Counts are estimates on big tables,
+    and facet counts (a GROUP BY over every point) are off.
+    """
+
+    show_facets = admin.ShowFacets.NEVER
+    sortable_by = ()
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: _Point | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: _Point | None = None) -> bool:
+        return False
+
+
 @admin.register(TrainingMetric)
-class TrainingMetricAdmin(admin.ModelAdmin[TrainingMetric]):
+class TrainingMetricAdmin(ReadOnlyPointsAdmin[TrainingMetric]):
     list_display = (
         "job",
         "epoch",
@@ -58,30 +84,8 @@ class TrainingMetricAdmin(admin.ModelAdmin[TrainingMetric]):
     )
     list_select_related = ("job",)
     list_filter = (("job__status", JobStatusFilter),)
-    # Facet counts would group the whole points table on every page view.
-    show_facets = admin.ShowFacets.NEVER
-    # Newest job's latest points first, read backwards off the (job_id, step) unique index;
-    # sorting by any other column would sort the whole table, so headers do not sort.
+    # Newest job's latest points first, off the (job_id, step) unique index.
     ordering = ("-job_id", "-step")
-    sortable_by = ()
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
-
-    # Points are stored together with their job's progress (metrics.services.
-    # metric_batches_write); an edit here would leave the job's figures wrong, so points are
-    # read-only. They go away with their job.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: TrainingMetric | None = None
-    ) -> bool:
-        return False
-
-    def has_delete_permission(
-        self, request: HttpRequest, obj: TrainingMetric | None = None
-    ) -> bool:
-        return False
 
     @admin.display(description="loss")
     def loss_display(self, point: TrainingMetric) -> str:
@@ -129,28 +133,12 @@ class NamedJobFilter(admin.SimpleListFilter):
 
 
 @admin.register(NamedMetric)
-class NamedMetricAdmin(admin.ModelAdmin[NamedMetric]):
+class NamedMetricAdmin(ReadOnlyPointsAdmin[NamedMetric]):
     list_display = ("job_display", "key_display", "step", "value_display", "reported_at")
     list_select_related = ("key", "key__job")
     list_filter = (NamedJobFilter,)
-    show_facets = admin.ShowFacets.NEVER
-    # The newest key's latest points first, read backwards off the (key_id, step) unique
-    # index; any other order would sort the whole table, so headers do not sort.
+    # The newest key's latest points first, off the (key_id, step) unique index.
     ordering = ("-key_id", "-step")
-    sortable_by = ()
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
-
-    # Stored with their key's statistics and summary (metrics.services): read-only, and they
-    # go away with their job.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: NamedMetric | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: NamedMetric | None = None) -> bool:
-        return False
 
     @admin.display(description="job")
     def job_display(self, point: NamedMetric) -> TrainingJob:
