@@ -36,6 +36,10 @@ def tracking(live_server, monkeypatch, transactional_db) -> Iterator[Tracking]:
     # A broken server must fail a test quickly, not after seven retries with backoff.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # set_experiment exports the experiment's id; the next test must not inherit it.
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     mlflow.set_tracking_uri(live_server.url)
