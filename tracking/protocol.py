@@ -313,7 +313,7 @@ def token_decode(token: str) -> dict[str, Any]:
 
 
 def millis(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp() * 1000)
+    return None if moment is None else round(moment.timestamp() * 1000)
 
 
 def from_millis(value: int) -> datetime:

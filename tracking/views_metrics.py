@@ -81,7 +81,7 @@ def get_history(request: HttpRequest, user: User, params: Params) -> dict[str, A
             {
                 "key": name,
                 "value": _value(value),
-                "timestamp": int(seconds * 1000) if seconds is not None else 0,
+                "timestamp": round(seconds * 1000) if seconds is not None else 0,
                 "step": step,
             }
             for step, value, seconds in rows
@@ -126,7 +126,7 @@ def get_history_bulk_interval(request: HttpRequest, user: User, params: Params) 
                 {
                     "key": name,
                     "value": _value(value),
-                    "timestamp": int(seconds * 1000) if seconds is not None else 0,
+                    "timestamp": round(seconds * 1000) if seconds is not None else 0,
                     "step": step,
                     "run_id": job.run_uuid,
                 }
