@@ -30,6 +30,10 @@ class Lifecycle(models.TextChoices):
     DELETED = "deleted", "Deleted"
 
 
+def _is_system_tag(key: object) -> bool:
+    return str(key).startswith("mlflow.")
+
+
 def new_run_uuid() -> str:
     return uuid.uuid4().hex
 
@@ -192,6 +196,15 @@ class TrainingJob(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:detail", args=[self.pk])
+
+    @property
+    def user_tags(self) -> list[tuple[str, str]]:
+        """The run's tags a person set, by key; MLflow's own (mlflow.*) are `system_tags`."""
+        return sorted((str(k), str(v)) for k, v in self.tags.items() if not _is_system_tag(k))
+
+    @property
+    def system_tags(self) -> list[tuple[str, str]]:
+        return sorted((str(k), str(v)) for k, v in self.tags.items() if _is_system_tag(k))
 
     @property
     def total_steps(self) -> int | None:

@@ -437,6 +437,7 @@ def job_create(
     warmup_steps: int | None = None,
     diverge_at_step: int | None = None,
     start: bool = True,
+    experiment: Experiment | None = None,
 ) -> TrainingJob:
     """Create a job, running at once unless `start` is false.
 
@@ -464,6 +465,7 @@ def job_create(
         warmup_steps=warmup_steps,
         diverge_at_step=diverge_at_step,
         start=start,
+        experiment=experiment,
     )
     job.save()
     return job
@@ -489,6 +491,7 @@ def job_build(
     warmup_steps: int | None = None,
     diverge_at_step: int | None = None,
     start: bool = True,
+    experiment: Experiment | None = None,
 ) -> TrainingJob:
     """A new, validated, unsaved job: every rule `job_create` applies, without the write."""
     job_fields_check(
@@ -536,6 +539,7 @@ def job_build(
         base_learning_rate=base_learning_rate,
         warmup_steps=warmup_steps,
         diverge_at_step=diverge_at_step,
+        experiment=experiment,
     )
     if start:
         job.status = Status.RUNNING

@@ -24,7 +24,6 @@ from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
-from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -343,15 +342,6 @@ def experiment_resolve(user: User, experiment_id: str) -> Experiment:
     if found is None:
         raise not_found(f"No experiment with id={experiment_id}.")
     return found
-
-
-def experiment_jobs_q(experiment: Experiment) -> Q:
-    """The jobs of `experiment`: the Default's include jobs with no experiment."""
-    if experiment.is_default:
-        return Q(owner_id=experiment.owner_id) & (
-            Q(experiment__isnull=True) | Q(experiment_id=experiment.pk)
-        )
-    return Q(experiment_id=experiment.pk)
 
 
 def experiment_dict(experiment: Experiment) -> dict[str, Any]:

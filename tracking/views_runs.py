@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.http import HttpRequest
 
 from jobs.models import Lifecycle, TrainingJob
+from jobs.selectors import experiment_jobs_q
 from metrics.models import MetricKey
 from tracking import services
 from tracking.protocol import (
@@ -23,7 +24,6 @@ from tracking.protocol import (
     Params,
     endpoint,
     entries,
-    experiment_jobs_q,
     experiment_resolve,
     integer,
     millis,
