@@ -57,6 +57,7 @@ STATUS_OF = {
     INTERNAL_ERROR: 500,
 }
 METHOD_NOT_ALLOWED = 405
+MAX_INT_AS_FLOAT = 10**308
 PAYLOAD_TOO_LARGE = 413
 JSON_CONTENT_TYPE = "application/json"
 
@@ -252,7 +253,11 @@ def number_in(value: object, name: str) -> float:
     """A float from JSON: a number, or "NaN" / "Infinity" / "-Infinity" (any case)."""
     if isinstance(value, bool):
         raise invalid(f"'{name}' must be a number.")
-    if isinstance(value, int | float):
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_INT_AS_FLOAT:
+            raise invalid(f"'{name}' is too large for a 64-bit float.")
         return float(value)
     if isinstance(value, str):
         try:

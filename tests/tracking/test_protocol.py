@@ -125,6 +125,11 @@ def test_batch_limits(api, run):
     }
     status, body = post(api, "runs/log-batch", mixed)
     assert status == 400, body
+    for bad in ({"value": 10**400}, {"timestamp": 2**63}, {"step": -1}, {"value": True}):
+        status, body = post(
+            api, "runs/log-batch", {"run_id": run.run_uuid, "metrics": [{**metric, **bad}]}
+        )
+        assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), bad
     assert not NamedMetric.objects.filter(key__job=run).exists()
 
 
