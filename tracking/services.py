@@ -50,6 +50,7 @@ MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
 RUN_NAME_MAX = 200  # TrainingJob.name
+CLIENT_FAILED_REASON = "The MLflow client marked the run FAILED."
 # Steps stay well inside int64: progress stores step + 1.
 MAX_STEP = 2**62
 
@@ -260,6 +261,9 @@ def _locked(job: TrainingJob, *, active: bool = True) -> TrainingJob:
     if not locked:
         raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={job.run_uuid} not found")
     current = locked[0]
+    if current.source != TrainingJob.Source.EXTERNAL:
+        # The simulator writes a simulated job's points and moves its status.
+        raise invalid(f"Run {job.run_uuid} is a simulated job: it takes no data or status.")
     if active and current.lifecycle != Lifecycle.ACTIVE:
         raise invalid(
             f"The run {job.run_uuid} must be in the 'active' state. Current state is deleted."
@@ -279,8 +283,16 @@ def run_update(
     with transaction.atomic():
         current = _locked(job, active=False)
         changes: dict[str, Any] = {"updated_at": timezone.now()}
-        if status is not None:
-            target = MLFLOW_TO_STATUS[status]
+        target = None if status is None else MLFLOW_TO_STATUS[status]
+        if (
+            target == TrainingJob.Status.COMPLETED
+            and current.status == TrainingJob.Status.FAILED
+            and current.failure_reason != CLIENT_FAILED_REASON
+        ):
+            # A run trainmon failed (its loss diverged) stays failed when the script ends
+            # normally: the client's FINISHED must not hide the divergence.
+            target = None
+        if target is not None:
             changes["status"] = target
             if target == TrainingJob.Status.QUEUED:
                 changes["finished_at"] = None
@@ -292,9 +304,7 @@ def run_update(
                 changes["started_at"] = Coalesce("started_at", Now())
                 changes["finished_at"] = finished
                 if target == TrainingJob.Status.FAILED:
-                    changes["failure_reason"] = (
-                        current.failure_reason or "The MLflow client marked the run FAILED."
-                    )
+                    changes["failure_reason"] = CLIENT_FAILED_REASON
         if run_name and run_name.strip():
             changes["name"] = run_name.strip()
             changes["tags"] = {**current.tags, "mlflow.runName": run_name.strip()}

@@ -354,3 +354,28 @@ def test_basic_auth_with_the_token_as_password(tracking, monkeypatch):
     with pytest.raises(MlflowException) as raised:
         tracking.client().get_run(run.info.run_id)
     assert raised.value.error_code == "UNAUTHENTICATED"
+
+
+def test_a_diverged_run_stays_failed_when_the_script_ends_normally(tracking):
+    with mlflow.start_run() as run:
+        mlflow.log_metric("loss", 1.0, step=0)
+        mlflow.log_metric("loss", float("nan"), step=1)
+        assert job_of(run.info.run_id).status == TrainingJob.Status.FAILED
+    job = job_of(run.info.run_id)
+    assert job.status == TrainingJob.Status.FAILED
+    assert "diverged" in job.failure_reason
+    assert tracking.client().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_a_simulated_job_takes_no_mlflow_writes(tracking):
+    from tests.support.factories import TrainingJobFactory
+
+    simulated = TrainingJobFactory(owner=tracking.user)
+    client = tracking.client()
+    assert client.get_run(simulated.run_uuid).info.run_name == simulated.name
+    with pytest.raises(MlflowException) as raised:
+        client.log_metric(simulated.run_uuid, "loss", 1.0)
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException):
+        client.set_terminated(simulated.run_uuid)
+    assert job_of(simulated.run_uuid).status == simulated.status
