@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "accounts",
     "jobs",
     "metrics",
+    "tracking",
 ]
 
 MIDDLEWARE = [
