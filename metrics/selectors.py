@@ -283,16 +283,32 @@ def _named_ranges(
         [(key_id, lo, hi) for (key_id, _), (lo, hi) in ranges.items()],
     )
     table = NamedMetric._meta.db_table
-    sql = f"""
-        SELECT key_id, step, value, time FROM (
-            SELECT p.key_id, p.step, p.value, {epoch_seconds_sql("p.reported_at")} AS time,
-                   ROW_NUMBER() OVER (PARTITION BY p.key_id ORDER BY p.step) AS n
+    time = epoch_seconds_sql("p.reported_at")
+    if connection.vendor == "postgresql":
+        # Per range, an index scan on (key, step) that stops after limit + 1 rows. A plain
+        # join of the ranges to the points is planned as a scan of every key's points
+        # (the planner cannot see how few rows the JSON ranges select).
+        sql = f"""
+            SELECT r.key_id, p.step, p.value, {time}
             FROM {source} AS r
-            JOIN {table} p ON p.key_id = r.key_id AND p.step BETWEEN r.lo AND r.hi
-        ) ranged
-        WHERE n <= %s
-        ORDER BY key_id, step
-    """
+            CROSS JOIN LATERAL (
+                SELECT step, value, reported_at FROM {table}
+                WHERE key_id = r.key_id AND step BETWEEN r.lo AND r.hi
+                ORDER BY step LIMIT %s
+            ) AS p
+            ORDER BY r.key_id, p.step
+        """
+    else:  # SQLite has no LATERAL; it walks the (key, step) index per range anyway.
+        sql = f"""
+            SELECT key_id, step, value, time FROM (
+                SELECT p.key_id, p.step, p.value, {time} AS time,
+                       ROW_NUMBER() OVER (PARTITION BY p.key_id ORDER BY p.step) AS n
+                FROM {source} AS r
+                JOIN {table} p ON p.key_id = r.key_id AND p.step BETWEEN r.lo AND r.hi
+            ) ranged
+            WHERE n <= %s
+            ORDER BY key_id, step
+        """
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, limit + 1])
         rows = cursor.fetchall()
