@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,15 @@ from metrics.series import (
     epoch_seconds_sql,
     step_param,
 )
-from metrics.summary import HEADLINE, KEYS, SummarySpec, summary_points, summary_series
+from metrics.summary import (
+    HEADLINE,
+    KEYS,
+    SummarySpec,
+    summary_points,
+    summary_points_many,
+    summary_series,
+    summary_width_for,
+)
 from trainmon.bulk import json_rows
 
 
@@ -170,6 +178,59 @@ def named_series_downsampled(
         found = (found[0], max(found[1], key.count))
     rows, total = found
     return NamedSeries.from_rows(rows, total=total)
+
+
+def named_series_many(
+    keys: Sequence[MetricKey], max_points: int = SERIES_MAX_POINTS
+) -> dict[int, NamedSeries]:
+    """`named_series_downsampled` of each key's whole series, by key id, in a fixed
+    number of queries however many keys (the job page asks for a screenful at once): one
+    reads every long key from its summary, one every short key's raw points (all shown).
+    Only a key the summary cannot serve (too few steps for its finest level, or mostly
+    non-finite points) takes a query of its own, as it would alone."""
+    check_max_points(max_points)
+    groups = (max_points - 1) // POINTS_PER_BUCKET
+    found: dict[int, NamedSeries] = {}
+    short: list[MetricKey] = []
+    widths: dict[int, int] = {}
+    alone: list[MetricKey] = []
+    for key in keys:
+        if key.last_step is None or key.count <= max_points:
+            short.append(key)
+        elif (width := summary_width_for(key.last_step + 1, groups)) is not None:
+            widths[key.pk] = width
+        else:
+            alone.append(key)
+    by_id = {key.pk: key for key in keys}
+    for key_id, summarised in summary_points_many(KEYS, widths, max_points).items():
+        if summarised is None:
+            alone.append(by_id[key_id])
+        else:
+            rows, total = summarised
+            found[key_id] = NamedSeries.from_rows(rows, total=max(total, by_id[key_id].count))
+    found.update(_whole_series([key.pk for key in short]))
+    for key in alone:
+        rows, total = _downsampled_range(KEYS, key.pk, -1, max_points)
+        found[key.pk] = NamedSeries.from_rows(rows, total=total)
+    return found
+
+
+def _whole_series(key_ids: list[int]) -> dict[int, NamedSeries]:
+    """Every point of these keys, one query."""
+    if not key_ids:
+        return {}
+    table = NamedMetric._meta.db_table
+    marks = ", ".join(["%s"] * len(key_ids))
+    sql = (
+        f"SELECT key_id, step, value, {epoch_seconds_sql('reported_at')} FROM {table}"
+        f" WHERE key_id IN ({marks}) ORDER BY key_id, step"
+    )
+    by_key: dict[int, list[tuple[Any, ...]]] = {key_id: [] for key_id in key_ids}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, key_ids)
+        for key_id, *point in cursor.fetchall():
+            by_key[key_id].append(tuple(point))
+    return {key_id: NamedSeries.from_rows(rows) for key_id, rows in by_key.items()}
 
 
 # --- the live poll ----------------------------------------------------------------------------
