@@ -154,9 +154,12 @@ def _downsampled_range(
 # --- named series -----------------------------------------------------------------------------
 
 
-def metric_key_list(*, job: TrainingJob) -> list[MetricKey]:
-    """The job's named keys, by name, with their running stats."""
-    return list(MetricKey.objects.filter(job_id=job.pk).order_by("name"))
+def metric_key_list(*, job: TrainingJob, names: Collection[str] | None = None) -> list[MetricKey]:
+    """The job's named keys (only those in `names`, if given), by name, with their stats."""
+    keys = MetricKey.objects.filter(job_id=job.pk)
+    if names is not None:
+        keys = keys.filter(name__in=list(names))
+    return list(keys.order_by("name"))
 
 
 def named_series_downsampled(

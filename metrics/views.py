@@ -109,7 +109,7 @@ def series(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
                 "cursor": cursor,
             }
         )
-    by_name = {key.name: key for key in metric_key_list(job=job)}
+    by_name = {key.name: key for key in metric_key_list(job=job, names=names)}
     asked = [by_name[name] for name in names if name in by_name]
     found = named_series_many(asked, max_points)
     answer = {

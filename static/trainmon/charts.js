@@ -167,11 +167,11 @@
   const OTHER_SECTION = "other"; // keys without a "prefix/"
   const LOAD_BATCH_PANELS = 40; // charts per series request (the server takes 100 keys)
   const LOAD_AHEAD = "300px"; // start loading a chart this far below the fold
-  // A named chart is a small panel, a fraction of the headline chart's width: 150 buckets
-  // (lowest, highest, last point each) and the first point draw its shape, and a key of
-  // up to ~10,000 points is then served from its summary instead of its raw points.
+  // A named chart is a small panel (from 24rem wide, a third of the headline chart): 100
+  // buckets (lowest, highest, last point each, ~4 px a bucket) and the first point draw its
+  // shape, and a key from 6,400 points on is served from its summary, not its raw points.
   // bench/figures.py reads this line to request what the page requests.
-  const NAMED_MAX_POINTS = 451;
+  const NAMED_MAX_POINTS = 301;
 
   function formatDuration(seconds) {
     if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "";

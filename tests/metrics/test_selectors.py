@@ -210,6 +210,8 @@ def test_keys_are_listed_by_name_with_their_stats(big_job):
     keys = metric_key_list(job=big_job)
     assert [key.name for key in keys] == ["a", "val/loss"]
     assert (keys[0].count, keys[0].last_value, keys[0].min_value) == (2, 2.0, 2.0)
+    asked = metric_key_list(job=big_job, names=["val/loss", "missing"])
+    assert [key.name for key in asked] == ["val/loss"]
 
 
 def test_a_short_named_series_comes_back_whole_with_gaps_for_nan_and_inf(big_job):
