@@ -20,7 +20,7 @@ from django.utils.safestring import SafeString
 
 from jobs.display import job_progress, time_ago
 from jobs.forms import HyperparametersField, bind_to_service
-from jobs.models import TrainingJob
+from jobs.models import Experiment, TrainingJob
 from jobs.services import (
     EDITABLE_FIELDS,
     JOB_ACTIONS,
@@ -447,3 +447,14 @@ class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
 
 def _optional(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin[Experiment]):
+    """Experiments group jobs (MLflow's experiments); renamed and deleted through MLflow."""
+
+    list_display = ("name", "owner", "lifecycle", "is_default", "created_at")
+    list_filter = ("lifecycle", "is_default")
+    search_fields = ("name", "owner__username")
+    readonly_fields = ("is_default", "created_at", "updated_at")
+    list_select_related = ("owner",)

@@ -11,7 +11,7 @@ from ninja import Router, Status
 from jobs.api_schemas import FinishIn, JobIn, JobOut
 from jobs.models import TrainingJob
 from jobs.selectors import job_get_owned
-from jobs.services import job_complete, job_create, job_fail
+from jobs.services import experiment_get_or_create, job_complete, job_create, job_fail
 from trainmon.api_errors import HTTP_CONFLICT, ApiError, responses
 from trainmon.http import ApiRequest
 
@@ -25,11 +25,18 @@ def create_job(request: ApiRequest, payload: JobIn) -> Status[JobOut]:
     Its length (total_epochs and steps_per_epoch, both or neither) is optional: a hint for
     progress and ETA, never a limit.
     """
+    fields = payload.model_dump(exclude={"experiment"})
+    experiment = (
+        None
+        if payload.experiment is None
+        else experiment_get_or_create(user=request.auth, name=payload.experiment)
+    )
     job = job_create(
         owner=request.auth,
         source=TrainingJob.Source.EXTERNAL,
         start=True,
-        **payload.model_dump(),
+        experiment=experiment,
+        **fields,
     )
     return Status(201, JobOut.of(job, request))
 

@@ -28,6 +28,8 @@ from pydantic_core import PydanticCustomError
 from jobs.display import progress_floor, progress_open_end
 from jobs.models import JobSource, JobStatus, TrainingJob
 from jobs.services import (
+    DEFAULT_EXPERIMENT_NAME,
+    EXPERIMENT_NAME_MAX,
     JOB_BOUNDS,
     hyperparameters_problem,
     length_problems,
@@ -110,6 +112,22 @@ class JobIn(BaseModel):
         description='Any JSON object, e.g. {"lr": 0.05}, at most '
         "TRAINMON_HYPERPARAMETERS_MAX_BYTES (64 KiB) as JSON.",
     )
+    experiment: Text | None = Field(
+        None,
+        max_length=EXPERIMENT_NAME_MAX,
+        description="The experiment's name: made if new; left out, the Default experiment.",
+        examples=["spirals"],
+    )
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = storable_text(value).strip()
+        if not value:
+            raise PydanticCustomError("experiment_empty", "An experiment needs a name.")
+        return value
 
     @field_validator("name", "model_name", "dataset", "description")
     @classmethod
@@ -169,6 +187,8 @@ class JobOut(Schema):
         description="null unless running with a rate, within a declared length."
     )
     failure_reason: str
+    experiment: str = Field(description="The experiment's name (Default when none was named).")
+    run_id: str = Field(description="The MLflow run id (the MLflow tracking API's run_id).")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -206,6 +226,8 @@ class JobOut(Schema):
             steps_per_second=job.steps_per_second,
             eta_seconds=None if eta is None else eta.total_seconds(),
             failure_reason=job.failure_reason,
+            experiment=job.experiment.name if job.experiment else DEFAULT_EXPERIMENT_NAME,
+            run_id=job.run_uuid,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

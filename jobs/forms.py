@@ -5,11 +5,14 @@ from typing import Any
 from django import forms
 from django.contrib.auth.models import User
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db import transaction
 from django.forms.fields import InvalidJSONInput
 
 from jobs.models import TrainingJob
 from jobs.services import (
+    EXPERIMENT_NAME_MAX,
     JOB_BOUNDS,
+    experiment_get_or_create,
     hyperparameters_size_problem,
     job_create,
     unstorable_json,
@@ -82,6 +85,7 @@ ADVANCED_FIELDS = (
     "dataset",
     "description",
     "hyperparameters",
+    "experiment",
 )
 
 
@@ -157,6 +161,12 @@ class JobCreateForm(forms.Form):
         help_text="A JSON object; shown as a table on the job page and compared side by side.",
     )
 
+    experiment = forms.CharField(
+        required=False,
+        max_length=EXPERIMENT_NAME_MAX,
+        help_text="Groups jobs; the dashboard filters by it. Blank: Default. A new name makes one.",
+    )
+
     def clean_hyperparameters(self) -> dict[str, Any]:
         value = self.cleaned_data["hyperparameters"]
         if value in (None, ""):
@@ -183,8 +193,12 @@ class JobCreateForm(forms.Form):
         if not self.is_valid():
             return None
         data = dict(self.cleaned_data)
+        name = data.pop("experiment", "").strip()
         try:
-            return job_create(owner=owner, **data)
+            # Together: a job the rules refuse leaves no new experiment behind.
+            with transaction.atomic():
+                experiment = experiment_get_or_create(user=owner, name=name) if name else None
+                return job_create(owner=owner, experiment=experiment, **data)
         except ValidationError as error:
             for field, messages in error.message_dict.items():
                 self.add_error(field if field in self.fields else NON_FIELD_ERRORS, messages)

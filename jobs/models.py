@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,6 +23,50 @@ class JobStatus(models.TextChoices):
 class JobSource(models.TextChoices):
     SIMULATED = "simulated", "Simulated"
     EXTERNAL = "external", "External"
+
+
+class Lifecycle(models.TextChoices):
+    ACTIVE = "active", "Active"
+    DELETED = "deleted", "Deleted"
+
+
+def _is_system_tag(key: object) -> bool:
+    return str(key).startswith("mlflow.")
+
+
+def new_run_uuid() -> str:
+    return uuid.uuid4().hex
+
+
+class Experiment(models.Model):
+    """A named group of jobs (MLflow's experiment). Every user has a Default one, made on
+    demand (jobs.services.experiment_default); MLflow calls it "0"."""
+
+    Lifecycle = Lifecycle
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="experiments")
+    name = models.CharField(max_length=500)
+    is_default = models.BooleanField(default=False, editable=False)
+    lifecycle = models.CharField(max_length=16, choices=Lifecycle, default=Lifecycle.ACTIVE)
+    tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="experiment_unique_owner_name"),
+            models.UniqueConstraint(
+                fields=["owner"], condition=Q(is_default=True), name="experiment_one_default"
+            ),
+            models.CheckConstraint(condition=~Q(name=""), name="experiment_name_not_empty"),
+            models.CheckConstraint(
+                condition=Q(lifecycle__in=Lifecycle.values), name="experiment_lifecycle_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class TrainingJob(models.Model):
@@ -86,6 +131,16 @@ class TrainingJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
 
+    # MLflow: the experiment (NULL = the owner's Default), the run id, the run's tags
+    # (mlflow.* system tags kept), whether the run is deleted, and dataset inputs.
+    experiment = models.ForeignKey(
+        Experiment, models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
+    run_uuid = models.CharField(max_length=32, unique=True, default=new_run_uuid, editable=False)
+    tags = models.JSONField(default=dict, blank=True)
+    lifecycle = models.CharField(max_length=16, choices=Lifecycle, default=Lifecycle.ACTIVE)
+    inputs = models.JSONField(default=list, blank=True)
+
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
@@ -141,6 +196,15 @@ class TrainingJob(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:detail", args=[self.pk])
+
+    @property
+    def user_tags(self) -> list[tuple[str, str]]:
+        """The run's tags a person set, by key; MLflow's own (mlflow.*) are `system_tags`."""
+        return sorted((str(k), str(v)) for k, v in self.tags.items() if not _is_system_tag(k))
+
+    @property
+    def system_tags(self) -> list[tuple[str, str]]:
+        return sorted((str(k), str(v)) for k, v in self.tags.items() if _is_system_tag(k))
 
     @property
     def total_steps(self) -> int | None:

@@ -7,10 +7,10 @@ from django.db.models import Case, Count, FloatField, IntegerField, Q, QuerySet,
 from django.db.models.expressions import RawSQL
 from django.http import Http404
 
-from jobs.models import TrainingJob
+from jobs.models import Experiment, Lifecycle, TrainingJob
 
 # Columns no list shows; hyperparameters may be tens of kilobytes per job.
-LIST_DEFERRED_FIELDS = ("hyperparameters", "description")
+LIST_DEFERRED_FIELDS = ("hyperparameters", "description", "tags", "inputs")
 # The named keys' table (metrics.MetricKey, one row per job and key, with its running stats).
 # Named here rather than imported: the jobs app never imports metrics.
 METRIC_KEY_TABLE = "metrics_metrickey"
@@ -52,11 +52,14 @@ def job_list_dashboard(
     user: User | AnonymousUser,
     status: str | None = None,
     search: str | None = None,
+    experiment: Experiment | None = None,
 ) -> QuerySet[TrainingJob]:
     """The dashboard's list: running jobs first, then newest; never touches the metrics table."""
     jobs = job_list_visible(user=user).select_related("owner").defer(*LIST_DEFERRED_FIELDS)
     if status:
         jobs = jobs.filter(status=status)
+    if experiment is not None:
+        jobs = jobs.filter(experiment_jobs_q(experiment))
     if search and (term := search.strip()):
         jobs = jobs.filter(
             Q(name__icontains=term) | Q(model_name__icontains=term) | Q(dataset__icontains=term)
@@ -101,3 +104,29 @@ def job_count_by_status(*, user: User | AnonymousUser) -> dict[str, int]:
     for status, count in rows:
         counts[status] = count
     return counts
+
+
+# --- experiments ---------------------------------------------------------------------------------
+
+
+def experiment_jobs_q(experiment: Experiment) -> Q:
+    """The jobs of `experiment`: a Default's include its owner's jobs with no experiment."""
+    if experiment.is_default:
+        return Q(owner_id=experiment.owner_id) & (
+            Q(experiment__isnull=True) | Q(experiment_id=experiment.pk)
+        )
+    return Q(experiment_id=experiment.pk)
+
+
+def experiment_list(*, user: User | AnonymousUser) -> list[Experiment]:
+    """The user's active experiments by name, for the dashboard's filter and the form."""
+    if not user.is_authenticated:
+        return []
+    return list(Experiment.objects.filter(owner=user, lifecycle=Lifecycle.ACTIVE).order_by("name"))
+
+
+def experiment_get_for_filter(*, user: User | AnonymousUser, value: str) -> Experiment | None:
+    """The user's experiment with pk `value`, or None (no filter) for anything else."""
+    if not user.is_authenticated or not value.isdigit() or len(value) > 18:
+        return None
+    return Experiment.objects.filter(owner=user, pk=int(value)).first()

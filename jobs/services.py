@@ -19,12 +19,12 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from jobs.models import TrainingJob
+from jobs.models import Experiment, TrainingJob
 from trainmon.bulk import json_rows
 
 Status = TrainingJob.Status
@@ -437,6 +437,7 @@ def job_create(
     warmup_steps: int | None = None,
     diverge_at_step: int | None = None,
     start: bool = True,
+    experiment: Experiment | None = None,
 ) -> TrainingJob:
     """Create a job, running at once unless `start` is false.
 
@@ -464,6 +465,7 @@ def job_create(
         warmup_steps=warmup_steps,
         diverge_at_step=diverge_at_step,
         start=start,
+        experiment=experiment,
     )
     job.save()
     return job
@@ -489,6 +491,7 @@ def job_build(
     warmup_steps: int | None = None,
     diverge_at_step: int | None = None,
     start: bool = True,
+    experiment: Experiment | None = None,
 ) -> TrainingJob:
     """A new, validated, unsaved job: every rule `job_create` applies, without the write."""
     job_fields_check(
@@ -536,6 +539,7 @@ def job_build(
         base_learning_rate=base_learning_rate,
         warmup_steps=warmup_steps,
         diverge_at_step=diverge_at_step,
+        experiment=experiment,
     )
     if start:
         job.status = Status.RUNNING
@@ -766,3 +770,48 @@ def jobs_lock(job_ids: Sequence[int]) -> list[TrainingJob]:
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("jobs_lock() must run inside transaction.atomic()")
     return list(TrainingJob.objects.select_for_update().filter(pk__in=job_ids).order_by("pk"))
+
+
+# --- experiments ---------------------------------------------------------------------------------
+
+DEFAULT_EXPERIMENT_NAME = "Default"
+
+
+def experiment_default(*, user: User) -> Experiment:
+    """The user's Default experiment (MLflow's "0"), made on first use.
+
+    Concurrent first uses meet at the (owner) unique index for defaults: the loser reads the
+    winner's row.
+    """
+    found = Experiment.objects.filter(owner=user, is_default=True).first()
+    if found is not None:
+        return found
+    try:
+        with transaction.atomic():
+            name = DEFAULT_EXPERIMENT_NAME
+            if Experiment.objects.filter(owner=user, name=name).exists():
+                name = f"{DEFAULT_EXPERIMENT_NAME} ({user.pk})"
+            return Experiment.objects.create(owner=user, name=name, is_default=True)
+    except IntegrityError:
+        return Experiment.objects.get(owner=user, is_default=True)
+
+
+def experiment_get_or_create(*, user: User, name: str) -> Experiment:
+    """The user's experiment called `name` (made if missing); the Default for "Default"."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"experiment": "An experiment needs a name."})
+    if len(name) > EXPERIMENT_NAME_MAX:
+        raise ValidationError({"experiment": f"At most {EXPERIMENT_NAME_MAX} characters."})
+    default = experiment_default(user=user)
+    if name == default.name:
+        return default
+    try:
+        with transaction.atomic():
+            experiment, _ = Experiment.objects.get_or_create(owner=user, name=name)
+    except IntegrityError:
+        experiment = Experiment.objects.get(owner=user, name=name)
+    return experiment
+
+
+EXPERIMENT_NAME_MAX = 500

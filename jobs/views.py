@@ -12,7 +12,13 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 from jobs import services
 from jobs.forms import JobCreateForm
 from jobs.models import TrainingJob
-from jobs.selectors import job_count_by_status, job_get_visible, job_list_dashboard
+from jobs.selectors import (
+    experiment_get_for_filter,
+    experiment_list,
+    job_count_by_status,
+    job_get_visible,
+    job_list_dashboard,
+)
 from jobs.services import JOB_ACTIONS, JobTransitionError, job_transition
 from trainmon.http import HtmxHttpRequest
 
@@ -37,7 +43,12 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(
             "Search text cannot contain NUL characters.", content_type="text/plain; charset=utf-8"
         )
-    jobs = job_list_dashboard(user=request.user, status=status or None, search=search or None)
+    experiment = experiment_get_for_filter(
+        user=request.user, value=request.GET.get("experiment", "")
+    )
+    jobs = job_list_dashboard(
+        user=request.user, status=status or None, search=search or None, experiment=experiment
+    )
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     counts = job_count_by_status(user=request.user)
     context = {
@@ -49,6 +60,8 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         "summary": [(value, label, counts[value]) for value, label in TrainingJob.Status.choices],
         "total": sum(counts.values()),
         "statuses": TrainingJob.Status.choices,
+        "experiment": experiment,
+        "experiments": experiment_list(user=request.user),
     }
     if _partial_request(request):
         response = render(request, "jobs/_dashboard_update.html", context)

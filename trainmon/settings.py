@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "accounts",
     "jobs",
     "metrics",
+    "tracking",
 ]
 
 MIDDLEWARE = [

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from accounts.views import ThrottledLoginView
+from tracking.urls import fallback_patterns as tracking_fallback
 from trainmon.api import api
 from trainmon.views import healthz
 
@@ -25,6 +26,10 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", api.urls),
+    # MLflow's tracking protocol (tracking/urls.py); 3.0 serves only a JSON 404 (server-info).
+    path("api/2.0/mlflow/", include("tracking.urls")),
+    path("api/2.0/mlflow/", include((tracking_fallback, "tracking_fallback"))),
+    path("api/3.0/mlflow/", include((tracking_fallback, "tracking_3"))),
     path("", include("metrics.urls")),
     path("", include("jobs.urls")),
 ]

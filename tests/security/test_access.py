@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib import admin
@@ -32,6 +33,8 @@ ADMIN_LOGIN = "admin-login"  # 302 to the admin's login page
 ANY_LOGIN = "any-login"  # 302 to either
 JSON_401 = "json-401"
 JSON_404 = "json-404"
+MLFLOW_401 = "mlflow-401"  # MLflow's {"error_code": "UNAUTHENTICATED", ...}
+MLFLOW_404 = "mlflow-404"  # MLflow's {"error_code": "RESOURCE_DOES_NOT_EXIST" | ENDPOINT..., ...}
 
 
 @dataclass
@@ -83,6 +86,38 @@ def on_the_job(status: int) -> dict[str, int | str]:
 def api_own(status: int) -> dict[str, int | str]:
     """A token reaches its own user's jobs only, staff included."""
     return {"anonymous": JSON_401, "other": JSON_404, "owner": status, "staff": JSON_404}
+
+
+def mlflow_own(status: int) -> dict[str, int | str]:
+    """An MLflow token reaches its own user's experiments and runs only, staff included."""
+    return {"anonymous": MLFLOW_401, "other": MLFLOW_404, "owner": status, "staff": MLFLOW_404}
+
+
+def mlflow_any(status: int) -> dict[str, int | str]:
+    """Any token: each user acts on their own (a new experiment, their own Default)."""
+    return {"anonymous": MLFLOW_401, "other": status, "owner": status, "staff": status}
+
+
+def owners_experiment(w: World) -> str:
+    from jobs.models import Experiment
+
+    if w.owner.pk is None:  # the owner was deleted (dead tokens)
+        return "999999"
+    experiment, _ = Experiment.objects.get_or_create(owner=w.owner, name="probe-experiment")
+    return str(experiment.pk)
+
+
+def tagged_run(w: World) -> dict[str, Any]:
+    TrainingJob.objects.filter(pk=w.ext_job.pk).update(tags={"probe": "x"})
+    return {"run_id": w.ext_job.run_uuid, "key": "probe"}
+
+
+def mlflow_probe(method: str, route: str, expect, data=None, query=None) -> Probe:
+    def path(w: World) -> str:
+        url = reverse(f"tracking:{route}")
+        return url + ("?" + urlencode(query(w)) if query else "")
+
+    return Probe(method, path, expect, data=data, api=True)
 
 
 job_url = "jobs/{}/"
@@ -247,6 +282,167 @@ TABLE: dict[str, list[Probe]] = {
         Probe("get", lambda w: "/api/v1/no/such/thing/", same(JSON_404), api=True),
         Probe("post", lambda w: "/api/v1/no/such/thing/", same(JSON_404), api=True),
     ],
+    # --- the MLflow tracking API (tracking/): tokens only, MLflow's error replies -------------
+    "tracking:experiments_create": [
+        mlflow_probe("post", "experiments_create", mlflow_any(200), lambda w: {"name": "new-exp"})
+    ],
+    "tracking:experiments_get": [
+        mlflow_probe(
+            "get",
+            "experiments_get",
+            mlflow_own(200),
+            query=lambda w: {"experiment_id": owners_experiment(w)},
+        )
+    ],
+    "tracking:experiments_get_by_name": [
+        mlflow_probe(
+            "get",
+            "experiments_get_by_name",
+            mlflow_own(200),
+            query=lambda w: {"experiment_name": "probe-experiment", "_": owners_experiment(w)},
+        )
+    ],
+    "tracking:experiments_search": [
+        mlflow_probe("post", "experiments_search", mlflow_any(200), lambda w: {})
+    ],
+    "tracking:experiments_update": [
+        mlflow_probe(
+            "post",
+            "experiments_update",
+            mlflow_own(200),
+            lambda w: {"experiment_id": owners_experiment(w), "new_name": "renamed"},
+        )
+    ],
+    "tracking:experiments_delete": [
+        mlflow_probe(
+            "post",
+            "experiments_delete",
+            mlflow_own(200),
+            lambda w: {"experiment_id": owners_experiment(w)},
+        )
+    ],
+    "tracking:experiments_restore": [
+        mlflow_probe(
+            "post",
+            "experiments_restore",
+            mlflow_own(200),
+            lambda w: {"experiment_id": owners_experiment(w)},
+        )
+    ],
+    "tracking:experiments_set_tag": [
+        mlflow_probe(
+            "post",
+            "experiments_set_tag",
+            mlflow_own(200),
+            lambda w: {"experiment_id": owners_experiment(w), "key": "k", "value": "v"},
+        )
+    ],
+    "tracking:runs_create": [
+        mlflow_probe("post", "runs_create", mlflow_any(200), lambda w: {"experiment_id": "0"}),
+        mlflow_probe(
+            "post",
+            "runs_create",
+            mlflow_own(200),
+            lambda w: {"experiment_id": owners_experiment(w)},
+        ),
+    ],
+    "tracking:runs_get": [
+        mlflow_probe(
+            "get", "runs_get", mlflow_own(200), query=lambda w: {"run_id": w.ext_job.run_uuid}
+        )
+    ],
+    "tracking:runs_update": [
+        mlflow_probe(
+            "post",
+            "runs_update",
+            mlflow_own(200),
+            lambda w: {"run_id": w.ext_job.run_uuid, "status": "FINISHED"},
+        )
+    ],
+    "tracking:runs_delete": [
+        mlflow_probe(
+            "post", "runs_delete", mlflow_own(200), lambda w: {"run_id": w.ext_job.run_uuid}
+        )
+    ],
+    "tracking:runs_restore": [
+        mlflow_probe(
+            "post", "runs_restore", mlflow_own(200), lambda w: {"run_id": w.ext_job.run_uuid}
+        )
+    ],
+    "tracking:runs_search": [
+        mlflow_probe("post", "runs_search", mlflow_any(200), lambda w: {"experiment_ids": ["0"]})
+    ],
+    "tracking:runs_log_batch": [
+        mlflow_probe(
+            "post",
+            "runs_log_batch",
+            mlflow_own(200),
+            lambda w: {
+                "run_id": w.ext_job.run_uuid,
+                "metrics": [{"key": "loss", "value": 1.0, "timestamp": 0, "step": 0}],
+                "params": [{"key": "lr", "value": "0.1"}],
+            },
+        )
+    ],
+    "tracking:runs_log_metric": [
+        mlflow_probe(
+            "post",
+            "runs_log_metric",
+            mlflow_own(200),
+            lambda w: {"run_id": w.ext_job.run_uuid, "key": "loss", "value": 1, "timestamp": 0},
+        )
+    ],
+    "tracking:runs_log_parameter": [
+        mlflow_probe(
+            "post",
+            "runs_log_parameter",
+            mlflow_own(200),
+            lambda w: {"run_id": w.ext_job.run_uuid, "key": "lr", "value": "0.1"},
+        )
+    ],
+    "tracking:runs_set_tag": [
+        mlflow_probe(
+            "post",
+            "runs_set_tag",
+            mlflow_own(200),
+            lambda w: {"run_id": w.ext_job.run_uuid, "key": "t", "value": "v"},
+        )
+    ],
+    "tracking:runs_delete_tag": [
+        mlflow_probe("post", "runs_delete_tag", mlflow_own(200), tagged_run)
+    ],
+    "tracking:runs_log_inputs": [
+        mlflow_probe(
+            "post",
+            "runs_log_inputs",
+            mlflow_own(200),
+            lambda w: {"run_id": w.ext_job.run_uuid, "datasets": []},
+        )
+    ],
+    "tracking:metrics_get_history": [
+        mlflow_probe(
+            "get",
+            "metrics_get_history",
+            mlflow_own(200),
+            query=lambda w: {"run_id": w.ext_job.run_uuid, "metric_key": "loss"},
+        )
+    ],
+    "tracking:metrics_get_history_bulk_interval": [
+        mlflow_probe(
+            "get",
+            "metrics_get_history_bulk_interval",
+            mlflow_own(200),
+            query=lambda w: {"run_ids": w.ext_job.run_uuid, "metric_key": "loss"},
+        )
+    ],
+    # Any other path under the prefixes: MLflow's JSON 404, never an HTML page.
+    "tracking_fallback:not_found": [
+        Probe("get", lambda w: "/api/2.0/mlflow/no/such", same(MLFLOW_404), api=True),
+        Probe("post", lambda w: "/api/2.0/mlflow/no/such", same(MLFLOW_404), api=True),
+    ],
+    "tracking_3:not_found": [
+        Probe("get", lambda w: "/api/3.0/mlflow/server-info", same(MLFLOW_404), api=True),
+    ],
 }
 
 
@@ -298,6 +494,15 @@ def assert_outcome(response, expected: int | str, path: str) -> None:
         assert response.status_code == 302, response.status_code
         logins = (f"{reverse('admin:login')}?next=", f"{reverse('login')}?next=")
         assert response["Location"].startswith(logins), response["Location"]
+    elif expected in (MLFLOW_401, MLFLOW_404):
+        status = 401 if expected == MLFLOW_401 else 404
+        assert response.status_code == status, (response.status_code, response.content[:300])
+        assert response["Content-Type"].startswith("application/json")
+        assert response.json()["error_code"] in {
+            "UNAUTHENTICATED",
+            "RESOURCE_DOES_NOT_EXIST",
+            "ENDPOINT_NOT_FOUND",
+        }
     elif expected in (JSON_401, JSON_404):
         status = 401 if expected == JSON_401 else 404
         assert response.status_code == status, (response.status_code, response.content[:300])
@@ -320,7 +525,7 @@ def test_access(world, probe: Probe, role: str):
     response = send(world, probe, role)
     expected = probe.expect[role]
     assert_outcome(response, expected, probe.path(world))
-    refused = expected in (LOGIN, ADMIN_LOGIN, JSON_401, JSON_404, 404, 405)
+    refused = expected in (LOGIN, ADMIN_LOGIN, JSON_401, JSON_404, MLFLOW_401, MLFLOW_404, 404, 405)
     if refused:
         # A refusal changes nothing: no job moved, deleted or created, no token made or revoked.
         assert job_unchanged(world)
@@ -329,6 +534,11 @@ def test_access(world, probe: Probe, role: str):
         world.token.refresh_from_db()
         assert world.token.revoked_at is None
         assert not world.ext_job.metrics.exists()
+        assert not world.ext_job.metric_keys.exists()
+        assert TrainingJob.objects.get(pk=world.ext_job.pk).hyperparameters == (
+            world.ext_job.hyperparameters
+        )
+        assert TrainingJob.objects.get(pk=world.ext_job.pk).lifecycle == "active"
     if expected == 201:
         created = TrainingJob.objects.get(pk=response.json()["id"])
         assert created.owner == getattr(world, role)  # a token creates jobs for its own user
@@ -394,7 +604,13 @@ def test_only_the_api_is_csrf_exempt():
         if getattr(pattern.callback, "csrf_exempt", False)
     }
     # Token-authenticated: a browser's cookies never authenticate the API, so CSRF cannot apply.
-    assert {name.split(":")[0] for name in exempt} <= {"api"}, exempt
+    # The MLflow protocol (tracking) is token-authenticated too.
+    assert {name.split(":")[0] for name in exempt} <= {
+        "api",
+        "tracking",
+        "tracking_fallback",
+        "tracking_3",
+    }, exempt
 
 
 def test_a_browser_session_does_not_authenticate_the_api(world):
@@ -446,6 +662,9 @@ def test_the_admin_is_for_staff_only(world, role):
 # --- tokens that no longer count ---------------------------------------------------------------
 
 API_PROBES = [probe for name, items in TABLE.items() if name.startswith("api:") for probe in items]
+MLFLOW_PROBES = [
+    probe for name, items in TABLE.items() if name.startswith("tracking:") for probe in items
+]
 
 
 @pytest.mark.parametrize("how", ["revoked", "user-deleted", "user-inactive"])
@@ -467,6 +686,9 @@ def test_dead_tokens_are_refused_everywhere(world, how):
             continue
         response = send(world, probe, "owner")
         assert_outcome(response, JSON_401, probe.path(world))
+    for probe in MLFLOW_PROBES:
+        response = send(world, probe, "owner")
+        assert_outcome(response, MLFLOW_401, probe.path(world))
     assert not world.ext_job.metrics.exists()
 
 

@@ -1,0 +1,84 @@
+"""Metric reads: get_metric_history through the client (paged past 25,000 points) and
+get-history-bulk-interval (the overview keeps a spike)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from django.db import transaction
+from mlflow.entities import Metric
+
+from jobs.services import jobs_lock
+from metrics.points import MetricBatch, NamedBatch
+from metrics.services import metric_batches_write
+
+
+def write_points(job, name: str, values: np.ndarray) -> None:
+    # The client's log_batch would take 30 requests here; the write path is the same.
+    count = len(values)
+    batch = NamedBatch(
+        (name,),
+        np.zeros(count, dtype=np.int64),
+        np.arange(count, dtype=np.int64),
+        values,
+        np.full(count, 1_700_000_000.0),
+    )
+    with transaction.atomic():
+        [locked] = jobs_lock([job.pk])
+        metric_batches_write([(locked, MetricBatch.empty())], named={job.pk: batch})
+
+
+def test_get_metric_history_pages_past_25000_points(tracking):
+    from jobs.models import TrainingJob
+
+    client = tracking.client()
+    run = client.create_run("0")
+    job = TrainingJob.objects.get(run_uuid=run.info.run_id)
+    values = np.linspace(1.0, 0.0, 30_001)
+    values[7] = math.nan
+    values[8] = math.inf
+    write_points(job, "val/loss", values)
+    history = client.get_metric_history(run.info.run_id, "val/loss")
+    assert [m.step for m in history] == list(range(30_001))
+    assert math.isnan(history[7].value)
+    assert history[8].value == math.inf
+    assert history[100].value == pytest.approx(values[100])
+    assert history[0].timestamp == 1_700_000_000_000
+    assert client.get_metric_history(run.info.run_id, "missing") == []
+
+
+def test_history_reads_back_what_the_client_wrote(tracking):
+    client = tracking.client()
+    run = client.create_run("0")
+    written = [Metric("loss", 1.0 / (i + 1), 1_000 + i, i) for i in range(50)]
+    written.append(Metric("loss", float("-inf"), 5_000, 50))
+    client.log_batch(run.info.run_id, metrics=written)
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.key, m.value, m.timestamp, m.step) for m in history] == [
+        (m.key, m.value, m.timestamp, m.step) for m in written
+    ]
+
+
+def test_bulk_interval_is_an_overview_that_keeps_a_spike(tracking, client):
+    from jobs.models import TrainingJob
+
+    mlflow_client = tracking.client()
+    run = mlflow_client.create_run("0")
+    job = TrainingJob.objects.get(run_uuid=run.info.run_id)
+    values = np.full(20_000, 0.5)
+    values[12_345] = 99.0
+    write_points(job, "loss", values)
+    response = client.get(
+        "/api/2.0/mlflow/metrics/get-history-bulk-interval",
+        {"run_ids": run.info.run_id, "metric_key": "loss", "max_results": 500},
+        headers={"Authorization": f"Bearer {tracking.token}"},
+    )
+    assert response.status_code == 200
+    points = response.json()["metrics"]
+    assert 0 < len(points) <= 500
+    assert max(point["value"] for point in points) == 99.0
+    assert all(point["run_id"] == run.info.run_id for point in points)
+    steps = [point["step"] for point in points]
+    assert steps == sorted(steps)
