@@ -62,7 +62,7 @@ def artifact_max_bytes() -> int:
 
 
 def clean_relative_path(path: str) -> str:
-    """`path` without `.` segments and a trailing `/`; `..`, absolute paths and odd bytes refused."""
+    """`path` without `.` segments or a trailing `/`; `..`, absolute paths, odd bytes refused."""
     if path.startswith(("/", "\\")) or "\\" in path or "\x00" in path:
         raise ArtifactPathError(f"Artifact paths are relative and use '/': {path!r}.")
     if any(ord(char) < 32 for char in path):

@@ -17,6 +17,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.models import User
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -24,18 +25,6 @@ from django.views.decorators.http import require_GET
 
 from jobs.models import TrainingJob
 from jobs.selectors import job_get_visible
-from tracking.protocol import (
-    ENDPOINT_NOT_FOUND,
-    INVALID_PARAMETER_VALUE,
-    METHOD_NOT_ALLOWED,
-    PAYLOAD_TOO_LARGE,
-    MlflowError,
-    authenticate,
-    error_response,
-    invalid,
-    json_response,
-    not_found,
-)
 from tracking.artifacts import (
     CHUNK_BYTES,
     ArtifactPathError,
@@ -50,6 +39,18 @@ from tracking.artifacts import (
     run_root,
 )
 from tracking.models import LoggedModel
+from tracking.protocol import (
+    ENDPOINT_NOT_FOUND,
+    INVALID_PARAMETER_VALUE,
+    METHOD_NOT_ALLOWED,
+    PAYLOAD_TOO_LARGE,
+    MlflowError,
+    authenticate,
+    error_response,
+    invalid,
+    json_response,
+    not_found,
+)
 from trainmon.http import AuthenticatedHttpRequest
 
 # A folder of an artifact URI: `<experiment>/<run>/artifacts` or
@@ -89,7 +90,7 @@ def _declared_length(request: HttpRequest) -> int | None:
         return None
 
 
-ArtifactView = Callable[..., HttpResponse]
+ArtifactView = Callable[..., HttpResponseBase]
 
 
 def artifact_endpoint(*methods: str) -> Callable[[ArtifactView], ArtifactView]:
@@ -100,7 +101,7 @@ def artifact_endpoint(*methods: str) -> Callable[[ArtifactView], ArtifactView]:
         @login_not_required
         @csrf_exempt
         @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             try:
                 if request.method not in methods:
                     return error_response(
@@ -118,7 +119,7 @@ def artifact_endpoint(*methods: str) -> Callable[[ArtifactView], ArtifactView]:
 
 
 @artifact_endpoint("GET", "PUT")
-def artifact(request: HttpRequest, user: User, artifact_path: str) -> HttpResponse:
+def artifact(request: HttpRequest, user: User, artifact_path: str) -> HttpResponseBase:
     """PUT stores the body as the file (replacing it); GET sends the file back."""
     root, path = _locate(user, artifact_path)
     if request.method == "PUT":
@@ -128,13 +129,18 @@ def artifact(request: HttpRequest, user: User, artifact_path: str) -> HttpRespon
             if declared is not None and declared > limit:
                 raise ArtifactTooLargeError(limit)
             # Read from the request as a stream: request.body would hold the whole file.
-            artifact_save(root=root, path=path, stream=request, max_bytes=limit)
+            stream: Any = request
+            if declared is None and request.META.get("wsgi.input_terminated"):
+                # A chunked body (requests sends an empty file that way): Django reads no
+                # body without a length, but a server that ends the input (gunicorn) can.
+                stream = request.META["wsgi.input"]
+            artifact_save(root=root, path=path, stream=stream, max_bytes=limit)
         except ArtifactTooLargeError as error:
             return _too_large(error)
         except ArtifactPathError as error:
             raise invalid(str(error)) from None
         return json_response({})
-    return _file_response(root, path)
+    return _file_response(request, root, path)
 
 
 @artifact_endpoint("GET")
@@ -148,7 +154,7 @@ def artifacts_list(request: HttpRequest, user: User) -> HttpResponse:
     return json_response({"files": files})
 
 
-def _file_response(root: str, path: str) -> FileResponse:
+def _file_response(request: HttpRequest, root: str, path: str) -> FileResponse:
     try:
         handle = artifact_open(root=root, path=path)
     except FileNotFoundError:
@@ -163,6 +169,9 @@ def _file_response(root: str, path: str) -> FileResponse:
         content_type="application/octet-stream",
     )
     response.block_size = CHUNK_BYTES
+    # Files leave as stored, with their Content-Length: GZipMiddleware would drop the length
+    # (the client then sees a truncated download as complete) and spend CPU squeezing weights.
+    request.META.pop("HTTP_ACCEPT_ENCODING", None)
     return response
 
 
@@ -213,23 +222,25 @@ def job_artifacts(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 
 @require_GET
-def job_artifact(request: AuthenticatedHttpRequest, pk: int, artifact_path: str) -> HttpResponse:
+def job_artifact(
+    request: AuthenticatedHttpRequest, pk: int, artifact_path: str
+) -> HttpResponseBase:
     job = job_get_visible(user=request.user, job_id=pk)
-    return _page_file(run_root(job.run_uuid), artifact_path)
+    return _page_file(request, run_root(job.run_uuid), artifact_path)
 
 
 @require_GET
 def job_model_artifact(
     request: AuthenticatedHttpRequest, pk: int, model_id: str, artifact_path: str
-) -> HttpResponse:
+) -> HttpResponseBase:
     job = job_get_visible(user=request.user, job_id=pk)
     if not LoggedModel.objects.filter(model_id=model_id, source_run=job).exists():
         raise Http404("No such model.")
-    return _page_file(model_root(model_id), artifact_path)
+    return _page_file(request, model_root(model_id), artifact_path)
 
 
-def _page_file(root: str, path: str) -> HttpResponse:
+def _page_file(request: HttpRequest, root: str, path: str) -> HttpResponseBase:
     try:
-        return _file_response(root, path)
+        return _file_response(request, root, path)
     except MlflowError:
         raise Http404("No such artifact.") from None

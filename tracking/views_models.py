@@ -185,14 +185,23 @@ def _filter(text: str) -> Callable[[LoggedModel], bool]:
         field, op = match["field"], match["op"].upper()
         value = re.sub(r"\\(.)", r"\1", match["value"])
         getter = _getter(field)
-        if op in ("=", "!="):
-            checks.append(lambda model, g=getter, v=value, eq=(op == "="): (g(model) == v) is eq)
-        else:
-            pattern = _like(value, ignore_case=op == "ILIKE")
-            checks.append(
-                lambda model, g=getter, p=pattern: (g(model) or "") and bool(p.match(g(model)))
-            )
+        checks.append(_check(getter, op, value))
     return lambda model: all(check(model) for check in checks)
+
+
+def _check(
+    getter: Callable[[LoggedModel], str | None], op: str, value: str
+) -> Callable[[LoggedModel], bool]:
+    if op in ("=", "!="):
+        equal = op == "="
+        return lambda model: (getter(model) == value) is equal
+    pattern = _like(value, ignore_case=op == "ILIKE")
+
+    def like(model: LoggedModel) -> bool:
+        found = getter(model)
+        return found is not None and bool(pattern.match(found))
+
+    return like
 
 
 def _getter(field: str) -> Callable[[LoggedModel], str | None]:

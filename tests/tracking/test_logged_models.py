@@ -10,7 +10,6 @@ from django.test import Client
 
 from accounts.services import api_token_create
 from jobs.models import TrainingJob
-from tests.support.artifacts import artifacts_dir  # noqa: F401
 from tests.support.factories import TrainingJobFactory, UserFactory
 from tracking.artifacts import model_root
 from tracking.models import LoggedModel, RunOutput
@@ -95,7 +94,7 @@ def call(method: str, path: str, headers: dict[str, str], body: dict | None = No
 
 
 def test_create_get_finalize_tags_params_search_delete(owner_api, artifacts_dir):
-    owner, job, headers = owner_api
+    _, job, headers = owner_api
     created = call(
         "post",
         f"{P}/logged-models",
@@ -194,7 +193,7 @@ def test_create_get_finalize_tags_params_search_delete(owner_api, artifacts_dir)
 
 
 def test_another_users_models_and_runs_read_as_missing(owner_api):
-    owner, job, headers = owner_api
+    _, job, headers = owner_api
     created = call("post", f"{P}/logged-models", headers, {"experiment_id": "0", "name": "m"})
     model_id = created.json()["model"]["info"]["model_id"]
     intruder = {
