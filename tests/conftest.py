@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.artifacts import artifacts_dir  # noqa: F401 (a fixture)
 from tests.support.factories import TrainingJobFactory, UserFactory
 from tests.support.services import (
     CHROMIUM_PATH,

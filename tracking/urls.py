@@ -14,6 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from tracking import views_experiments as experiments
 from tracking import views_metrics as metrics
+from tracking import views_models as models
 from tracking import views_runs as runs
 from tracking.protocol import ENDPOINT_NOT_FOUND, error_response
 
@@ -47,6 +48,21 @@ urlpatterns = [
     path("runs/set-tag", runs.set_tag, name="runs_set_tag"),
     path("runs/delete-tag", runs.delete_tag, name="runs_delete_tag"),
     path("runs/log-inputs", runs.log_inputs, name="runs_log_inputs"),
+    path("runs/outputs", models.run_outputs, name="runs_outputs"),
+    path("logged-models", models.logged_model_create, name="logged_models_create"),
+    path("logged-models/search", models.logged_models_search, name="logged_models_search"),
+    path("logged-models/<str:model_id>", models.logged_model, name="logged_model"),
+    path("logged-models/<str:model_id>/tags", models.logged_model_tags, name="logged_model_tags"),
+    path(
+        "logged-models/<str:model_id>/tags/<path:tag_key>",
+        models.logged_model_tag,
+        name="logged_model_tag",
+    ),
+    path(
+        "logged-models/<str:model_id>/params",
+        models.logged_model_params,
+        name="logged_model_params",
+    ),
     path("metrics/get-history", metrics.get_history, name="metrics_get_history"),
     path(
         "metrics/get-history-bulk-interval",

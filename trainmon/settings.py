@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -165,9 +166,30 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every start until collectstatic ran
+# MLflow artifacts (tracking/artifacts.py): files under var/artifacts by default; any Django
+# storage backend by naming it (e.g. django-storages' "storages.backends.s3.S3Storage") with
+# its options as a JSON object (e.g. {"bucket_name": "ml", "location": "artifacts"}).
+ARTIFACTS_DIR = VAR_DIR / "artifacts"
+TRAINMON_ARTIFACTS_STORAGE = os.environ.get("TRAINMON_ARTIFACTS_STORAGE", "")
+TRAINMON_ARTIFACTS_STORAGE_OPTIONS = json.loads(
+    os.environ.get("TRAINMON_ARTIFACTS_STORAGE_OPTIONS", "") or "{}"
+)
+if not TRAINMON_ARTIFACTS_STORAGE:
+    TRAINMON_ARTIFACTS_STORAGE = "django.core.files.storage.FileSystemStorage"
+    TRAINMON_ARTIFACTS_STORAGE_OPTIONS = {
+        "location": str(ARTIFACTS_DIR),
+        "allow_overwrite": True,
+        **TRAINMON_ARTIFACTS_STORAGE_OPTIONS,
+    }
+# Per-file upload limit; past it the MLflow client gets a 413.
+TRAINMON_ARTIFACT_MAX_BYTES = env_int("TRAINMON_ARTIFACT_MAX_BYTES", 1024**3)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "artifacts": {
+        "BACKEND": TRAINMON_ARTIFACTS_STORAGE,
+        "OPTIONS": TRAINMON_ARTIFACTS_STORAGE_OPTIONS,
+    },
 }
 
 # Error pages and reports hide passwords, tokens and secret settings, even with DEBUG on.

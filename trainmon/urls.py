@@ -30,6 +30,8 @@ urlpatterns = [
     path("api/2.0/mlflow/", include("tracking.urls")),
     path("api/2.0/mlflow/", include((tracking_fallback, "tracking_fallback"))),
     path("api/3.0/mlflow/", include((tracking_fallback, "tracking_3"))),
+    path("api/2.0/mlflow-artifacts/", include("tracking.urls_artifacts")),
+    path("", include("tracking.urls_pages")),
     path("", include("metrics.urls")),
     path("", include("jobs.urls")),
 ]

@@ -120,6 +120,35 @@ def mlflow_probe(method: str, route: str, expect, data=None, query=None) -> Prob
     return Probe(method, path, expect, data=data, api=True)
 
 
+def owners_model(w: World, job: TrainingJob | None = None) -> str:
+    """A logged model of the owner's (from `job` when given), made on first use."""
+    from jobs.services import experiment_default
+    from tracking.models import LoggedModel
+
+    if w.owner.pk is None:  # the owner was deleted (dead tokens)
+        return "m-none"
+    model, _ = LoggedModel.objects.get_or_create(
+        name="probe-model",
+        source_run=job,
+        defaults={"experiment": experiment_default(user=w.owner)},
+    )
+    return model.model_id
+
+
+def planted(root: str, path: str = "probe.txt") -> str:
+    """`path`, stored under `root` in the artifacts storage."""
+    import io
+
+    from tracking.artifacts import artifact_save
+
+    artifact_save(root=root, path=path, stream=io.BytesIO(b"probe"), max_bytes=100)
+    return path
+
+
+def run_artifacts(w: World) -> str:
+    return f"0/{w.ext_job.run_uuid}/artifacts"
+
+
 job_url = "jobs/{}/"
 NEW_JOB = {
     "name": "made-by-probe",
@@ -464,6 +493,133 @@ TABLE: dict[str, list[Probe]] = {
         Probe("get", lambda w: "/api/2.0/mlflow/no/such", same(MLFLOW_404), api=True),
         Probe("post", lambda w: "/api/2.0/mlflow/no/such", same(MLFLOW_404), api=True),
     ],
+    "tracking:runs_outputs": [
+        mlflow_probe(
+            "post",
+            "runs_outputs",
+            mlflow_own(200),
+            lambda w: {"run_id": w.ext_job.run_uuid, "models": [{"model_id": owners_model(w)}]},
+        )
+    ],
+    "tracking:logged_models_create": [
+        mlflow_probe(
+            "post",
+            "logged_models_create",
+            mlflow_own(200),
+            lambda w: {"experiment_id": "0", "source_run_id": w.ext_job.run_uuid},
+        )
+    ],
+    "tracking:logged_models_search": [
+        mlflow_probe(
+            "post", "logged_models_search", mlflow_any(200), lambda w: {"experiment_ids": ["0"]}
+        )
+    ],
+    "tracking:logged_model": [
+        Probe(
+            "get",
+            lambda w: reverse("tracking:logged_model", args=[owners_model(w)]),
+            mlflow_own(200),
+            api=True,
+        ),
+        Probe(
+            "patch",
+            lambda w: reverse("tracking:logged_model", args=[owners_model(w)]),
+            mlflow_own(200),
+            data=lambda w: {"status": "LOGGED_MODEL_READY"},
+            api=True,
+        ),
+        Probe(
+            "delete",
+            lambda w: reverse("tracking:logged_model", args=[owners_model(w)]),
+            mlflow_own(200),
+            api=True,
+        ),
+    ],
+    "tracking:logged_model_tags": [
+        Probe(
+            "patch",
+            lambda w: reverse("tracking:logged_model_tags", args=[owners_model(w)]),
+            mlflow_own(200),
+            data=lambda w: {"tags": [{"key": "a", "value": "b"}]},
+            api=True,
+        )
+    ],
+    "tracking:logged_model_tag": [
+        Probe(
+            "delete",
+            lambda w: reverse("tracking:logged_model_tag", args=[owners_model(w), "a"]),
+            mlflow_own(200),
+            api=True,
+        )
+    ],
+    "tracking:logged_model_params": [
+        Probe(
+            "post",
+            lambda w: reverse("tracking:logged_model_params", args=[owners_model(w)]),
+            mlflow_own(200),
+            data=lambda w: {"params": [{"key": "a", "value": "b"}]},
+            api=True,
+        )
+    ],
+    "tracking_artifacts:list": [
+        Probe(
+            "get",
+            lambda w: (
+                reverse("tracking_artifacts:list") + "?" + urlencode({"path": run_artifacts(w)})
+            ),
+            mlflow_own(200),
+            api=True,
+        )
+    ],
+    "tracking_artifacts:artifact": [
+        Probe(
+            "put",
+            lambda w: reverse("tracking_artifacts:artifact", args=[f"{run_artifacts(w)}/up.txt"]),
+            mlflow_own(200),
+            data=lambda w: {"any": "bytes"},
+            api=True,
+        ),
+        Probe(
+            "get",
+            lambda w: reverse(
+                "tracking_artifacts:artifact",
+                args=[f"{run_artifacts(w)}/{planted(f'runs/{w.ext_job.run_uuid}')}"],
+            ),
+            mlflow_own(200),
+            api=True,
+        ),
+    ],
+    # The job page's artifact list and downloads: session users, like the page.
+    "tracking_pages:job_artifacts": [
+        Probe(
+            "get",
+            lambda w: reverse("tracking_pages:job_artifacts", args=[w.job.pk]),
+            on_the_job(200),
+        ),
+    ],
+    "tracking_pages:job_artifact": [
+        Probe(
+            "get",
+            lambda w: reverse(
+                "tracking_pages:job_artifact", args=[w.job.pk, planted(f"runs/{w.job.run_uuid}")]
+            ),
+            on_the_job(200),
+        ),
+    ],
+    "tracking_pages:job_model_artifact": [
+        Probe(
+            "get",
+            lambda w: reverse(
+                "tracking_pages:job_model_artifact",
+                args=[
+                    w.job.pk,
+                    (model_id := owners_model(w, w.job)),
+                    planted(f"models/{model_id}", "MLmodel"),
+                ],
+            ),
+            on_the_job(200),
+        ),
+    ],
     "tracking_3:not_found": [
         Probe("get", lambda w: "/api/3.0/mlflow/server-info", same(MLFLOW_404), api=True),
     ],
@@ -478,7 +634,7 @@ def probes() -> Iterator[Any]:
 
 
 @pytest.fixture
-def world(user, other_user, staff_user) -> World:
+def world(user, other_user, staff_user, artifacts_dir) -> World:
     job = TrainingJobFactory(owner=user)
     TrainingMetricFactory.create_batch(3, job=job)
     ext_job = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
@@ -497,9 +653,10 @@ def send(world: World, probe: Probe, role: str, *, client: Client | None = None)
         if role != "anonymous":
             headers["Authorization"] = f"Bearer {world.raw_tokens[role]}"
         data = probe.data(world) if probe.data else None
-        if probe.method == "post":
-            return client.post(path, json.dumps(data), "application/json", headers=headers)
-        return client.get(path, headers=headers)
+        if probe.method == "get":
+            return client.get(path, headers=headers)
+        body = "" if data is None else json.dumps(data)
+        return getattr(client, probe.method)(path, body, "application/json", headers=headers)
     client = client or world.client(role)
     data = probe.data(world) if probe.data else None
     return getattr(client, probe.method)(path, data, headers=headers)
@@ -634,6 +791,7 @@ def test_only_the_api_is_csrf_exempt():
         "tracking",
         "tracking_fallback",
         "tracking_3",
+        "tracking_artifacts",
     }, exempt
 
 
