@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,15 @@ from metrics.series import (
     epoch_seconds_sql,
     step_param,
 )
-from metrics.summary import HEADLINE, KEYS, SummarySpec, summary_points, summary_series
+from metrics.summary import (
+    HEADLINE,
+    KEYS,
+    SummarySpec,
+    summary_points,
+    summary_points_many,
+    summary_series,
+    summary_width_for,
+)
 from trainmon.bulk import json_rows
 
 
@@ -146,9 +154,12 @@ def _downsampled_range(
 # --- named series -----------------------------------------------------------------------------
 
 
-def metric_key_list(*, job: TrainingJob) -> list[MetricKey]:
-    """The job's named keys, by name, with their running stats."""
-    return list(MetricKey.objects.filter(job_id=job.pk).order_by("name"))
+def metric_key_list(*, job: TrainingJob, names: Collection[str] | None = None) -> list[MetricKey]:
+    """The job's named keys (only those in `names`, if given), by name, with their stats."""
+    keys = MetricKey.objects.filter(job_id=job.pk)
+    if names is not None:
+        keys = keys.filter(name__in=list(names))
+    return list(keys.order_by("name"))
 
 
 def named_series_downsampled(
@@ -170,6 +181,59 @@ def named_series_downsampled(
         found = (found[0], max(found[1], key.count))
     rows, total = found
     return NamedSeries.from_rows(rows, total=total)
+
+
+def named_series_many(
+    keys: Sequence[MetricKey], max_points: int = SERIES_MAX_POINTS
+) -> dict[int, NamedSeries]:
+    """`named_series_downsampled` of each key's whole series, by key id, in a fixed
+    number of queries however many keys (the job page asks for a screenful at once): one
+    reads every long key from its summary, one every short key's raw points (all shown).
+    Only a key the summary cannot serve (too few steps for its finest level, or mostly
+    non-finite points) takes a query of its own, as it would alone."""
+    check_max_points(max_points)
+    groups = (max_points - 1) // POINTS_PER_BUCKET
+    found: dict[int, NamedSeries] = {}
+    short: list[MetricKey] = []
+    widths: dict[int, int] = {}
+    alone: list[MetricKey] = []
+    for key in keys:
+        if key.last_step is None or key.count <= max_points:
+            short.append(key)
+        elif (width := summary_width_for(key.last_step + 1, groups)) is not None:
+            widths[key.pk] = width
+        else:
+            alone.append(key)
+    by_id = {key.pk: key for key in keys}
+    for key_id, summarised in summary_points_many(KEYS, widths, max_points).items():
+        if summarised is None:
+            alone.append(by_id[key_id])
+        else:
+            rows, total = summarised
+            found[key_id] = NamedSeries.from_rows(rows, total=max(total, by_id[key_id].count))
+    found.update(_whole_series([key.pk for key in short]))
+    for key in alone:
+        rows, total = _downsampled_range(KEYS, key.pk, -1, max_points)
+        found[key.pk] = NamedSeries.from_rows(rows, total=total)
+    return found
+
+
+def _whole_series(key_ids: list[int]) -> dict[int, NamedSeries]:
+    """Every point of these keys, one query."""
+    if not key_ids:
+        return {}
+    table = NamedMetric._meta.db_table
+    marks = ", ".join(["%s"] * len(key_ids))
+    sql = (
+        f"SELECT key_id, step, value, {epoch_seconds_sql('reported_at')} FROM {table}"
+        f" WHERE key_id IN ({marks}) ORDER BY key_id, step"
+    )
+    by_key: dict[int, list[tuple[Any, ...]]] = {key_id: [] for key_id in key_ids}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, key_ids)
+        for key_id, *point in cursor.fetchall():
+            by_key[key_id].append(tuple(point))
+    return {key_id: NamedSeries.from_rows(rows) for key_id, rows in by_key.items()}
 
 
 # --- the live poll ----------------------------------------------------------------------------
@@ -283,16 +347,32 @@ def _named_ranges(
         [(key_id, lo, hi) for (key_id, _), (lo, hi) in ranges.items()],
     )
     table = NamedMetric._meta.db_table
-    sql = f"""
-        SELECT key_id, step, value, time FROM (
-            SELECT p.key_id, p.step, p.value, {epoch_seconds_sql("p.reported_at")} AS time,
-                   ROW_NUMBER() OVER (PARTITION BY p.key_id ORDER BY p.step) AS n
+    time = epoch_seconds_sql("p.reported_at")
+    if connection.vendor == "postgresql":
+        # Per range, an index scan on (key, step) that stops after limit + 1 rows. A plain
+        # join of the ranges to the points is planned as a scan of every key's points
+        # (the planner cannot see how few rows the JSON ranges select).
+        sql = f"""
+            SELECT r.key_id, p.step, p.value, {time}
             FROM {source} AS r
-            JOIN {table} p ON p.key_id = r.key_id AND p.step BETWEEN r.lo AND r.hi
-        ) ranged
-        WHERE n <= %s
-        ORDER BY key_id, step
-    """
+            CROSS JOIN LATERAL (
+                SELECT step, value, reported_at FROM {table}
+                WHERE key_id = r.key_id AND step BETWEEN r.lo AND r.hi
+                ORDER BY step LIMIT %s
+            ) AS p
+            ORDER BY r.key_id, p.step
+        """
+    else:  # SQLite has no LATERAL; it walks the (key, step) index per range anyway.
+        sql = f"""
+            SELECT key_id, step, value, time FROM (
+                SELECT p.key_id, p.step, p.value, {time} AS time,
+                       ROW_NUMBER() OVER (PARTITION BY p.key_id ORDER BY p.step) AS n
+                FROM {source} AS r
+                JOIN {table} p ON p.key_id = r.key_id AND p.step BETWEEN r.lo AND r.hi
+            ) ranged
+            WHERE n <= %s
+            ORDER BY key_id, step
+        """
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, limit + 1])
         rows = cursor.fetchall()

@@ -350,9 +350,12 @@ def _key_ids(
     table = MetricKey._meta.db_table
     source, params = json_rows(_KEY_COLUMNS, wanted)
     with connection.cursor() as cursor:
+        # A job's key count only matters when it gains keys: counted for the missing names
+        # alone, so a write to existing keys (every tick after a job's first) counts nothing.
         cursor.execute(
             f"SELECT w.job_id, w.name, k.id,"
-            f" (SELECT COUNT(*) FROM {table} c WHERE c.job_id = w.job_id)"
+            f" CASE WHEN k.id IS NULL THEN"
+            f" (SELECT COUNT(*) FROM {table} c WHERE c.job_id = w.job_id) END"
             f" FROM {source} AS w LEFT JOIN {table} k ON k.job_id = w.job_id AND k.name = w.name",
             params,
         )
@@ -360,7 +363,7 @@ def _key_ids(
         ids = {(job_id, name): key_id for job_id, name, key_id, _ in rows if key_id is not None}
         missing = [(job_id, name) for job_id, name, key_id, _ in rows if key_id is None]
         limit = settings.TRAINMON_MAX_KEYS_PER_JOB
-        counts = {job_id: count for job_id, _, _, count in rows}
+        counts = {job_id: count for job_id, _, key_id, count in rows if key_id is None}
         new_by_job: dict[int, list[str]] = {}
         for job_id, name in missing:
             new_by_job.setdefault(job_id, []).append(name)

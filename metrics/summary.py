@@ -484,3 +484,110 @@ def _series_sql(spec: SummarySpec) -> str:
         FROM ({picks} UNION ALL {first} UNION ALL {total_only}) picked
         LEFT JOIN {metric_table} m ON m.{owner} = %(owner)s AND m.step = picked.p0
     """
+
+
+def summary_points_many(
+    spec: SummarySpec, widths: Mapping[int, int], max_points: int
+) -> dict[int, tuple[list[tuple[Any, ...]], int] | None]:
+    """`summary_points` of whole series (no `after_step`) for many owners in one query:
+    `widths` maps each owner to the summary level to read (`summary_width_for`). Per
+    owner, the downsampled rows of (step, value, *carried, unix time) and the total, or
+    None where raw rows should answer (the summary holds at most `max_points` points)."""
+    check_max_points(max_points)
+    if not widths:
+        return {}
+    # Owners grouped by width, as constant lists: the planner then reads each level's
+    # buckets through the (owner, width, bucket) index instead of scanning the table.
+    by_width: dict[int, list[int]] = {}
+    for owner, width in widths.items():
+        by_width.setdefault(width, []).append(owner)
+    levels = " OR ".join(
+        f"(s.width = %s AND s.{spec.owner} IN ({', '.join(['%s'] * len(owners))}))"
+        for owners in by_width.values()
+    )
+    params = [value for width, owners in by_width.items() for value in (width, *owners)]
+    groups = (max_points - 1) // POINTS_PER_BUCKET
+    with connection.cursor() as cursor:
+        cursor.execute(_many_sql(spec, levels), [*params, groups, *[max_points] * 3])
+        rows = cursor.fetchall()
+    by_owner: dict[int, list[tuple[Any, ...]]] = {owner: [] for owner in widths}
+    for row in rows:
+        by_owner[row[0]].append(row[1:])
+    total_at = len(spec.picked)
+    found: dict[int, tuple[list[tuple[Any, ...]], int] | None] = {}
+    for owner, owned in by_owner.items():
+        total = max((row[total_at] or 0 for row in owned), default=0)
+        if total <= max_points:
+            found[owner] = None
+            continue
+        by_step = {
+            row[0]: (*row[:total_at], row[total_at + 1]) for row in owned if row[0] is not None
+        }
+        found[owner] = (sorted(by_step.values()), int(total))
+    return found
+
+
+def _many_sql(spec: SummarySpec, levels: str) -> str:
+    # `_series_sql` with every CTE partitioned by owner, for whole series: each owner's
+    # level is read from its own width, and its groups split its own range of buckets.
+    # Parameters: those of `levels` (which buckets to read), groups, then max_points thrice.
+    owner, value = spec.owner, spec.value
+    summary_table, metric_table = spec.summary._meta.db_table, spec.points._meta.db_table
+    picked = ", ".join(f"s.{prefix}_{name}" for prefix in PICKS for name in spec.picked)
+    finite = spec.finite(f"f.{value}")
+    names = ("step", value, *spec.carried)
+    columns = [f"p{index}" for index in range(len(names) + 1)]
+    picks = " UNION ALL ".join(
+        "SELECT owner, "
+        + ", ".join(
+            f"{prefix}_{name} AS {column}" for name, column in zip(names, columns, strict=False)
+        )
+        + f", total AS {columns[-1]} FROM ranked WHERE {prefix}_rank = 1"
+        for prefix in PICKS
+    )
+    carried = "".join(f", v.{name}" for name in spec.carried)
+    nulls = ", NULL" * len(spec.picked)
+    return f"""
+        WITH level AS (
+            SELECT s.{owner} AS owner, s.bucket AS slot, s.count, {picked}
+            FROM {summary_table} s WHERE {levels}
+        ),
+        bounds AS (
+            SELECT owner, MIN(slot) AS lo, MAX(slot) AS hi, CAST(SUM(count) AS BIGINT) AS total
+            FROM level GROUP BY owner
+        ),
+        grouped AS (
+            SELECT level.*, bounds.total,
+                   (slot - bounds.lo) * %s / (bounds.hi - bounds.lo + 1) AS grp
+            FROM level JOIN bounds ON bounds.owner = level.owner
+            WHERE bounds.total > %s
+        ),
+        ranked AS (
+            SELECT *,
+                   ROW_NUMBER() OVER (
+                       PARTITION BY owner, grp ORDER BY min_{value}, min_step
+                   ) AS min_rank,
+                   ROW_NUMBER() OVER (
+                       PARTITION BY owner, grp ORDER BY max_{value} DESC, max_step DESC
+                   ) AS max_rank,
+                   ROW_NUMBER() OVER (PARTITION BY owner, grp ORDER BY last_step DESC)
+                       AS last_rank
+            FROM grouped
+        ),
+        first_steps AS (
+            SELECT owner,
+                   (SELECT MIN(f.step) FROM {metric_table} f
+                    WHERE f.{owner} = bounds.owner{finite}) AS step
+            FROM bounds WHERE total > %s
+        )
+        SELECT picked.*, {epoch_seconds_sql(f"m.{spec.time}")}
+        FROM (
+            {picks}
+            UNION ALL
+            SELECT f.owner, f.step, v.{value}{carried}, NULL
+            FROM first_steps f JOIN {metric_table} v ON v.{owner} = f.owner AND v.step = f.step
+            UNION ALL
+            SELECT owner{nulls}, total FROM bounds WHERE total <= %s
+        ) picked
+        LEFT JOIN {metric_table} m ON m.{owner} = picked.owner AND m.step = picked.p0
+    """

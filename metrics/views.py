@@ -39,7 +39,7 @@ from metrics.selectors import (
     job_poll,
     metric_key_list,
     metrics_after,
-    named_series_downsampled,
+    named_series_many,
     series_downsampled,
 )
 from metrics.series import POLL_MAX_POINTS, SERIES_MAX_POINTS, NamedSeries, Series
@@ -109,15 +109,13 @@ def series(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
                 "cursor": cursor,
             }
         )
-    by_name = {key.name: key for key in metric_key_list(job=job)}
-    answer = {}
-    for name in names:
-        key = by_name.get(name)
-        answer[name] = (
-            _named_columns(named_series_downsampled(key=key, max_points=max_points))
-            if key is not None
-            else _EMPTY_NAMED
-        )
+    by_name = {key.name: key for key in metric_key_list(job=job, names=names)}
+    asked = [by_name[name] for name in names if name in by_name]
+    found = named_series_many(asked, max_points)
+    answer = {
+        name: _named_columns(found[by_name[name].pk]) if name in by_name else _EMPTY_NAMED
+        for name in names
+    }
     return _json_response({"keys": answer, "cursor": cursor, "status": job.status})
 
 

@@ -167,6 +167,11 @@
   const OTHER_SECTION = "other"; // keys without a "prefix/"
   const LOAD_BATCH_PANELS = 40; // charts per series request (the server takes 100 keys)
   const LOAD_AHEAD = "300px"; // start loading a chart this far below the fold
+  // A named chart is a small panel (from 24rem wide, a third of the headline chart): 100
+  // buckets (lowest, highest, last point each, ~4 px a bucket) and the first point draw its
+  // shape, and a key from 6,400 points on is served from its summary, not its raw points.
+  // bench/figures.py reads this line to request what the page requests.
+  const NAMED_MAX_POINTS = 301;
 
   function formatDuration(seconds) {
     if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "";
@@ -395,6 +400,7 @@
     const seriesUrl = root.dataset.seriesUrl;
     const keysUrl = root.dataset.keysUrl;
     const maxPoints = Number(root.dataset.maxPoints); // the server's SERIES_MAX_POINTS
+    const namedMaxPoints = Math.min(maxPoints, NAMED_MAX_POINTS);
     const poller = document.getElementById("charts-poller");
     const note = document.getElementById("points-note");
     const liveToggle = document.getElementById("live-toggle");
@@ -700,7 +706,7 @@
     async function loadPanels(batch) {
       const keys = batch.flatMap((panel) => panel.keys);
       for (const panel of batch) panel.loading = true;
-      const query = `keys=${encodeURIComponent(keys.join(","))}&max_points=${maxPoints}`;
+      const query = `keys=${encodeURIComponent(keys.join(","))}&max_points=${namedMaxPoints}`;
       try {
         const response = await fetch(`${seriesUrl}?${query}`, {
           headers: { Accept: "application/json" },
@@ -949,7 +955,7 @@
         const add = sortedColumns(update, NAMED_COLUMNS);
         const { added } = mergeByStep(columns, add, NAMED_COLUMNS);
         columns.total += added;
-        if (columns.steps.length > CHART_GROWTH * maxPoints) {
+        if (columns.steps.length > CHART_GROWTH * namedMaxPoints) {
           queueLoad(panel);
           return;
         }

@@ -10,6 +10,7 @@ from metrics.selectors import (
     metric_key_list,
     metrics_after,
     named_series_downsampled,
+    named_series_many,
     series_downsampled,
 )
 from metrics.series import MIN_DOWNSAMPLED_POINTS, Series
@@ -209,6 +210,8 @@ def test_keys_are_listed_by_name_with_their_stats(big_job):
     keys = metric_key_list(job=big_job)
     assert [key.name for key in keys] == ["a", "val/loss"]
     assert (keys[0].count, keys[0].last_value, keys[0].min_value) == (2, 2.0, 2.0)
+    asked = metric_key_list(job=big_job, names=["val/loss", "missing"])
+    assert [key.name for key in asked] == ["val/loss"]
 
 
 def test_a_short_named_series_comes_back_whole_with_gaps_for_nan_and_inf(big_job):
@@ -249,6 +252,37 @@ def test_a_named_series_after_a_step(big_job):
     named_write(big_job, {"a": (range(10), np.arange(10.0))})
     series = named_series_downsampled(key=key_of(big_job, "a"), max_points=100, after_step=6)
     assert (series.steps, series.values, series.total) == ([7, 8, 9], [7.0, 8.0, 9.0], 3)
+
+
+def test_many_keys_read_together_match_each_read_alone(user, django_assert_max_num_queries):
+    """A screenful of keys in a fixed number of queries, each exactly as read alone: long
+    keys from the summary (two levels), short ones whole, a key too short for the summary's
+    reach and one mostly NaN (the summary holds too few points) from their raw rows."""
+    job = TrainingJobFactory(owner=user, total_epochs=1000, steps_per_epoch=1000)
+    rng = np.random.default_rng(3)
+    mostly_nan = np.full(20_000, np.nan)
+    mostly_nan[::100] = 1.0
+    named_write(
+        job,
+        {
+            "long/a": (range(20_000), rng.random(20_000)),
+            "long/b": (range(0, 80_000, 2), rng.random(40_000)),
+            "long/c": (range(20_000), rng.random(20_000)),
+            "short": (range(0, 90, 3), [1.0, np.nan, 2.0] * 10),
+            "mid": (range(5_000), rng.random(5_000)),
+            "nan": (range(20_000), mostly_nan),
+        },
+    )
+    keys = metric_key_list(job=job)
+    for max_points in (451, 100):
+        alone = {key.pk: named_series_downsampled(key=key, max_points=max_points) for key in keys}
+        # the summary for the three long keys, the short key whole, "mid" and "nan" alone
+        with django_assert_max_num_queries(4):
+            together = named_series_many(keys, max_points)
+        assert together == alone
+        long_a = together[key_of(job, "long/a").pk]
+        assert long_a.downsampled and long_a.shown <= max_points and long_a.total == 20_000
+    assert named_series_many([], 451) == {}
 
 
 # --- job_poll ---------------------------------------------------------------------------------

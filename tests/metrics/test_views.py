@@ -453,6 +453,30 @@ def test_series_of_a_long_key_is_downsampled(user_client, external):
     assert val["grad_norm"]["steps"] == sorted(val["grad_norm"]["steps"])
 
 
+@pytest.mark.parametrize(
+    ("asked", "at_most"), [("1", 10), ("451", 451), ("999999", 10_000)], ids=str
+)
+def test_named_series_take_the_pages_points_budget_within_bounds(
+    user_client, external, asked, at_most
+):
+    """charts.js asks for fewer points per named chart than for the headline chart."""
+    steps = range(12_000)
+    job = named_write(external, [(name, step, float(step % 5)) for name in "ab" for step in steps])
+    body = user_client.get(series_url(job, keys="a,b", max_points=asked)).json()
+    for name in "ab":
+        assert body["keys"][name]["total"] == 12_000
+        assert at_most // 2 <= body["keys"][name]["shown"] <= at_most
+        assert body["keys"][name]["steps"][-1] == 11_999
+
+
+@pytest.mark.parametrize("bad", ["abc", "1.5", "-", "1e3"])
+def test_named_series_refuse_a_bad_points_budget(user_client, external, bad):
+    job = named_write(external, [("a", 0, 1.0)])
+    response = user_client.get(series_url(job, keys="a", max_points=bad))
+    assert response.status_code == 400
+    assert "max_points must be an integer" in response.json()["error"]
+
+
 def test_series_refuses_too_many_keys(user_client, external):
     names = ",".join(f"k{i}" for i in range(MAX_KEYS_PER_REQUEST + 1))
     response = user_client.get(series_url(external, keys=names))
