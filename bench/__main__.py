@@ -126,6 +126,7 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
                  with_page(lambda page: f.job_page_figure(plan, page, port)))  # fmt: skip
             step("poll, 20 keys", "poll_ms_20_keys", "ms (p50)", "ratio <= 2 (vs /healthz)",
                  with_page(lambda page: f.named_poll_figure(plan, page, port)))  # fmt: skip
+            _mlflow_steps(step, plan, data, port)
     except BenchError as error:
         for name in (
             "poll_ms_1m",
@@ -136,6 +137,8 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
             "named_ingest_values_per_s",
             "job_page_100_keys_ms",
             "poll_ms_20_keys",
+            *MLFLOW_FIGURES,
+            "mlflow_ingest_points_per_s_1000_keys",
         ):
             if not any(r.name == name for r in results):
                 results.append(Figure(name, "", "", error=str(error)))
@@ -143,6 +146,36 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
          lambda: f.export_figure(plan, data, env))  # fmt: skip
     meta["load_average_after"] = os.getloadavg()
     return results + seed, meta
+
+
+MLFLOW_FIGURES = ("mlflow_ingest_points_per_s", "mlflow_history_ms_200k", "mlflow_overview_ms_200k")
+
+
+def _mlflow_steps(step: Callable[..., None], plan: Any, data: Any, port: int) -> None:
+    """Issue 13's figures: the real MlflowClient against the same gunicorn."""
+    from bench import figures as f
+
+    print("bench: seeding a 200,000-point MLflow run ...", flush=True)
+    try:
+        bench: f.MlflowBench | None = f.MlflowBench(plan, data, port)
+        error = ""
+    except Exception as failure:  # each figure says so below
+        bench, error = None, f"{type(failure).__name__}: {failure}"
+
+    def with_bench(build: Callable[[f.MlflowBench], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            if bench is None:
+                raise RuntimeError(f"setting up the MLflow run failed: {error}")
+            return build(bench)
+
+        return run
+
+    step("mlflow ingest", MLFLOW_FIGURES[0], "points/s", ">= 35,000",
+         with_bench(lambda b: f.mlflow_ingest_figures(plan, b)))  # fmt: skip
+    step("mlflow history", MLFLOW_FIGURES[1], "ms", "<= 2,000 ms",
+         with_bench(lambda b: f.mlflow_history_figure(plan, b)))  # fmt: skip
+    step("mlflow overview", MLFLOW_FIGURES[2], "ms (p50)", "<= 30 ms",
+         with_bench(lambda b: f.mlflow_overview_figure(plan, b)))  # fmt: skip
 
 
 def _machine(quick: bool) -> dict[str, Any]:

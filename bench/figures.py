@@ -55,6 +55,9 @@ class Plan:
     export_repeats: int = 3
     page_key_points: int = 10_000
     page_loads: int = 30
+    mlflow_batches: int = 20
+    mlflow_history_points: int = 200_000
+    mlflow_history_repeats: int = 5
 
     @classmethod
     def quick(cls) -> Plan:
@@ -71,6 +74,8 @@ class Plan:
             export_repeats=1,
             page_key_points=1_000,
             page_loads=10,
+            mlflow_batches=5,
+            mlflow_history_repeats=2,
         )
 
 
@@ -1107,5 +1112,314 @@ def named_poll_figure(plan: Plan, page: NamedPage, port: int) -> Figure:
         "charts.js asks: S is the status the page shows, so the header is not re-sent), each "
         f"key with {POLL_NEW_STEPS} points after the cursor, p50 of {plan.poll_requests}",
         "baseline: GET /healthz (no session, one SELECT 1) on the same connection, p50",
+    ]
+    return figure
+
+
+# --- the MLflow tracking API (issue 13) -------------------------------------------------------
+
+MLFLOW_INGEST_TARGET = 35_000  # points/s: 10x the 3,400 measured for a real MLflow server
+MLFLOW_HISTORY_TARGET_MS = 2000
+MLFLOW_OVERVIEW_TARGET_MS = 30
+MLFLOW_HISTORY_KEY = "train/loss"
+MLFLOW_SPIKE_STEP = 123_457
+MLFLOW_SPIKE_VALUE = 1e6
+
+
+class MlflowBench:
+    """A token, an MLflow client on the bench's gunicorn and the 200,000-point run the read
+    figures share (a decaying curve with one planted spike)."""
+
+    def __init__(self, plan: Plan, data: Data, port: int) -> None:
+        import os
+
+        from mlflow.tracking import MlflowClient
+
+        from accounts.services import api_token_create
+
+        _, self.token = api_token_create(user=data.big_user, name="bench-mlflow")
+        os.environ["MLFLOW_TRACKING_TOKEN"] = self.token
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        self.uri = f"http://127.0.0.1:{port}"
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.port = port
+        self.plan = plan
+        experiment_id = self.client.create_experiment("bench-mlflow")
+        self.experiment_id = experiment_id
+        self.history_points = plan.mlflow_history_points
+        run = self.client.create_run(experiment_id, run_name="bench-history")
+        self.history_run = run.info.run_id
+        job = TrainingJob.objects.get(run_uuid=self.history_run)
+        steps = np.arange(self.history_points, dtype=np.int64)
+        for start in range(0, self.history_points, 50_000):
+            chunk = steps[start : start + 50_000]
+            batch = _named_batch([MLFLOW_HISTORY_KEY], chunk, seed=start)
+            if start <= MLFLOW_SPIKE_STEP < start + len(chunk):
+                batch.values[MLFLOW_SPIKE_STEP - start] = MLFLOW_SPIKE_VALUE
+            _write_named(job, batch)
+
+    def http(self) -> Http:
+        return Http(self.port, {"Authorization": f"Bearer {self.token}"})
+
+
+def _mlflow_metrics(keys: int, steps: int, start: int, seed: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(keys * steps).tolist()
+    stamp = int(time.time() * 1000)
+    return [
+        Metric(f"train/metric_{k}", values[k * steps + s], stamp + s, start + s)
+        for k in range(keys)
+        for s in range(steps)
+    ]
+
+
+class _NoOpMlflow:
+    """A loopback server that answers every POST with `{}` at once: the same client against
+    it measures the client's own cost per log_batch (its floor with no server work)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _copy_mlflow_rows(metrics: list[Any], keys: int) -> float:
+    """Seconds for the COPY baseline of log_batch metrics (keys x steps, key-major)."""
+    from metrics.points import NamedBatch
+
+    steps = len(metrics) // keys
+    named = NamedBatch(
+        names=tuple(f"k{k}" for k in range(keys)),
+        key_index=np.repeat(np.arange(keys, dtype=np.int64), steps),
+        steps=np.asarray([m.step for m in metrics], dtype=np.int64),
+        values=np.asarray([m.value for m in metrics]),
+        times=np.asarray([m.timestamp / 1000 for m in metrics]),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {NAMED_BARE_TABLE}")
+    return _copy_named_rows(named, timezone.now())
+
+
+def _encode_and_serve_ms(
+    django_client: Any, run_id: str, metrics: list[Any]
+) -> tuple[float, float]:
+    """(The client's own encode of a log_batch: to_proto + message_to_json, the server's
+    time for that body in process through Django's test client), in ms."""
+    from mlflow.protos.service_pb2 import LogBatch
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    started = time.perf_counter()
+    body = message_to_json(LogBatch(run_id=run_id, metrics=[m.to_proto() for m in metrics]))
+    encoded = time.perf_counter()
+    answer = django_client.post(
+        "/api/2.0/mlflow/runs/log-batch", body, content_type="application/json"
+    )
+    served = time.perf_counter()
+    if answer.status_code != 200:
+        raise RuntimeError(f"in-process log-batch answered {answer.status_code}")
+    return (encoded - started) * 1000, (served - encoded) * 1000
+
+
+def mlflow_ingest_figures(plan: Plan, bench: MlflowBench) -> list[Figure]:
+    """MlflowClient.log_batch of 1,000 metrics over HTTP: 5 keys x 200 steps, and 1,000 keys
+    x 1 step; baseline: psycopg COPY of the same rows. Also the server's own time per batch
+    (the same request in process, Django's test client) and the client's encode time."""
+    from django.test import Client
+
+    shapes = [("5 keys x 200 steps", 5, 200), ("1,000 keys x 1 step", 1000, 1)]
+    figures = []
+    definition = ", ".join(f"{column} {sql_type}" for column, sql_type in NAMED_BARE_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {NAMED_BARE_TABLE}")
+        cursor.execute(f"CREATE TABLE {NAMED_BARE_TABLE} ({definition})")
+    django_client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {bench.token}")
+    from mlflow.tracking import MlflowClient
+
+    no_op = _NoOpMlflow()
+    no_op_client = MlflowClient(tracking_uri=no_op.uri)
+    for index, (label, keys, steps) in enumerate(shapes):
+        name = "mlflow_ingest_points_per_s" + ("" if index == 0 else "_1000_keys")
+        figure = Figure(name, "points/s", f">= {MLFLOW_INGEST_TARGET:,}")
+        run_id = bench.client.create_run(bench.experiment_id, run_name=f"bench-{name}").info.run_id
+        server_run = bench.client.create_run(
+            bench.experiment_id, run_name=f"in-process-{name}"
+        ).info.run_id
+        encode_ms: list[float] = []
+        server_ms: list[float] = []
+        floor_ms: list[float] = []
+        for repeat in range(plan.mlflow_batches + 1):
+            metrics = _mlflow_metrics(keys, steps, repeat * steps, seed=repeat)
+            started = time.perf_counter()
+            bench.client.log_batch(run_id, metrics=metrics, synchronous=True)
+            seconds = time.perf_counter() - started
+            if repeat == 0:
+                continue  # warm-up
+            figure.samples.append(len(metrics) / seconds)
+            started = time.perf_counter()
+            no_op_client.log_batch(run_id, metrics=metrics, synchronous=True)
+            floor_ms.append((time.perf_counter() - started) * 1000)
+            encode, server = _encode_and_serve_ms(django_client, server_run, metrics)
+            encode_ms.append(encode)
+            server_ms.append(server)
+            figure.baseline_samples.append(len(metrics) / _copy_mlflow_rows(metrics, keys))
+        written = bench.client.get_metric_history(run_id, "train/metric_0")
+        if len(written) != steps * (plan.mlflow_batches + 1):
+            raise RuntimeError(f"{name}: read back {len(written)} points of train/metric_0")
+        figure.met = figure.median is not None and figure.median >= MLFLOW_INGEST_TARGET
+        per_batch = 1000 / (figure.median or math.inf)
+        figure.extra |= {
+            "server_ms_per_batch": statistics.median(server_ms),
+            "client_encode_ms_per_batch": statistics.median(encode_ms),
+            "http_ms_per_batch": per_batch * 1000,
+            "client_floor_ms_per_batch": statistics.median(floor_ms),
+        }
+        floor = statistics.median(floor_ms)
+        figure.notes += [
+            f"mlflow.tracking.MlflowClient.log_batch of 1,000 metrics ({label}), synchronous, "
+            f"over HTTP to gunicorn as in the Procfile, {plan.mlflow_batches} batches, one "
+            "client, MLFLOW_TRACKING_TOKEN",
+            f"per batch: {per_batch * 1000:.1f} ms end to end; server in process (Django test "
+            f"client, same body) {statistics.median(server_ms):.1f} ms; the client's own "
+            f"encode (to_proto + message_to_json) {statistics.median(encode_ms):.1f} ms",
+            "baseline: psycopg 3 COPY (write_row per row) of the same 1,000 rows into a bare "
+            "table, + commit",
+            f"the client's floor: the same log_batch against a server that answers {{}} at "
+            f"once takes {floor:.1f} ms (at most {1000 / floor * 1000:,.0f} points/s for any "
+            f"server); the {MLFLOW_INGEST_TARGET:,} points/s target leaves the server "
+            f"{1000 / MLFLOW_INGEST_TARGET * 1000 - floor:.1f} ms per batch",
+        ]
+        figures.append(figure)
+    no_op.close()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {NAMED_BARE_TABLE}")
+    return figures
+
+
+def _history_parse(pages: list[bytes]) -> int:
+    """What MlflowClient does with get-history answers once they arrive: JSON decode,
+    protobuf ParseDict, Metric objects (mlflow's RestStore and call_endpoint)."""
+    from mlflow.entities import Metric
+    from mlflow.protos.service_pb2 import GetMetricHistory
+    from mlflow.utils.proto_json_utils import parse_dict
+
+    count = 0
+    for page in pages:
+        response = GetMetricHistory.Response()
+        parse_dict(js_dict=json.loads(page), message=response)  # type: ignore[no-untyped-call]
+        count += len([Metric.from_proto(metric) for metric in response.metrics])
+    return count
+
+
+def mlflow_history_figure(plan: Plan, bench: MlflowBench) -> Figure:
+    figure = Figure("mlflow_history_ms_200k", "ms", f"<= {MLFLOW_HISTORY_TARGET_MS:,} ms")
+    points = bench.history_points
+    http = bench.http()
+    path = (
+        f"/api/2.0/mlflow/metrics/get-history?run_id={bench.history_run}"
+        f"&metric_key={MLFLOW_HISTORY_KEY}"
+    )
+    fetch_ms: list[float] = []
+    gzip_ms: list[float] = []
+    size = gzip_size = 0
+    pages: list[bytes] = []
+    for repeat in range(plan.mlflow_history_repeats + 1):
+        seconds, history = timed(
+            lambda: bench.client.get_metric_history(bench.history_run, MLFLOW_HISTORY_KEY)
+        )
+        if len(history) != points:
+            raise RuntimeError(f"get_metric_history returned {len(history):,} of {points:,}")
+        if repeat == 0:
+            spike = [m for m in history if m.step == MLFLOW_SPIKE_STEP]
+            if points > MLFLOW_SPIKE_STEP and spike[0].value != MLFLOW_SPIKE_VALUE:
+                raise RuntimeError("the history lost the planted spike")
+            continue
+        figure.samples.append(seconds * 1000)
+        # The client's call outlasts gunicorn's keep-alive: a new connection each time.
+        http.close()
+        started = time.perf_counter()
+        status, _, body = http.request("GET", path)
+        fetch_ms.append((time.perf_counter() - started) * 1000)
+        if status != 200:
+            raise RuntimeError(f"GET {path} answered {status}")
+        pages, size = [body], len(body)
+        started = time.perf_counter()
+        status, headers, zipped = http.request("GET", path, headers={"Accept-Encoding": "gzip"})
+        gzip_ms.append((time.perf_counter() - started) * 1000)
+        gzip_size = len(zipped)
+        figure.baseline_samples.append(timed(partial(_history_parse, pages))[0] * 1000)
+    http.close()
+    floor = figure.baseline or 0
+    server = statistics.median(fetch_ms)
+    figure.met = _below(figure.median, MLFLOW_HISTORY_TARGET_MS, inclusive=True)
+    figure.extra |= {
+        "client_parse_floor_ms": floor,
+        "http_fetch_ms": server,
+        "http_fetch_gzip_ms": statistics.median(gzip_ms),
+        "bytes": size,
+        "gzip_bytes": gzip_size,
+    }
+    figure.notes += [
+        f"MlflowClient.get_metric_history of {points:,} points over HTTP to gunicorn as in the "
+        f"Procfile, {plan.mlflow_history_repeats} calls",
+        f"baseline (the client-only floor): the client's own parsing of the same "
+        f"{size / 1e6:.1f} MB answer from memory (json.loads, ParseDict, Metric objects): "
+        f"{floor:.0f} ms; the fetch alone (server + transfer, raw bytes) {server:.0f} ms, "
+        f"gzip {statistics.median(gzip_ms):.0f} ms ({gzip_size / 1e6:.1f} MB"
+        f"{'' if 'gzip' in str(headers).lower() else ', not compressed'})",
+    ]
+    if floor > MLFLOW_HISTORY_TARGET_MS:
+        figure.notes.append(
+            f"the target is below the client's own floor ({floor:.0f} ms > "
+            f"{MLFLOW_HISTORY_TARGET_MS} ms): no server can meet it for this client"
+        )
+    return figure
+
+
+def mlflow_overview_figure(plan: Plan, bench: MlflowBench) -> Figure:
+    figure = Figure("mlflow_overview_ms_200k", "ms (p50)", f"<= {MLFLOW_OVERVIEW_TARGET_MS} ms")
+    http = bench.http()
+    path = (
+        f"/api/2.0/mlflow/metrics/get-history-bulk-interval?run_ids={bench.history_run}"
+        f"&metric_key={MLFLOW_HISTORY_KEY}&max_results=1000"
+    )
+    samples, body = _http_p50(http, path, plan.poll_requests)
+    figure.samples = samples
+    figure.baseline_samples, _ = _http_p50(http, "/healthz", plan.poll_requests)
+    http.close()
+    metrics = json.loads(body)["metrics"]
+    kept = any(m["step"] == MLFLOW_SPIKE_STEP and m["value"] == MLFLOW_SPIKE_VALUE for m in metrics)
+    figure.met = (
+        _below(figure.median, MLFLOW_OVERVIEW_TARGET_MS, inclusive=True)
+        and len(metrics) <= 1000
+        and (kept or bench.history_points <= MLFLOW_SPIKE_STEP)
+    )
+    figure.notes += [
+        f"GET get-history-bulk-interval, max_results=1000, of {bench.history_points:,} points "
+        f"over HTTP, p50 of {plan.poll_requests}: {len(metrics)} points, planted spike "
+        f"{'kept' if kept else 'LOST'}",
+        "baseline: GET /healthz on the same connection, p50",
     ]
     return figure

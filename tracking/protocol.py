@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import gzip
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.services import api_token_authenticate
@@ -35,7 +37,7 @@ from metrics.models import MetricKey
 logger = logging.getLogger(__name__)
 
 Params: TypeAlias = dict[str, Any]
-Handler: TypeAlias = Callable[[HttpRequest, User, Params], dict[str, Any]]
+Handler: TypeAlias = Callable[[HttpRequest, User, Params], dict[str, Any] | HttpResponse]
 
 # MLflow's error codes and the HTTP status its server answers with.
 RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
@@ -110,6 +112,24 @@ def json_response(body: dict[str, Any], status: int = 200) -> HttpResponse:
     return HttpResponse(content, status=status, content_type=JSON_CONTENT_TYPE)
 
 
+# Above this size a JSON answer is compressed here, at gzip level 1, instead of by
+# GZipMiddleware's level 6: for 200,000 history points (17 MB) level 6 takes ~290 ms, level 1
+# ~80 ms for a body only ~10% larger (measured; `make bench`, mlflow_history_ms_200k).
+FAST_GZIP_MIN_BYTES = 1_000_000
+
+
+def json_bytes_response(request: HttpRequest, content: bytes) -> HttpResponse:
+    """A JSON body already encoded; a large one gzipped fast when the client accepts gzip
+    (the MLflow client's requests library does)."""
+    response = HttpResponse(content, content_type=JSON_CONTENT_TYPE)
+    if len(content) >= FAST_GZIP_MIN_BYTES:
+        patch_vary_headers(response, ("Accept-Encoding",))
+        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+            response.content = gzip.compress(content, compresslevel=1, mtime=0)
+            response.headers["Content-Encoding"] = "gzip"
+    return response
+
+
 def error_response(code: str, message: str, status: int | None = None) -> HttpResponse:
     return json_response(
         {"error_code": code, "message": message}, status or STATUS_OF.get(code, 400)
@@ -170,7 +190,8 @@ def endpoint(*methods: str) -> Callable[[Handler], Callable[[HttpRequest], HttpR
                     user = authenticate(request)
                     params = request_params(request)
                     params.update(kwargs)
-                    return json_response(handler(request, user, params))
+                    answer = handler(request, user, params)
+                    return answer if isinstance(answer, HttpResponse) else json_response(answer)
             except MlflowError as error:
                 return error_response(error.code, error.message)
             except DjangoValidationError as error:

@@ -260,7 +260,26 @@ def _locked(job: TrainingJob, *, active: bool = True) -> TrainingJob:
     locked = jobs_lock([job.pk])
     if not locked:
         raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={job.run_uuid} not found")
-    current = locked[0]
+    return _writable(locked[0], active=active)
+
+
+def _locked_owned(user: User, run_id: str) -> TrainingJob:
+    """The user's run, row-locked, in one query: the lookup and the lock of a log-batch.
+
+    One row, so jobs_lock's id order is moot; another user's run is as missing as none.
+    """
+    current = (
+        TrainingJob.objects.select_for_update().filter(owner=user, run_uuid=run_id).first()
+        if run_id and len(run_id) <= 32
+        else None
+    )
+    if current is None:
+        raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
+    return _writable(current, active=True)
+
+
+def _writable(current: TrainingJob, *, active: bool) -> TrainingJob:
+    job = current
     if current.source != TrainingJob.Source.EXTERNAL:
         # The simulator writes a simulated job's points and moves its status.
         raise invalid(f"Run {job.run_uuid} is a simulated job: it takes no data or status.")
@@ -327,40 +346,61 @@ def run_log(*, job: TrainingJob, batch: Batch, now: datetime | None = None) -> N
     Params are immutable, as in MLflow: the same value again is fine, another one is
     INVALID_PARAMETER_VALUE. A retried or concurrent batch stores no point twice.
     """
+    with transaction.atomic():
+        _write_locked(_locked(job), batch, now)
+
+
+def run_log_batch(
+    *,
+    user: User,
+    run_id: str,
+    metrics: Sequence[Mapping[str, Any]],
+    params: Sequence[Mapping[str, Any]],
+    tags: Sequence[Mapping[str, Any]],
+    now: datetime | None = None,
+) -> None:
+    """log-batch: the run looked up and locked in one query, then the batch checked
+    (batch_parse) and stored as run_log does."""
+    with transaction.atomic():
+        current = _locked_owned(user, run_id)
+        _write_locked(current, batch_parse(metrics, params, tags), now)
+
+
+def _write_locked(current: TrainingJob, batch: Batch, now: datetime | None) -> None:
+    """Inside the caller's transaction, `current` locked."""
+    job = current
     try:
-        with transaction.atomic():
-            current = _locked(job)
-            changes: dict[str, Any] = {}
-            if batch.params:
-                params = dict(current.hyperparameters)
-                for key, value in batch.params.items():
-                    if key in params and params[key] != value:
-                        raise invalid(
-                            f"Changing param values is not allowed. Param with key='{key}' was "
-                            f"already logged with value='{params[key]}' for run ID="
-                            f"'{job.run_uuid}'. Attempted logging new value '{value}'."
-                        )
-                    params[key] = value
-                if problem := hyperparameters_size_problem(params):
-                    raise invalid(problem)
-                changes["hyperparameters"] = params
-            if batch.tags:
-                tags = {**current.tags, **batch.tags}
-                if "mlflow.runName" in batch.tags and batch.tags["mlflow.runName"].strip():
-                    name = batch.tags["mlflow.runName"].strip()
-                    if len(name) > RUN_NAME_MAX:
-                        raise invalid(f"Run name had length {len(name)}, over {RUN_NAME_MAX}.")
-                    changes["name"] = name
-                changes["tags"] = tags
-            if changes:
-                changes["updated_at"] = timezone.now()
-                TrainingJob.objects.filter(pk=job.pk).update(**changes)
-            if len(batch.metrics):
-                metric_batches_write(
-                    [(current, headline_batch(current, batch.metrics))],
-                    named={current.pk: batch.metrics},
-                    now=now,
-                )
+        changes: dict[str, Any] = {}
+        if batch.params:
+            params = dict(current.hyperparameters)
+            for key, value in batch.params.items():
+                if key in params and params[key] != value:
+                    raise invalid(
+                        f"Changing param values is not allowed. Param with key='{key}' was "
+                        f"already logged with value='{params[key]}' for run ID="
+                        f"'{job.run_uuid}'. Attempted logging new value '{value}'."
+                    )
+                params[key] = value
+            if problem := hyperparameters_size_problem(params):
+                raise invalid(problem)
+            changes["hyperparameters"] = params
+        if batch.tags:
+            tags = {**current.tags, **batch.tags}
+            if "mlflow.runName" in batch.tags and batch.tags["mlflow.runName"].strip():
+                name = batch.tags["mlflow.runName"].strip()
+                if len(name) > RUN_NAME_MAX:
+                    raise invalid(f"Run name had length {len(name)}, over {RUN_NAME_MAX}.")
+                changes["name"] = name
+            changes["tags"] = tags
+        if changes:
+            changes["updated_at"] = timezone.now()
+            TrainingJob.objects.filter(pk=job.pk).update(**changes)
+        if len(batch.metrics):
+            metric_batches_write(
+                [(current, headline_batch(current, batch.metrics))],
+                named={current.pk: batch.metrics},
+                now=now,
+            )
     except KeyLimitExceeded as error:
         raise invalid(str(error)) from None
 

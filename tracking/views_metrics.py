@@ -3,12 +3,13 @@ overview from the key's summary: at most max_results points, spikes kept)."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from metrics.models import MetricKey, NamedMetric
 from metrics.selectors import named_series_downsampled
@@ -18,6 +19,7 @@ from tracking.protocol import (
     endpoint,
     integer,
     invalid,
+    json_bytes_response,
     number_out,
     run_get_owned,
     run_id_param,
@@ -33,11 +35,11 @@ BULK_MAX_RUNS = 100
 
 
 def _history_rows(key_id: int, after_step: int, limit: int | None) -> list[tuple[Any, ...]]:
-    # Raw SQL: 25,000 rows a page, and the ORM's per-row datetime objects cost more than
-    # the query; the database turns the time into unix seconds.
+    # Raw SQL: up to 200,000 rows an answer, and the ORM's per-row datetime objects cost
+    # more than the query; the database turns the time into unix milliseconds.
     table = NamedMetric._meta.db_table
     sql = (
-        f"SELECT step, value, {epoch_seconds_sql('reported_at')} FROM {table} "
+        f"SELECT step, value, ROUND({epoch_seconds_sql('reported_at')} * 1000) FROM {table} "
         "WHERE key_id = %s AND step > %s ORDER BY step"
     )
     params: list[Any] = [key_id, after_step]
@@ -53,8 +55,32 @@ def _value(value: float | None) -> float | str:
     return number_out(value) if value is None or not math.isfinite(value) else value
 
 
+# What repr() gives for a stored NaN (NULL), NaN and the infinities, and MLflow's JSON for
+# them. A key name cannot hold a quote, so the pattern only matches a value.
+_NON_FINITE = (
+    ('"value":None,', '"value":"NaN",'),
+    ('"value":nan,', '"value":"NaN",'),
+    ('"value":inf,', '"value":"Infinity",'),
+    ('"value":-inf,', '"value":"-Infinity",'),
+)
+
+
+def history_json(name: str, rows: list[tuple[Any, ...]], next_page_token: str | None) -> bytes:
+    """get-history's answer encoded in one piece: one f-string a point (repr() is what
+    json.dumps writes for a float), ~40% faster than dicts + json.dumps for 200,000 points."""
+    prefix = '{"key":' + json.dumps(name) + ',"value":'
+    points = ",".join(
+        [f'{prefix}{value!r},"timestamp":{int(ms)},"step":{step}}}' for step, value, ms in rows]
+    )
+    for pattern, replacement in _NON_FINITE:
+        if pattern in points:
+            points = points.replace(pattern, replacement)
+    token = "" if next_page_token is None else f',"next_page_token":{json.dumps(next_page_token)}'
+    return f'{{"metrics":[{points}]{token}}}'.encode()
+
+
 @endpoint("GET")
-def get_history(request: HttpRequest, user: User, params: Params) -> dict[str, Any]:
+def get_history(request: HttpRequest, user: User, params: Params) -> HttpResponse:
     """Every point of a run's key in step order; with max_results, pages of that many and
     a next_page_token while more remain."""
     job = run_get_owned(user, run_id_param(params))
@@ -71,25 +97,13 @@ def get_history(request: HttpRequest, user: User, params: Params) -> dict[str, A
         after = after_step
     key = MetricKey.objects.filter(job_id=job.pk, name=name).first()
     if key is None:
-        return {"metrics": []}
+        return json_bytes_response(request, b'{"metrics":[]}')
     rows = _history_rows(key.pk, after, None if limit is None else limit + 1)
     more = limit is not None and len(rows) > limit
     if more:
         rows = rows[:limit]
-    body: dict[str, Any] = {
-        "metrics": [
-            {
-                "key": name,
-                "value": _value(value),
-                "timestamp": round(seconds * 1000) if seconds is not None else 0,
-                "step": step,
-            }
-            for step, value, seconds in rows
-        ]
-    }
-    if more:
-        body["next_page_token"] = token_encode({"after_step": rows[-1][0]})
-    return body
+    next_token = token_encode({"after_step": rows[-1][0]}) if more else None
+    return json_bytes_response(request, history_json(name, rows, next_token))
 
 
 @endpoint("GET")

@@ -89,11 +89,10 @@ def restore(request: HttpRequest, user: User, params: Params) -> dict[str, Any]:
 
 @endpoint("POST")
 def log_batch(request: HttpRequest, user: User, params: Params) -> dict[str, Any]:
-    job = run_get_owned(user, run_id_param(params))
-    batch = services.batch_parse(
-        entries(params, "metrics"), entries(params, "params"), entries(params, "tags")
+    metrics, pairs, tags = (entries(params, name) for name in ("metrics", "params", "tags"))
+    services.run_log_batch(
+        user=user, run_id=run_id_param(params), metrics=metrics, params=pairs, tags=tags
     )
-    services.run_log(job=job, batch=batch)
     return {}
 
 

@@ -82,3 +82,56 @@ def test_bulk_interval_is_an_overview_that_keeps_a_spike(tracking, client):
     assert all(point["run_id"] == run.info.run_id for point in points)
     steps = [point["step"] for point in points]
     assert steps == sorted(steps)
+
+
+def test_history_json_is_the_json_of_the_points():
+    import json
+
+    from tracking.views_metrics import history_json
+
+    rows = [
+        (0, 0.1, 1_700_000_000_000.0),
+        (1, None, 1.0),
+        (2, math.nan, 2.0),
+        (3, math.inf, 3.0),
+        (4, -math.inf, 4.0),
+        (5, -0.0, 5.0),
+        (6, 1e-300, 6.0),
+        (7, 12345678901234567890.0, 7.0),
+    ]
+    decoded = json.loads(history_json("a/b c:d", rows, "tok"))
+    assert decoded["next_page_token"] == "tok"
+    assert [(m["key"], m["step"], m["timestamp"]) for m in decoded["metrics"]] == [
+        ("a/b c:d", step, int(ms)) for step, _, ms in rows
+    ]
+    values = [m["value"] for m in decoded["metrics"]]
+    assert values[0] == 0.1 and values[1:5] == ["NaN", "NaN", "Infinity", "-Infinity"]
+    assert values[5:] == [-0.0, 1e-300, 12345678901234567890.0]
+    assert json.loads(history_json("k", [], None)) == {"metrics": []}
+
+
+def test_a_large_history_is_gzipped_only_for_a_client_that_accepts_it(tracking):
+    import gzip
+    import json
+
+    from django.test import Client
+
+    from jobs.models import TrainingJob
+
+    run = tracking.client().create_run("0")
+    job = TrainingJob.objects.get(run_uuid=run.info.run_id)
+    write_points(job, "loss", np.linspace(1.0, 0.0, 20_000))
+    token = tracking.token
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    path = f"/api/2.0/mlflow/metrics/get-history?run_id={run.info.run_id}&metric_key=loss"
+    plain = client.get(path)
+    zipped = client.get(path, HTTP_ACCEPT_ENCODING="gzip, deflate")
+    assert "Content-Encoding" not in plain.headers
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in zipped.headers["Vary"]
+    assert gzip.decompress(zipped.content) == plain.content
+    assert len(json.loads(plain.content)["metrics"]) == 20_000
+    paged = client.get(path + "&max_results=15000").json()
+    rest = client.get(path + f"&page_token={paged['next_page_token']}").json()
+    assert [m["step"] for m in paged["metrics"] + rest["metrics"]] == list(range(20_000))
+    assert "next_page_token" not in rest
