@@ -6,6 +6,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Cast
 from django.urls import reverse
 from django.utils import timezone
 
@@ -186,7 +187,12 @@ class TrainingJob(models.Model):
             # An external job's declared length is a hint: its points may run past it.
             models.CheckConstraint(
                 condition=~Q(source=JobSource.SIMULATED)
-                | Q(current_step__lte=F("total_epochs") * F("steps_per_epoch")),
+                # Cast: Python-side validation binds the lengths as typed-less parameters, and
+                # PostgreSQL cannot multiply two untyped NULLs (an external job has none).
+                | Q(
+                    current_step__lte=Cast("total_epochs", models.BigIntegerField())
+                    * Cast("steps_per_epoch", models.BigIntegerField())
+                ),
                 name="job_current_step_within_total",
             ),
         ]
