@@ -271,3 +271,17 @@ def test_a_job_without_artifacts_says_so(owned_run):
     page.force_login(job.owner)
     html = page.get(reverse("tracking_pages:job_artifacts", args=[job.pk])).content.decode()
     assert "None logged" in html
+
+
+def test_deleting_the_job_deletes_its_run_artifacts(owned_run, artifacts_dir):
+    from jobs.services import job_delete
+
+    job, token = owned_run
+    keep = TrainingJobFactory(owner=job.owner, source=TrainingJob.Source.EXTERNAL)
+    client = Client()
+    for run in (job, keep):
+        path = f"{ARTIFACTS}/0/{run.run_uuid}/artifacts/sub/file.txt"
+        assert client.put(path, b"x", "text/plain", headers=api(token)).status_code == 200
+    job_delete(job=job)
+    assert not any((artifacts_dir / run_root(job.run_uuid)).rglob("*.txt"))
+    assert (artifacts_dir / run_root(keep.run_uuid) / "sub" / "file.txt").is_file()
