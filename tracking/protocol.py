@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
@@ -170,6 +170,17 @@ def authenticate(request: HttpRequest) -> User:
 # --- requests -----------------------------------------------------------------------------------
 
 
+def method_refused(request: HttpRequest, methods: Sequence[str]) -> HttpResponse | None:
+    """MLflow's reply to a method the route does not take, or None when it takes it."""
+    if request.method in methods:
+        return None
+    return error_response(
+        ENDPOINT_NOT_FOUND,
+        f"{request.method} is not allowed here; use {', '.join(methods)}.",
+        METHOD_NOT_ALLOWED,
+    )
+
+
 def endpoint(*methods: str) -> Callable[[Handler], Callable[[HttpRequest], HttpResponse]]:
     """A protocol view: token auth, the JSON body (POST/PATCH) or query (GET) as a dict,
     the handler's dict as JSON, and every MlflowError as MLflow's error reply."""
@@ -180,12 +191,8 @@ def endpoint(*methods: str) -> Callable[[Handler], Callable[[HttpRequest], HttpR
         @functools.wraps(handler)
         def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
-                if request.method not in methods:
-                    return error_response(
-                        ENDPOINT_NOT_FOUND,
-                        f"{request.method} is not allowed here; use {', '.join(methods)}.",
-                        METHOD_NOT_ALLOWED,
-                    )
+                if (refused := method_refused(request, methods)) is not None:
+                    return refused
                 with _sqlite_serialised():
                     user = authenticate(request)
                     params = request_params(request)

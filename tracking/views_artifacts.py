@@ -40,15 +40,14 @@ from tracking.artifacts import (
 )
 from tracking.models import LoggedModel
 from tracking.protocol import (
-    ENDPOINT_NOT_FOUND,
     INVALID_PARAMETER_VALUE,
-    METHOD_NOT_ALLOWED,
     PAYLOAD_TOO_LARGE,
     MlflowError,
     authenticate,
     error_response,
     invalid,
     json_response,
+    method_refused,
     not_found,
 )
 from trainmon.http import AuthenticatedHttpRequest
@@ -103,12 +102,8 @@ def artifact_endpoint(*methods: str) -> Callable[[ArtifactView], ArtifactView]:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             try:
-                if request.method not in methods:
-                    return error_response(
-                        ENDPOINT_NOT_FOUND,
-                        f"{request.method} is not allowed here; use {', '.join(methods)}.",
-                        METHOD_NOT_ALLOWED,
-                    )
+                if (refused := method_refused(request, methods)) is not None:
+                    return refused
                 return view(request, authenticate(request), *args, **kwargs)
             except MlflowError as error:
                 return error_response(error.code, error.message)
