@@ -37,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller smoke run (figures off)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="results JSON path")
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="NAMES",
+        help="comma-separated figure names to measure (the shared data is seeded anyway)",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(name for name in args.only.split(",") if name)
     try:
         bench_url, bench_name, admin_url = bench_database_url(os.environ.get("DATABASE_URL", ""))
     except BenchError as error:
@@ -48,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with own_database(admin_url, bench_name):
-            figures, meta = _run(args.quick, env)
+            figures, meta = _run(args.quick, env, only)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(figure.error for figure in figures) else 0
 
 
-def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]]:
+def _run(
+    quick: bool, env: dict[str, str], only: frozenset[str] = frozenset()
+) -> tuple[list[Figure], dict[str, Any]]:
     import django
     from django.core.management import call_command
 
@@ -80,6 +89,8 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
     results: list[Figure] = []
 
     def step(label: str, name: str, unit: str, target: str, build: Callable[[], Any]) -> None:
+        if only and name not in only:
+            return
         print(f"bench: {label} ...", flush=True)
         results.extend(f.guarded(name, unit, target, build))
 
@@ -93,12 +104,15 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
     step("chart", "chart_ms_1m", "ms", "ratio <= 0.2", lambda: f.chart_figure(plan, data))
     step("named chart", "named_chart_ms_1m", "ms", "ratio <= 0.2",
          lambda: f.named_chart_figure(plan, data))  # fmt: skip
-    print(f"bench: seeding a job with {f.PAGE_KEYS} keys ...", flush=True)
-    try:
-        named_page: f.NamedPage | None = f.NamedPage(plan, data)
-        named_page_error = ""
-    except Exception as error:  # the page and poll figures say so below
-        named_page, named_page_error = None, f"{type(error).__name__}: {error}"
+    named_page: f.NamedPage | None = None
+    named_page_error = "not seeded: no figure asked for it"
+    if not only or only & {"job_page_100_keys_ms", "poll_ms_20_keys"}:
+        print(f"bench: seeding a job with {f.PAGE_KEYS} keys ...", flush=True)
+        try:
+            named_page = f.NamedPage(plan, data)
+            named_page_error = ""
+        except Exception as error:  # the page and poll figures say so below
+            named_page_error = f"{type(error).__name__}: {error}"
 
     def with_page(build: Callable[[f.NamedPage], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -126,7 +140,8 @@ def _run(quick: bool, env: dict[str, str]) -> tuple[list[Figure], dict[str, Any]
                  with_page(lambda page: f.job_page_figure(plan, page, port)))  # fmt: skip
             step("poll, 20 keys", "poll_ms_20_keys", "ms (p50)", "ratio <= 2 (vs /healthz)",
                  with_page(lambda page: f.named_poll_figure(plan, page, port)))  # fmt: skip
-            _mlflow_steps(step, plan, data, port)
+            if not only or only & {*MLFLOW_FIGURES, "mlflow_ingest_points_per_s_1000_keys"}:
+                _mlflow_steps(step, plan, data, port)
     except BenchError as error:
         for name in (
             "poll_ms_1m",
