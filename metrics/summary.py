@@ -6,8 +6,10 @@ a factor of 4 from 64 to 262,144 steps (7 levels). A chart asking for G buckets 
 coarsest level that has at least G of them, so it reads between G and 4G summary rows: a
 2,000-point chart of a million-point job reads 977 rows (width 1,024), not a million points.
 Jobs under 64 * G steps (about 42,000 for that chart) have no level that fine; their raw rows
-are read instead, which at that size is cheap. Finer or more levels would make small-job
-charts cheaper and every write dearer: a 100-step tick touches about 9 summary rows per job.
+are read instead, which at that size is cheap. A read asking for more than a chart's points
+(the API allows 10,000) gets the finest level's from 42,624 steps on (`summary_width_for`),
+so no read scans more raw rows than that. Finer or more levels would make small-job charts
+cheaper and every write dearer: a 100-step tick touches about 9 summary rows per job.
 
 A bucket keeps what a min/max downsampled chart needs, all of it exact: the number of
 points, the loss sum (for the mean), the lowest-loss point (lowest step on ties), the
@@ -36,7 +38,13 @@ from django.db import connection, models
 
 from metrics.models import KeySummary, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
-from metrics.series import POINTS_PER_BUCKET, Series, check_max_points, epoch_seconds_sql
+from metrics.series import (
+    POINTS_PER_BUCKET,
+    SERIES_MAX_POINTS,
+    Series,
+    check_max_points,
+    epoch_seconds_sql,
+)
 from metrics.staging import staged_rows
 
 if TYPE_CHECKING:
@@ -45,6 +53,10 @@ if TYPE_CHECKING:
 # Steps per bucket, finest first; each divides the next (a bucket lies inside one bucket of
 # every coarser level), which lets each level be computed from the one below it.
 SUMMARY_WIDTHS = (64, 256, 1024, 4096, 16384, 65536, 262144)
+# A chart's groups: a range with this many buckets of the finest level is always read from
+# the summary, however many points are asked for; shorter ranges from their raw rows (at
+# most 64 * CHART_GROUPS = 42,624 of them).
+CHART_GROUPS = (SERIES_MAX_POINTS - 1) // POINTS_PER_BUCKET
 # The points a bucket keeps: its lowest value, its highest value and its last step.
 PICKS = ("min", "max", "last")
 # Finite float8 values: NULL (NaN) and +-Infinity fall outside.
@@ -343,10 +355,16 @@ def summary_width_for(current_step: int, buckets: int) -> int | None:
     """The coarsest level with at least `buckets` buckets over steps 0..current_step-1.
 
     None when even the finest level has fewer: the job is small enough (under
-    buckets * 64 steps) that its raw rows are the cheaper answer.
+    buckets * 64 steps) that its raw rows are the cheaper answer. Except when that level
+    still has a full chart's buckets (`CHART_GROUPS`): a read asking for more points than
+    a chart (the API allows 10,000) then gets that level's points, fewer than it asked
+    for, rather than a scan of up to 64 * buckets raw rows.
     """
     fitting = [w for w in SUMMARY_WIDTHS if -(-current_step // w) >= buckets]
-    return max(fitting) if fitting else None
+    if fitting:
+        return max(fitting)
+    finest = SUMMARY_WIDTHS[0]
+    return finest if -(-current_step // finest) >= CHART_GROUPS else None
 
 
 def summary_series(job: TrainingJob, max_points: int, *, after_step: int = -1) -> Series | None:

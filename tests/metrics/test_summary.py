@@ -238,6 +238,12 @@ class TestSeries:
         assert summary_width_for(FINEST * 666, 666) == FINEST
         assert summary_width_for(FINEST * 665, 666) is None
 
+    def test_a_read_asking_for_more_than_a_chart_gets_the_finest_level_of_a_long_range(self):
+        # 10,000 points (3,333 groups) of 100,000 steps: 1,563 finest buckets, not a scan.
+        assert summary_width_for(100_000, 3333) == FINEST
+        assert summary_width_for(FINEST * 666, 3333) == FINEST
+        assert summary_width_for(FINEST * 665, 3333) is None
+
     def test_a_downsampled_series_keeps_the_extremes_and_the_ends(self, user):
         job = big_job(user)
         losses = np.random.default_rng(4).random(BIG_JOB_STEPS) + 1.0

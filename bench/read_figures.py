@@ -1,0 +1,62 @@
+"""Figures of reading points through the API (issue 14), against the raw GROUP BY baseline."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import statistics
+from typing import TYPE_CHECKING
+
+from bench.figures import _http_p50, group_by_baseline
+from bench.support import Figure, Http, percentile
+from jobs.models import TrainingJob
+
+if TYPE_CHECKING:
+    from bench.figures import Data, Plan
+
+API_OVERVIEW_RATIO = 0.1
+
+
+def api_overview_figure(plan: Plan, data: Data, port: int) -> Figure:
+    """GET /api/v1/jobs/<id>/metrics/?max_points=2000 of the million-point job over HTTP,
+    against a GROUP BY over the job's raw rows into the same buckets."""
+    from accounts.services import api_token_create
+
+    figure = Figure("api_overview_ms_1m", "ms (p50)", f"ratio <= {API_OVERVIEW_RATIO}")
+    job = TrainingJob.objects.get(pk=data.big_job.pk)
+    max_points = plan.chart_points
+    _, token = api_token_create(user=data.big_user, name="bench-read")
+    client = Http(port, {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"})
+    path = f"/api/v1/jobs/{job.pk}/metrics/?max_points={max_points}"
+    figure.samples, body = _http_p50(client, path, plan.poll_requests)
+    # From the middle on: the summary and one cut bucket of raw rows.
+    middle = f"{path}&after={job.current_step // 2 + 123}"
+    after_samples, _ = _http_p50(client, middle, plan.poll_requests)
+    client.close()
+    answer = json.loads(_gunzip(body))
+    width, figure.baseline_samples = group_by_baseline(job, max_points, plan.raw_chart_repeats)
+    figure.met = figure.ratio is not None and figure.ratio <= API_OVERVIEW_RATIO
+    shown = len(answer["steps"])
+    figure.extra |= {
+        "p90": percentile(figure.samples, 0.9),
+        "shown": shown,
+        "downsampled": answer["downsampled"],
+        "after_half_ms": statistics.median(after_samples),
+    }
+    figure.notes += [
+        f"GET {path} over HTTP (Bearer token, gzip), p50 of {plan.poll_requests}: {shown:,} "
+        f"of {job.current_step:,} points, from the summary",
+        f"from the middle (&after={job.current_step // 2 + 123}): "
+        f"{statistics.median(after_samples):.1f} ms p50",
+        f"baseline: GROUP BY step / {width} (min, max, count, last) over all the job's rows, "
+        "in process (the chart_ms_1m baseline)",
+    ]
+    if not answer["downsampled"] or shown > max_points:
+        figure.met = False
+        figure.notes.append("the answer was not downsampled to max_points")
+    return figure
+
+
+def _gunzip(body: bytes) -> bytes:
+
+    return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body

@@ -1,0 +1,189 @@
+"""No read of a long series touches more raw points than it returns, plus one summary bucket
+at each end (issue 14): every series read of a job past the summary's threshold is answered
+from the summary (metrics/summary.py).
+
+Measured on PostgreSQL: each query a request sends is run again under EXPLAIN (ANALYZE,
+FORMAT JSON), and the rows every plan node took from a points table (returned by the node or
+removed by its filter, times its loops) are added up. A path that went back to scanning the
+raw rows would read the whole range (100,000 points here) and fail by a factor of 40.
+SQLite has no such plans; the same paths run there in test_selectors and test_summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from accounts.services import api_token_create
+from metrics.models import NamedMetric, TrainingMetric
+from metrics.series import POINTS_PER_BUCKET, POLL_MAX_POINTS, SERIES_MAX_POINTS
+from metrics.summary import summary_width_for
+from tests.support.factories import TrainingJobFactory
+from tests.support.metric_points import batches_write, metric_batch, named_write
+
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
+
+STEPS = 100_000
+RAW_TABLES = {TrainingMetric._meta.db_table, NamedMetric._meta.db_table}
+KEY = "val/loss"
+
+
+@pytest.fixture
+def job(user):
+    job = TrainingJobFactory(owner=user, total_epochs=100, steps_per_epoch=STEPS // 100)
+    steps = np.arange(STEPS)
+    rng = np.random.default_rng(14)
+    losses = 2.0 - steps / STEPS + rng.random(STEPS) * 0.1
+    batches_write((job, metric_batch(steps, steps_per_epoch=job.steps_per_epoch, losses=losses)))
+    named_write(job, {KEY: (steps, rng.random(STEPS)), "lr": (steps[:100], 1e-3)})
+    job.refresh_from_db()
+    return job
+
+
+@pytest.fixture
+def api(user):
+    client = Client()
+    token = api_token_create(user=user, name="test")[1]
+    return lambda path: client.get(f"/api/v1{path}", headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def browser(client, user):
+    client.force_login(user)
+    return client
+
+
+def raw_rows_read(request: Callable[[], Any]) -> tuple[int, Any]:
+    """The rows of the points tables that `request`'s queries read, and its answer."""
+    with CaptureQueriesContext(connection) as captured:
+        answer = request()
+    read = 0
+    with connection.cursor() as cursor:
+        for query in captured.captured_queries:
+            sql = query["sql"]
+            if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                continue
+            if not any(table in sql for table in RAW_TABLES):
+                continue
+            cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+            [plan] = cursor.fetchone()[0]
+            read += sum(_rows_taken(node) for node in _nodes(plan["Plan"]))
+    return read, answer
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _nodes(child)
+
+
+def _rows_taken(node: dict[str, Any]) -> int:
+    if node.get("Relation Name") not in RAW_TABLES:
+        return 0
+    per_loop = (
+        node["Actual Rows"]
+        + node.get("Rows Removed by Filter", 0)
+        + node.get("Rows Removed by Index Recheck", 0)
+    )
+    return int(per_loop * node["Actual Loops"])
+
+
+def bucket_width(steps_in_range: int, max_points: int) -> int:
+    width = summary_width_for(steps_in_range, (max_points - 1) // POINTS_PER_BUCKET)
+    assert width is not None, "the range is too short for the summary: make the job longer"
+    return width
+
+
+def assert_within_bound(read: int, returned: int, width: int) -> None:
+    assert 0 < returned < STEPS
+    assert read <= returned + 2 * width, f"read {read:,} raw rows to return {returned:,}"
+
+
+def test_the_measure_sees_a_scan_of_the_raw_rows(job):
+    def scan():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT MIN(loss), MAX(loss) FROM metrics_trainingmetric WHERE job_id = %s",
+                [job.pk],
+            )
+
+    read, _ = raw_rows_read(scan)
+    assert read >= STEPS
+
+
+@pytest.mark.parametrize("max_points", [SERIES_MAX_POINTS, 10_000, 301])
+@pytest.mark.parametrize("after", [-1, 0, 12_345, 50_000])
+def test_api_headline_read(job, api, after, max_points):
+    read, response = raw_rows_read(
+        lambda: api(f"/jobs/{job.pk}/metrics/?after={after}&max_points={max_points}")
+    )
+    body = response.json()
+    assert response.status_code == 200
+    assert body["downsampled"]
+    assert body["steps"][0] == after + 1
+    assert body["steps"][-1] == STEPS - 1
+    assert_within_bound(read, len(body["steps"]), bucket_width(STEPS - after - 1, max_points))
+
+
+@pytest.mark.parametrize("max_points", [SERIES_MAX_POINTS, 301])
+@pytest.mark.parametrize("after", [-1, 12_345])
+def test_api_named_read(job, api, after, max_points):
+    read, response = raw_rows_read(
+        lambda: api(f"/jobs/{job.pk}/metrics/?keys={KEY},lr&after={after}&max_points={max_points}")
+    )
+    keys = response.json()["keys"]
+    # "lr" is short (100 points): all of them, read as they are.
+    assert len(keys["lr"]["steps"]) == (100 if after < 0 else 0)
+    series = keys[KEY]
+    assert series["downsampled"]
+    assert series["steps"][0] == after + 1
+    returned = len(series["steps"]) + len(keys["lr"]["steps"])
+    assert_within_bound(read, returned, bucket_width(STEPS - after - 1, max_points))
+
+
+def test_api_read_of_the_newest_points_reads_just_those(job, api):
+    after = STEPS - 501
+    read, response = raw_rows_read(lambda: api(f"/jobs/{job.pk}/metrics/?after={after}"))
+    body = response.json()
+    assert not body["downsampled"]
+    assert body["steps"] == list(range(after + 1, STEPS))
+    assert read <= len(body["steps"]) + 1
+
+
+def test_api_keys_read_no_points(job, api):
+    read, response = raw_rows_read(lambda: api(f"/jobs/{job.pk}/keys/"))
+    assert {key["key"] for key in response.json()["keys"]} == {KEY, "lr"}
+    assert read == 0
+
+
+@pytest.mark.parametrize("after", [-1, 12_345])
+def test_catch_up_poll(job, browser, after):
+    read, response = raw_rows_read(lambda: browser.get(f"/jobs/{job.pk}/poll/?after={after}"))
+    html = response.content.decode()
+    data = json.loads(html.split('id="poll-data" hx-swap-oob="true">')[1].split("<")[0])
+    assert data["catch_up"]
+    assert data["steps"][0] == after + 1
+    assert_within_bound(read, len(data["steps"]), bucket_width(STEPS - after - 1, POLL_MAX_POINTS))
+
+
+def test_job_page_series_and_named_series(job, browser):
+    read, response = raw_rows_read(lambda: browser.get(f"/jobs/{job.pk}/series/"))
+    shown = len(response.json()["steps"])
+    assert_within_bound(read, shown, bucket_width(STEPS, SERIES_MAX_POINTS))
+
+    read, response = raw_rows_read(
+        lambda: browser.get(f"/jobs/{job.pk}/series/?keys={KEY}&max_points=301")
+    )
+    shown = len(response.json()["keys"][KEY]["steps"])
+    assert_within_bound(read, shown, bucket_width(STEPS, 301))
+
+    read, response = raw_rows_read(lambda: browser.get(f"/jobs/{job.pk}/keys/"))
+    assert response.status_code == 200
+    assert read == 0
