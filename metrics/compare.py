@@ -78,6 +78,7 @@ def key_series(jobs: Iterable[TrainingJob], name: str, max_points: int) -> dict[
         if key is None:
             lines[job.pk] = KeyLine(None, None, None)
         else:
-            series = named_series_downsampled(key=key, max_points=max_points)
+            # The compare chart draws steps and values only.
+            series = named_series_downsampled(key=key, max_points=max_points, times=False)
             lines[job.pk] = KeyLine(series, key.last_value, key.min_value)
     return lines

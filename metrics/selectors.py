@@ -32,20 +32,23 @@ from metrics.summary import (
 from trainmon.bulk import json_rows
 
 
-def metrics_after(job: TrainingJob, after_step: int, limit: int = POLL_MAX_POINTS) -> Series:
+def metrics_after(
+    job: TrainingJob, after_step: int, limit: int = POLL_MAX_POINTS, *, times: bool = True
+) -> Series:
     """The job's points with step > `after_step`, in step order, at most `limit` of them.
 
     A client more than `limit` points behind gets the whole range downsampled to `limit`
     points (`Series.downsampled` is true), so its chart keeps the right shape. One query in
     either case: the job's `current_step` (last step + 1) says beforehand whether the range
-    can exceed `limit`; only if it is out of date does a second query follow.
+    can exceed `limit`; only if it is out of date does a second query follow. `times=False`:
+    a caller that does not show the times lets a downsampled answer leave them None.
     """
     check_max_points(limit)
     if job.current_step - 1 - after_step > limit:
-        return series_downsampled(job, limit, after_step=after_step)
+        return series_downsampled(job, limit, after_step=after_step, times=times)
     rows = _raw_rows(HEADLINE, job.pk, after_step=after_step, limit=limit + 1)
     if len(rows) > limit:
-        return series_downsampled(job, limit, after_step=after_step)
+        return series_downsampled(job, limit, after_step=after_step, times=times)
     return Series.from_rows(rows)
 
 
@@ -78,7 +81,11 @@ def _raw_rows(
 
 
 def series_downsampled(
-    job: TrainingJob, max_points: int = SERIES_MAX_POINTS, *, after_step: int = -1
+    job: TrainingJob,
+    max_points: int = SERIES_MAX_POINTS,
+    *,
+    after_step: int = -1,
+    times: bool = True,
 ) -> Series:
     """The job's points after `after_step` (all of them by default), or at most `max_points`
     of them chosen so the shape survives.
@@ -92,10 +99,11 @@ def series_downsampled(
 
     Long series are answered from the pre-aggregated summary (`metrics.summary`), which reads
     about a thousand bucket rows instead of the job's raw points, however far back the range
-    starts; short ones from the points.
+    starts; short ones from the points. `times=False`: the summary's answer leaves the
+    times None (see `summary_points`).
     """
     check_max_points(max_points)
-    summarised = summary_series(job, max_points, after_step=after_step)
+    summarised = summary_series(job, max_points, after_step=after_step, times=times)
     if summarised is not None:
         return summarised
     rows, total = _downsampled_range(HEADLINE, job.pk, after_step, max_points)
@@ -163,18 +171,23 @@ def metric_key_list(*, job: TrainingJob, names: Collection[str] | None = None) -
 
 
 def named_series_downsampled(
-    *, key: MetricKey, max_points: int = SERIES_MAX_POINTS, after_step: int = -1
+    *,
+    key: MetricKey,
+    max_points: int = SERIES_MAX_POINTS,
+    after_step: int = -1,
+    times: bool = True,
 ) -> NamedSeries:
     """The key's points after `after_step`, or at most `max_points` of them chosen so the
     shape survives, as `series_downsampled` does for the headline loss (spikes and dips stay).
 
     Long series are read from the key's summary, which holds finite values only: there a
     NaN or infinite point shows no gap, and `total` counts the finite points, except for
-    the whole series, whose total is the key's count of stored points.
+    the whole series, whose total is the key's count of stored points. `times=False` as
+    for `series_downsampled`.
     """
     check_max_points(max_points)
     end_step = -1 if key.last_step is None else key.last_step + 1
-    found = summary_points(KEYS, key.pk, end_step, max_points, after_step=after_step)
+    found = summary_points(KEYS, key.pk, end_step, max_points, after_step=after_step, times=times)
     if found is None:
         found = _downsampled_range(KEYS, key.pk, after_step, max_points)
     elif after_step < 0:

@@ -155,7 +155,7 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     if after is None:
         data = _poll_data(job_poll(job=job, cursor=cursor, keys=names))
     else:
-        points = metrics_after(job, after, POLL_MAX_POINTS)
+        points = metrics_after(job, after, POLL_MAX_POINTS, times=False)  # columns() has none
         data = {
             **points.columns(),
             "shown": points.shown,
@@ -229,7 +229,8 @@ def compare(request: HtmxHttpRequest) -> HttpResponse:
         stats = {job_id: (line.last, line.best) for job_id, line in found.items()}
     else:
         lines = {
-            job.pk: _compact_series(series_downsampled(job, COMPARE_POINTS_PER_JOB)) for job in jobs
+            job.pk: _compact_series(series_downsampled(job, COMPARE_POINTS_PER_JOB, times=False))
+            for job in jobs
         }
         stats = {job.pk: (job.last_loss, job.best_loss) for job in jobs}
     chart = [
