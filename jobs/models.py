@@ -70,6 +70,15 @@ class Experiment(models.Model):
         return self.name
 
 
+# 0 for a running job, 1 otherwise: the dashboard lists running jobs first. Its index below
+# matches only this very expression, so the list orders by it too.
+RUNNING_FIRST = models.Case(
+    models.When(status=JobStatus.RUNNING, then=models.Value(0)),
+    default=models.Value(1),
+    output_field=models.IntegerField(),
+)
+
+
 class TrainingJob(models.Model):
     Status = JobStatus
     Source = JobSource
@@ -146,6 +155,19 @@ class TrainingJob(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="job_owner_created_idx"),
+            # The dashboard's order (jobs.selectors.job_list_dashboard): a page of 50 reads
+            # 50 rows instead of sorting all of a user's jobs (9 ms at 1,000 jobs). Staff,
+            # who see every job, get the same order without the owner.
+            models.Index(
+                F("owner"),
+                RUNNING_FIRST,
+                F("created_at").desc(),
+                F("id").desc(),
+                name="job_owner_dashboard_idx",
+            ),
+            models.Index(
+                RUNNING_FIRST, F("created_at").desc(), F("id").desc(), name="job_dashboard_idx"
+            ),
             # The tick and the stall sweep look up running jobs only.
             models.Index(
                 fields=["source"], name="job_running_source_idx", condition=Q(status="running")

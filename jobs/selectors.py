@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Case, Count, FloatField, IntegerField, Q, QuerySet, Value, When
+from django.db.models import Count, FloatField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import Http404
 
-from jobs.models import Experiment, Lifecycle, TrainingJob
+from jobs.models import RUNNING_FIRST, Experiment, Lifecycle, TrainingJob
 
 # Columns no list shows; hyperparameters may be tens of kilobytes per job.
 LIST_DEFERRED_FIELDS = ("hyperparameters", "description", "tags", "inputs")
@@ -64,12 +64,8 @@ def job_list_dashboard(
         jobs = jobs.filter(
             Q(name__icontains=term) | Q(model_name__icontains=term) | Q(dataset__icontains=term)
         )
-    running_first = Case(
-        When(status=TrainingJob.Status.RUNNING, then=Value(0)),
-        default=Value(1),
-        output_field=IntegerField(),
-    )
-    ordered = jobs.annotate(running_first=running_first).order_by(
+    # In the order of the job_owner_dashboard_idx index: a page reads its own rows only.
+    ordered = jobs.annotate(running_first=RUNNING_FIRST).order_by(
         "running_first", "-created_at", "-id"
     )
     return with_primary_metric_stats(ordered)

@@ -49,8 +49,12 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     jobs = job_list_dashboard(
         user=request.user, status=status or None, search=search or None, experiment=experiment
     )
-    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     counts = job_count_by_status(user=request.user)
+    paginator = Paginator(jobs, JOBS_PER_PAGE)
+    if not search and experiment is None:
+        # The counts by status already say how long the list is: no COUNT query of its own.
+        paginator.count = counts[status] if status else sum(counts.values())
+    page = paginator.get_page(request.GET.get("page"))
     context = {
         "page": page,
         "jobs": page.object_list,
