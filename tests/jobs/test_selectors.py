@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from jobs.models import TrainingJob
 from jobs.selectors import job_count_by_status, job_list_dashboard
@@ -62,3 +63,22 @@ def test_the_primary_metric_costs_no_query_per_row(user, metric_key, django_asse
     with django_assert_num_queries(1):
         jobs = list(job_list_dashboard(user=user))
     assert sorted(job.primary_last for job in jobs) == [float(index) for index in range(30)]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("staff", [False, True])
+def test_dashboard_page_is_read_in_index_order_without_a_sort(user, staff_user, staff):
+    # The index holds the list's own order expression: a page reads its rows, whatever the
+    # number of jobs. Scans that would need a sort are turned off, so a plan without the
+    # index shows a Sort node.
+    for status in (Status.RUNNING, Status.COMPLETED, Status.FAILED):
+        TrainingJobFactory.create_batch(3, owner=user, status=status)
+    page = job_list_dashboard(user=staff_user if staff else user)[:50]
+    sql, params = page.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "job_dashboard_idx" in plan if staff else "job_owner_dashboard_idx" in plan
+    assert "Sort" not in plan

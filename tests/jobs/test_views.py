@@ -212,6 +212,20 @@ class TestDashboard:
         assert not set(row_ids(first)) & set(row_ids(second))
         assert len(row_ids(user_client.get("/?page=99"))) == 5  # past the end: the last page
 
+    @pytest.mark.parametrize(
+        ("query", "shown"), [("?status=completed", 55), ("?q=match", 54), ("?status=running", 2)]
+    )
+    def test_pagination_counts_what_the_filters_keep(self, user_client, user, query, shown):
+        # Without a search the status counts give the length; with one, a COUNT does.
+        TrainingJobFactory.create_batch(54, owner=user, status=Status.COMPLETED, name="a match")
+        TrainingJobFactory(owner=user, status=Status.COMPLETED, name="other")
+        TrainingJobFactory.create_batch(2, owner=user, status=Status.RUNNING, name="other")
+        html = user_client.get(f"/{query}").content.decode()
+        if shown > JOBS_PER_PAGE:
+            assert f"1\N{EN DASH}50 of {shown}" in html
+        else:
+            assert "pagination-info" not in html
+
     def test_compare_form_wraps_the_checkboxes(self, user_client, user):
         job = TrainingJobFactory(owner=user)
         html = user_client.get("/").content.decode()
@@ -242,6 +256,28 @@ class TestDashboard:
         html = user_client.get("/").content.decode()
         assert "<script>alert(1)</script>" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+    def test_every_text_in_a_row_is_escaped(self, client, staff_user):
+        # The rows are built in Python (jobs.dashboard_rows): each value escaped by hand.
+        evil = '"><b>x</b>'
+        owner = UserFactory(username="o<b>wner")
+        TrainingJobFactory(
+            owner=owner,
+            name=f"name{evil}",
+            model_name=f"model{evil}",
+            dataset=f"data{evil}",
+            primary_metric=f"m{evil}",
+            last_loss=None,
+            best_loss=None,
+        )
+        client.force_login(staff_user)
+        html = client.get("/").content.decode()
+        row = html[html.index('<tr class="job-row"') :]
+        row = row[: row.index("</tr>")]
+        assert "<b>" not in row
+        assert 'aria-label="Select name&quot;&gt;&lt;b&gt;x&lt;/b&gt; to compare"' in row
+        assert "model&quot;&gt;&lt;b&gt;x&lt;/b&gt; · data&quot;" in row
+        assert " · o&lt;b&gt;wner</span>" in row
 
 
 class TestDashboardRefresh:
