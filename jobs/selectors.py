@@ -9,8 +9,27 @@ from django.http import Http404
 
 from jobs.models import RUNNING_FIRST, Experiment, Lifecycle, TrainingJob
 
-# Columns no list shows; hyperparameters may be tens of kilobytes per job.
-LIST_DEFERRED_FIELDS = ("hyperparameters", "description", "tags", "inputs")
+# What a dashboard row shows (jobs.dashboard_rows), and no more: a page loads 50 rows, and
+# every other column costs decoding and a model field each. A row reading a column left
+# out here would cost a query per row (tests/jobs/test_views.py counts them).
+DASHBOARD_FIELDS = (
+    "owner__username",
+    "name",
+    "model_name",
+    "dataset",
+    "status",
+    "source",
+    "total_epochs",
+    "steps_per_epoch",
+    "current_step",
+    "last_loss",
+    "best_loss",
+    "steps_per_second",
+    "primary_metric",
+    "updated_at",
+    "started_at",
+    "finished_at",
+)
 # The named keys' table (metrics.MetricKey, one row per job and key, with its running stats).
 # Named here rather than imported: the jobs app never imports metrics.
 METRIC_KEY_TABLE = "metrics_metrickey"
@@ -55,7 +74,7 @@ def job_list_dashboard(
     experiment: Experiment | None = None,
 ) -> QuerySet[TrainingJob]:
     """The dashboard's list: running jobs first, then newest; never touches the metrics table."""
-    jobs = job_list_visible(user=user).select_related("owner").defer(*LIST_DEFERRED_FIELDS)
+    jobs = job_list_visible(user=user).select_related("owner").only(*DASHBOARD_FIELDS)
     if status:
         jobs = jobs.filter(status=status)
     if experiment is not None:
