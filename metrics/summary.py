@@ -567,7 +567,8 @@ def summary_points_many(
 
 def _many_sql(spec: SummarySpec, levels: str) -> str:
     # `_series_sql` with every CTE partitioned by owner, for whole series: each owner's
-    # level is read from its own width, and its groups split its own range of buckets.
+    # level is read from its own width, and its groups split its own range of buckets. The
+    # times are read back as there, by a LIMIT 1 subquery per picked point.
     # Parameters: those of `levels` (which buckets to read), groups, then max_points thrice.
     owner, value = spec.owner, spec.value
     summary_table, metric_table = spec.summary._meta.db_table, spec.points._meta.db_table
@@ -618,7 +619,10 @@ def _many_sql(spec: SummarySpec, levels: str) -> str:
                     WHERE f.{owner} = bounds.owner{finite}) AS step
             FROM bounds WHERE total > %s
         )
-        SELECT picked.*, {epoch_seconds_sql(f"m.{spec.time}")}
+        SELECT picked.*, (
+            SELECT {epoch_seconds_sql(f"m.{spec.time}")} FROM {metric_table} m
+            WHERE m.{owner} = picked.owner AND m.step = picked.p0 LIMIT 1
+        )
         FROM (
             {picks}
             UNION ALL
@@ -627,5 +631,4 @@ def _many_sql(spec: SummarySpec, levels: str) -> str:
             UNION ALL
             SELECT owner{nulls}, total FROM bounds WHERE total <= %s
         ) picked
-        LEFT JOIN {metric_table} m ON m.{owner} = picked.owner AND m.step = picked.p0
     """
