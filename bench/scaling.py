@@ -21,7 +21,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +38,7 @@ TARGET = f"efficiency >= {TARGET_EFFICIENCY}, each tick < 1 s"
 REDIS_URL = os.environ.get("TRAINMON_BENCH_SCALING_REDIS", "redis://127.0.0.1:6379/9")
 # The resolution of "when did this tick's last write land". Each poll scans the jobs' rows
 # (~15 ms of PostgreSQL CPU under load): its backend's CPU is reported apart, not as the tick's.
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.2
 CPU_SAMPLE_SECONDS = 1.0
 WORKER_READY_SECONDS = 60.0
 # A tick still unfinished this long after the window closed counts as not finished.
@@ -137,6 +137,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def runqueue_wait_seconds(pid: int) -> float | None:
+    """Seconds the process has been runnable but waiting for a CPU so far (/proc schedstat):
+    on a shared machine, the time other programs took from it."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def machine_busy_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -146,18 +155,19 @@ def machine_busy_seconds() -> tuple[float, float]:
 
 
 class CpuMeter:
-    """CPU seconds per process over a window, keeping the last value of processes that exit
-    (a worker's database connection is recycled after CONN_MAX_AGE) and counting processes
-    that appear mid-window from zero."""
+    """CPU seconds (or another per-process counter: `read`) per process over a window,
+    keeping the last value of processes that exit (a worker's database connection is recycled
+    after CONN_MAX_AGE) and counting processes that appear mid-window from zero."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[[int], float | None] = cpu_seconds) -> None:
+        self.read = read
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.started = False
 
     def sample(self, pids: Sequence[int]) -> None:
         for pid in pids:
-            seconds = cpu_seconds(pid)
+            seconds = self.read(pid)
             if seconds is None:
                 continue
             self.first.setdefault(pid, seconds if not self.started else 0.0)
@@ -319,6 +329,30 @@ def _backend_pids() -> list[int]:
         return [pid for (pid,) in cursor.fetchall()]
 
 
+def bytes_per_point() -> dict[str, float]:
+    """On-disk bytes per stored point (table, indexes, TOAST, plus its series' summary rows),
+    headline and named, over every point in the bench's database."""
+    from django.db import connection
+
+    from metrics.models import KeySummary, MetricSummary, NamedMetric, TrainingMetric
+
+    sizes = {}
+    with connection.cursor() as cursor:
+        for label, points, summary in (
+            ("headline", TrainingMetric, MetricSummary),
+            ("named", NamedMetric, KeySummary),
+        ):
+            table, summary_table = points._meta.db_table, summary._meta.db_table
+            cursor.execute(
+                f"SELECT pg_total_relation_size('{table}'), "
+                f"pg_total_relation_size('{summary_table}'), (SELECT count(*) FROM {table})"
+            )
+            size, summary_size, count = cursor.fetchone()
+            if count:
+                sizes[label] = (size + summary_size) / count
+    return sizes
+
+
 class TickPoller(threading.Thread):
     """Polls the owner's jobs every POLL_SECONDS on a connection of its own: (statement start,
     the smallest last_tick, NULL as -1); every CPU_SAMPLE_SECONDS also the CPU of the
@@ -337,6 +371,7 @@ class TickPoller(threading.Thread):
         self.backends = CpuMeter()
         self.poller_cpu = CpuMeter()
         self.celery = CpuMeter()
+        self.celery_waits = CpuMeter(runqueue_wait_seconds)
         self.stopping = threading.Event()
         self.error: BaseException | None = None
         self.poll_seconds: list[float] = []
@@ -373,6 +408,7 @@ class TickPoller(threading.Thread):
                     self.backends.sample([pid for (pid,) in backends if pid != self.own_backend])
                     self.poller_cpu.sample([self.own_backend])
                     self.celery.sample(self._celery_pids())
+                    self.celery_waits.sample(self._celery_pids())
                 next_cpu = started + CPU_SAMPLE_SECONDS
             self.stopping.wait(POLL_SECONDS)
 
@@ -383,16 +419,23 @@ class TickPoller(threading.Thread):
         with self.lock:
             self.backends.start(self._tick_backends())
             self.celery.start(self._celery_pids())
+            self.celery_waits.start(self._celery_pids())
             self.poller_cpu.start([self.own_backend])
 
-    def cpu_window(self) -> tuple[float, float, float]:
+    def cpu_window(self) -> tuple[float, float, float, float]:
         """(Celery processes', the database backends' but the poller's, the poller's backend's)
-        CPU seconds since start_cpu_window."""
+        CPU seconds since start_cpu_window, and the Celery processes' run-queue wait."""
         with self.lock:
             self.backends.sample(self._tick_backends())
             self.celery.sample(self._celery_pids())
+            self.celery_waits.sample(self._celery_pids())
             self.poller_cpu.sample([self.own_backend])
-            return self.celery.seconds, self.backends.seconds, self.poller_cpu.seconds
+            return (
+                self.celery.seconds,
+                self.backends.seconds,
+                self.poller_cpu.seconds,
+                self.celery_waits.seconds,
+            )
 
     def _tick_backends(self) -> list[int]:
         return [pid for pid in _backend_pids() if pid != self.own_backend]
@@ -420,6 +463,7 @@ class Run:
     worker_cpu: float = 0.0
     backend_cpu: float = 0.0
     poller_cpu: float = 0.0
+    worker_waits: float = 0.0
     machine_busy: float = 0.0
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     chunk_seconds: list[float] = field(default_factory=list)
@@ -458,6 +502,7 @@ class Run:
             "chunk_s_p50": statistics.median(self.chunk_seconds) if self.chunk_seconds else None,
             "chunks": len(self.chunk_seconds),
             "celery_cpu_s": round(self.worker_cpu, 2),
+            "celery_runqueue_wait_s": round(self.worker_waits, 2),
             "postgres_backend_cpu_s": round(self.backend_cpu, 2),
             "poller_backend_cpu_s": round(self.poller_cpu, 2),
             "celery_cpu_us_per_job": celery_us,
@@ -515,7 +560,8 @@ def measure(
             run.seconds = time.time() - started_at
             busy_after, _ = machine_busy_seconds()
             run.load_average = os.getloadavg()
-            run.worker_cpu, run.backend_cpu, run.poller_cpu = poller.cpu_window()
+            cpu = poller.cpu_window()
+            run.worker_cpu, run.backend_cpu, run.poller_cpu, run.worker_waits = cpu
             run.machine_busy = busy_after - busy_before
             run.headline = headline_after - headline_before
             run.named = named_after - named_before
@@ -607,6 +653,7 @@ def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
                 workers=workers,
                 period=period,
             )
+    sizes = bytes_per_point()
     left_running = TrainingJob.objects.filter(
         owner_id=owner_id, status=TrainingJob.Status.RUNNING
     ).count()
@@ -630,6 +677,7 @@ def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
         "in_process_cost_us_per_job": statistics.median(whole) / plan.jobs * 1e6,
         "in_process_cost_us_per_point": statistics.median(whole) / points_per_tick * 1e6,
         "chunk_size": settings.TRAINMON_TICK_CHUNK_SIZE,
+        "bytes_per_point": sizes,
         "other_jobs_paused": paused,
         "jobs_still_running": left_running,
         "runs": {
@@ -666,17 +714,26 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
         inside = s["ticks_inside_period"]
         notes.append(
             f"{workers} worker(s): {s['points_per_s']:,.0f} points/s sustained over "
-            f"{s['seconds']:.0f} s; tick wall p50 {_seconds(s['tick_wall_s_p50'])}, max "
+            f"{s['seconds']:.0f} s ({s['headline_points'] // plan.steps_per_tick:,} job-ticks); "
+            f"tick wall p50 {_seconds(s['tick_wall_s_p50'])}, max "
             f"{_seconds(s['tick_wall_s_max'])}; {s['ticks_finished']}/{s['ticks_sent']} ticks "
             f"finished, {0 if inside is None else inside:.0%} inside their {period:g} s; chunk "
             f"p50 {_seconds(s['chunk_s_p50'])}; CPU over the window: celery "
-            f"{s['celery_cpu_s']:.1f} s, PostgreSQL backends {s['postgres_backend_cpu_s']:.1f} "
+            f"{s['celery_cpu_s']:.1f} s (and {s['celery_runqueue_wait_s']:.1f} s waiting for a "
+            f"CPU), PostgreSQL backends {s['postgres_backend_cpu_s']:.1f} "
             f"s (per job advanced: {_micros(s['celery_cpu_us_per_job'])} + "
             f"{_micros(s['postgres_cpu_us_per_job'])}), the poller's backend "
             f"{s['poller_backend_cpu_s']:.1f} s; machine {s['machine_busy_cores']:.2f} of "
             f"{os.cpu_count()} cores busy; load "
             f"{', '.join(f'{v:.2f}' for v in s['load_average'])}"
         )
+    notes.append(
+        "on disk, with indexes and summaries: "
+        + ", ".join(
+            f"{label} {size:.0f} bytes per point"
+            for label, size in extra["bytes_per_point"].items()
+        )
+    )
     scaling = extra["efficiency"]
     notes.append(
         f"efficiency (points/s with {max(runs)}) / ({max(runs)} x points/s with 1): "

@@ -16,6 +16,7 @@ from bench.scaling import (
     beat_sends,
     cpu_seconds,
     efficiency,
+    runqueue_wait_seconds,
     share_inside,
     tick_walls,
 )
@@ -96,6 +97,7 @@ def test_cpu_meter_counts_from_the_window_start_and_keeps_exited_processes():
     meter.last[1] = 7.0  # as a later sample of a process that has since exited leaves it
     assert meter.seconds == pytest.approx(2.0)
     assert cpu_seconds(-1) is None
+    assert runqueue_wait_seconds(-1) is None
 
 
 def test_all_stopped_stops_every_process_even_when_the_body_fails(tmp_path):
