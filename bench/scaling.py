@@ -473,6 +473,12 @@ class Run:
     def points_per_s(self) -> float:
         return (self.headline + self.named) / self.seconds if self.seconds else 0.0
 
+    def pass_seconds(self, jobs: int, steps_per_tick: int) -> float | None:
+        """Seconds to advance every job once at the rate sustained: a tick's wall time when
+        ticks overrun and overlap (then no single tick is ever complete on its own)."""
+        job_ticks_per_s = self.headline / steps_per_tick / self.seconds if self.seconds else 0
+        return jobs / job_ticks_per_s if job_ticks_per_s else None
+
     def cpu_us_per_job(self, steps_per_tick: int) -> tuple[float | None, float | None]:
         """(Celery's, PostgreSQL's) CPU microseconds per job advanced once: what a tick costs
         per job whatever else the machine runs (wall times are not, on a shared machine)."""
@@ -484,7 +490,7 @@ class Run:
     def finished(self) -> list[float]:
         return [wall for wall in self.walls.values() if wall is not None]
 
-    def summary(self, period: float, steps_per_tick: int) -> dict[str, Any]:
+    def summary(self, period: float, steps_per_tick: int, jobs: int) -> dict[str, Any]:
         finished = self.finished()
         celery_us, postgres_us = self.cpu_us_per_job(steps_per_tick)
         return {
@@ -496,6 +502,7 @@ class Run:
             "ticks_sent": len(self.walls),
             "ticks_finished": len(finished),
             "ticks_inside_period": share_inside(self.walls, period),
+            "every_job_once_s": self.pass_seconds(jobs, steps_per_tick),
             "tick_wall_s_p50": statistics.median(finished) if finished else None,
             "tick_wall_s_p90": percentile(finished, 0.9) if finished else None,
             "tick_wall_s_max": max(finished) if finished else None,
@@ -681,7 +688,8 @@ def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
         "other_jobs_paused": paused,
         "jobs_still_running": left_running,
         "runs": {
-            str(workers): run.summary(period, plan.steps_per_tick) for workers, run in runs.items()
+            str(workers): run.summary(period, plan.steps_per_tick, plan.jobs)
+            for workers, run in runs.items()
         },
         "load_average_end": os.getloadavg(),
         "plan": {
@@ -710,11 +718,12 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
         f"another: {extra['in_process_chunked_tick_s']:.2f} s",
     ]
     for workers, run in runs.items():
-        s = run.summary(period, plan.steps_per_tick)
+        s = run.summary(period, plan.steps_per_tick, plan.jobs)
         inside = s["ticks_inside_period"]
         notes.append(
             f"{workers} worker(s): {s['points_per_s']:,.0f} points/s sustained over "
             f"{s['seconds']:.0f} s ({s['headline_points'] // plan.steps_per_tick:,} job-ticks); "
+            f"every job advanced once per {_seconds(s['every_job_once_s'])}; "
             f"tick wall p50 {_seconds(s['tick_wall_s_p50'])}, max "
             f"{_seconds(s['tick_wall_s_max'])}; {s['ticks_finished']}/{s['ticks_sent']} ticks "
             f"finished, {0 if inside is None else inside:.0%} inside their {period:g} s; chunk "
