@@ -76,7 +76,7 @@ def test_a_run_rates_points_and_cpu_per_job():
     assert run.cpu_us_per_job(10) == (pytest.approx(500), pytest.approx(200))
     assert Run(workers=1).cpu_us_per_job(10) == (None, None)
     assert Run(workers=1).points_per_s == 0.0
-    assert run.pass_seconds(10_000, 10) == pytest.approx(2.0)  # 5,000 job-ticks/s
+    assert run.pass_seconds(10_000, 10) == pytest.approx(20.0)  # 500 job-ticks/s
     assert Run(workers=1).pass_seconds(10_000, 10) is None
 
 
