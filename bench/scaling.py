@@ -601,10 +601,19 @@ def measure(
 # --- the figure -------------------------------------------------------------------------------
 
 
-def in_process_ticks(plan: ScalingPlan, job_ids: list[int]) -> tuple[list[float], list[float]]:
-    """(Seconds of each tick over every job as one `simulation_advance`, seconds of the same
-    tick once as chunks of TRAINMON_TICK_CHUNK_SIZE advanced one after another), ad-hoc ticks,
-    after one warm-up tick (which creates the jobs' metric keys)."""
+@dataclass
+class InProcess:
+    """The baseline: ad-hoc ticks over every job in this process, no Celery."""
+
+    whole_s: list[float] = field(default_factory=list)  # one simulation_advance, wall
+    whole_cpu_s: list[float] = field(default_factory=list)  # this process's CPU of those
+    chunked_s: list[float] = field(default_factory=list)  # TRAINMON_TICK_CHUNK_SIZE at a time
+
+
+def in_process_ticks(plan: ScalingPlan, job_ids: list[int]) -> InProcess:
+    """Ticks over every job as one `simulation_advance` (wall and this process's CPU), and
+    once as chunks of TRAINMON_TICK_CHUNK_SIZE one after another; ad-hoc ticks, after one
+    warm-up tick (which creates the jobs' metric keys)."""
     from django.conf import settings
 
     from metrics.services import simulation_advance
@@ -612,17 +621,18 @@ def in_process_ticks(plan: ScalingPlan, job_ids: list[int]) -> tuple[list[float]
     size = max(settings.TRAINMON_TICK_CHUNK_SIZE, 1)
     chunks = [job_ids[start : start + size] for start in range(0, len(job_ids), size)]
     simulation_advance(job_ids=job_ids)
-    whole, chunked = [], []
+    baseline = InProcess()
     for repeat in range(plan.in_process_repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         simulation_advance(job_ids=job_ids)
-        whole.append(time.perf_counter() - started)
+        baseline.whole_s.append(time.perf_counter() - started)
+        baseline.whole_cpu_s.append(time.process_time() - cpu)
         if repeat == 0:
             started = time.perf_counter()
             for chunk in chunks:
                 simulation_advance(job_ids=chunk)
-            chunked.append(time.perf_counter() - started)
-    return whole, chunked
+            baseline.chunked_s.append(time.perf_counter() - started)
+    return baseline
 
 
 def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
@@ -637,9 +647,10 @@ def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
     owner_id, job_ids = create_jobs(plan)
     per_tick = plan.jobs * plan.steps_per_tick
     headline_before, named_before = points_stored(owner_id)
-    whole, chunked = in_process_ticks(plan, job_ids)
+    baseline = in_process_ticks(plan, job_ids)
+    whole = baseline.whole_s
     headline_after, named_after = points_stored(owner_id)
-    ticks_done = 1 + len(whole) + len(chunked)
+    ticks_done = 1 + len(whole) + len(baseline.chunked_s)
     named_per_tick = (named_after - named_before) / ticks_done
     points_per_tick = per_tick + named_per_tick
     if headline_after - headline_before != per_tick * ticks_done:
@@ -680,7 +691,8 @@ def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
         "points_per_tick": points_per_tick,
         "demand_points_per_s": demand,
         "in_process_tick_s": statistics.median(whole),
-        "in_process_chunked_tick_s": statistics.median(chunked),
+        "in_process_chunked_tick_s": statistics.median(baseline.chunked_s),
+        "in_process_cpu_us_per_job": statistics.median(baseline.whole_cpu_s) / plan.jobs * 1e6,
         "in_process_cost_us_per_job": statistics.median(whole) / plan.jobs * 1e6,
         "in_process_cost_us_per_point": statistics.median(whole) / points_per_tick * 1e6,
         "chunk_size": settings.TRAINMON_TICK_CHUNK_SIZE,
@@ -715,7 +727,8 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
         f"{extra['in_process_tick_s']:.2f} s per tick "
         f"({extra['in_process_cost_us_per_job']:.0f} us per job, "
         f"{extra['in_process_cost_us_per_point']:.2f} us per point); as chunks one after "
-        f"another: {extra['in_process_chunked_tick_s']:.2f} s",
+        f"another: {extra['in_process_chunked_tick_s']:.2f} s; this process's CPU "
+        f"{extra['in_process_cpu_us_per_job']:.0f} us per job",
     ]
     for workers, run in runs.items():
         s = run.summary(period, plan.steps_per_tick, plan.jobs)
