@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import threading
@@ -34,10 +35,10 @@ from bench.support import Figure, percentile
 FIGURE_NAME = "tick_scaling_10k"
 TARGET_EFFICIENCY = 0.7
 TARGET = f"efficiency >= {TARGET_EFFICIENCY}, each tick < 1 s"
-# Redis database numbers 9-12 are this bench's; the figure flushes its own before and after.
+# A Redis database the figure has to itself: it is flushed before and after each run.
 REDIS_URL = os.environ.get("TRAINMON_BENCH_SCALING_REDIS", "redis://127.0.0.1:6379/9")
 # The resolution of "when did this tick's last write land". Each poll scans the jobs' rows
-# (~15 ms of PostgreSQL CPU under load): its backend's CPU is reported apart, not as the tick's.
+# (25-65 ms under this machine's load): its backend's CPU is reported apart, not as the tick's.
 POLL_SECONDS = 0.2
 CPU_SAMPLE_SECONDS = 1.0
 WORKER_READY_SECONDS = 60.0
@@ -197,7 +198,7 @@ def all_stopped() -> Iterator[list[Process]]:
     finally:
         for process in started:
             if process.alive:
-                process.signal_group(15)  # SIGTERM: workers take 5-7 s, so all at once
+                process.signal_group(signal.SIGTERM)  # workers take 5-7 s: all at once
         errors: list[BaseException] = []
         for process in started:
             try:
