@@ -716,6 +716,11 @@ def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
         },
     }
     figure.notes += _notes(plan, runs, figure, period)
+    if left_running != plan.jobs:
+        figure.notes.append(
+            f"only {left_running:,} of the {plan.jobs:,} jobs were still running at the end: "
+            "the others completed or failed while measured, so fewer jobs were asked for"
+        )
     return figure
 
 
