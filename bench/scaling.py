@@ -370,6 +370,7 @@ class TickPoller(threading.Thread):
         self.polls: list[tuple[float, int]] = []
         self.newest_tick = -1
         self.backends = CpuMeter()
+        self.backend_waits = CpuMeter(runqueue_wait_seconds)
         self.poller_cpu = CpuMeter()
         self.celery = CpuMeter()
         self.celery_waits = CpuMeter(runqueue_wait_seconds)
@@ -406,7 +407,9 @@ class TickPoller(threading.Thread):
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                 ).fetchall()
                 with self.lock:
-                    self.backends.sample([pid for (pid,) in backends if pid != self.own_backend])
+                    tick_backends = [pid for (pid,) in backends if pid != self.own_backend]
+                    self.backends.sample(tick_backends)
+                    self.backend_waits.sample(tick_backends)
                     self.poller_cpu.sample([self.own_backend])
                     self.celery.sample(self._celery_pids())
                     self.celery_waits.sample(self._celery_pids())
@@ -418,16 +421,21 @@ class TickPoller(threading.Thread):
 
     def start_cpu_window(self) -> None:
         with self.lock:
-            self.backends.start(self._tick_backends())
+            tick_backends = self._tick_backends()
+            self.backends.start(tick_backends)
+            self.backend_waits.start(tick_backends)
             self.celery.start(self._celery_pids())
             self.celery_waits.start(self._celery_pids())
             self.poller_cpu.start([self.own_backend])
 
-    def cpu_window(self) -> tuple[float, float, float, float]:
+    def cpu_window(self) -> tuple[float, float, float, float, float]:
         """(Celery processes', the database backends' but the poller's, the poller's backend's)
-        CPU seconds since start_cpu_window, and the Celery processes' run-queue wait."""
+        CPU seconds since start_cpu_window, and the run-queue waits of the Celery processes
+        and of those backends."""
         with self.lock:
-            self.backends.sample(self._tick_backends())
+            tick_backends = self._tick_backends()
+            self.backends.sample(tick_backends)
+            self.backend_waits.sample(tick_backends)
             self.celery.sample(self._celery_pids())
             self.celery_waits.sample(self._celery_pids())
             self.poller_cpu.sample([self.own_backend])
@@ -436,6 +444,7 @@ class TickPoller(threading.Thread):
                 self.backends.seconds,
                 self.poller_cpu.seconds,
                 self.celery_waits.seconds,
+                self.backend_waits.seconds,
             )
 
     def _tick_backends(self) -> list[int]:
@@ -465,6 +474,7 @@ class Run:
     backend_cpu: float = 0.0
     poller_cpu: float = 0.0
     worker_waits: float = 0.0
+    backend_waits: float = 0.0
     machine_busy: float = 0.0
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     chunk_seconds: list[float] = field(default_factory=list)
@@ -511,6 +521,12 @@ class Run:
             "chunks": len(self.chunk_seconds),
             "celery_cpu_s": round(self.worker_cpu, 2),
             "celery_runqueue_wait_s": round(self.worker_waits, 2),
+            # What is left of the pool processes' time: waiting on PostgreSQL (its CPU, its
+            # run-queue and its disk: WAL flushes at each chunk's commit) or on Redis.
+            "celery_blocked_s": round(
+                max(0.0, self.workers * self.seconds - self.worker_cpu - self.worker_waits), 2
+            ),
+            "postgres_backend_runqueue_wait_s": round(self.backend_waits, 2),
             "postgres_backend_cpu_s": round(self.backend_cpu, 2),
             "poller_backend_cpu_s": round(self.poller_cpu, 2),
             "celery_cpu_us_per_job": celery_us,
@@ -569,7 +585,13 @@ def measure(
             busy_after, _ = machine_busy_seconds()
             run.load_average = os.getloadavg()
             cpu = poller.cpu_window()
-            run.worker_cpu, run.backend_cpu, run.poller_cpu, run.worker_waits = cpu
+            (
+                run.worker_cpu,
+                run.backend_cpu,
+                run.poller_cpu,
+                run.worker_waits,
+                run.backend_waits,
+            ) = cpu
             run.machine_busy = busy_after - busy_before
             run.headline = headline_after - headline_before
             run.named = named_after - named_before
@@ -751,9 +773,11 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
             f"finished, {0 if inside is None else inside:.0%} inside their {period:g} s; chunk "
             f"p50 {_seconds(s['chunk_s_p50'])}; CPU over the window: celery "
             f"{s['celery_cpu_s']:.1f} s (and {s['celery_runqueue_wait_s']:.1f} s waiting for a "
-            f"CPU), PostgreSQL backends {s['postgres_backend_cpu_s']:.1f} "
+            f"CPU, {s['celery_blocked_s']:.1f} s blocked), PostgreSQL backends "
+            f"{s['postgres_backend_cpu_s']:.1f} "
             f"s (per job advanced: {_micros(s['celery_cpu_us_per_job'])} + "
-            f"{_micros(s['postgres_cpu_us_per_job'])}), the poller's backend "
+            f"{_micros(s['postgres_cpu_us_per_job'])}; the backends waited "
+            f"{s['postgres_backend_runqueue_wait_s']:.1f} s for a CPU), the poller's backend "
             f"{s['poller_backend_cpu_s']:.1f} s; machine {s['machine_busy_cores']:.2f} of "
             f"{os.cpu_count()} cores busy; load "
             f"{', '.join(f'{v:.2f}' for v in s['load_average'])}"
