@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import scaling
 from bench.support import (
     BenchError,
     Figure,
@@ -162,6 +163,8 @@ def _run(  # noqa: PLR0915 -- one step() line per figure
                 results.append(Figure(name, "", "", error=str(error)))
     step("export", "export_mb_1m", "MB (peak)", "< 100 MB",
          lambda: f.export_figure(plan, data, env))  # fmt: skip
+    step("scale-out", scaling.FIGURE_NAME, "points/s", scaling.TARGET,
+         lambda: scaling.tick_scaling_figure(quick, env))  # fmt: skip
     meta["load_average_after"] = os.getloadavg()
     return results + seed, meta
 
