@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Case, Count, FloatField, IntegerField, Q, QuerySet, Value, When
 from django.db.models.expressions import RawSQL
@@ -25,10 +27,20 @@ def job_list_visible(*, user: User | AnonymousUser) -> QuerySet[TrainingJob]:
     return TrainingJob.objects.filter(owner=user)
 
 
-def job_get_visible(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
-    """The job if `user` may see it; another user's job is a 404, like a missing one."""
+def job_get_visible(
+    *, user: User | AnonymousUser, job_id: int, deferred: Sequence[str] = ()
+) -> TrainingJob:
+    """The job if `user` may see it; another user's job is a 404, like a missing one.
+
+    One query checks both. `deferred`: columns the caller will not read (e.g.
+    LIST_DEFERRED_FIELDS for a poll, which would otherwise fetch the hyperparameters every
+    two seconds).
+    """
+    jobs = job_list_visible(user=user)
+    if deferred:
+        jobs = jobs.defer(*deferred)
     try:
-        return job_list_visible(user=user).get(pk=job_id)
+        return jobs.get(pk=job_id)
     except TrainingJob.DoesNotExist:
         raise Http404(f"No job {job_id}.") from None
 
