@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import connection
 from django.db.models import Case, Count, FloatField, IntegerField, Q, QuerySet, Value, When
 from django.db.models.expressions import RawSQL
 from django.http import Http404
@@ -13,6 +15,31 @@ from jobs.models import Experiment, Lifecycle, TrainingJob
 
 # Columns no list shows; hyperparameters may be tens of kilobytes per job.
 LIST_DEFERRED_FIELDS = ("hyperparameters", "description", "tags", "inputs")
+# What the job page's live partials (header, progress, stats) and a poll read of a job; a
+# poll fetches only these. A partial that reads another field costs every poll a query
+# (tests/metrics/test_views.py counts them).
+LIVE_FIELDS = (
+    "owner_id",
+    "name",
+    "model_name",
+    "dataset",
+    "status",
+    "source",
+    "total_epochs",
+    "steps_per_epoch",
+    "current_step",
+    "last_loss",
+    "best_loss",
+    "best_loss_step",
+    "last_accuracy",
+    "last_learning_rate",
+    "steps_per_second",
+    "ingest_seq",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "failure_reason",
+)
 # The named keys' table (metrics.MetricKey, one row per job and key, with its running stats).
 # Named here rather than imported: the jobs app never imports metrics.
 METRIC_KEY_TABLE = "metrics_metrickey"
@@ -28,21 +55,54 @@ def job_list_visible(*, user: User | AnonymousUser) -> QuerySet[TrainingJob]:
 
 
 def job_get_visible(
-    *, user: User | AnonymousUser, job_id: int, deferred: Sequence[str] = ()
+    *, user: User | AnonymousUser, job_id: int, only: Sequence[str] = ()
 ) -> TrainingJob:
     """The job if `user` may see it; another user's job is a 404, like a missing one.
 
-    One query checks both. `deferred`: columns the caller will not read (e.g.
-    LIST_DEFERRED_FIELDS for a poll, which would otherwise fetch the hyperparameters every
-    two seconds).
+    One query checks both. `only`: the columns to fetch (e.g. LIVE_FIELDS for a poll); the
+    others load on access, a query each.
     """
     jobs = job_list_visible(user=user)
-    if deferred:
-        jobs = jobs.defer(*deferred)
+    if only:
+        jobs = jobs.only(*only)
     try:
         return jobs.get(pk=job_id)
     except TrainingJob.DoesNotExist:
         raise Http404(f"No job {job_id}.") from None
+
+
+@dataclass(frozen=True)
+class JobPollState:
+    """What a poll compares with what its page shows, before it reads anything else."""
+
+    status: str
+    ingest_seq: int
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TrainingJob.TERMINAL_STATUSES
+
+
+def job_poll_state(*, user: User | AnonymousUser, job_id: int) -> JobPollState:
+    """The job's status and ingest position if `user` may see it (the rule of
+    job_list_visible: staff see every job, others their own), else a 404.
+
+    One indexed SELECT of two columns, without the ORM: when nothing changed, this is all a
+    poll reads, and building the query and a model costs more than running it.
+    """
+    if not user.is_authenticated:
+        raise Http404(f"No job {job_id}.")
+    sql = f"SELECT status, ingest_seq FROM {TrainingJob._meta.db_table} WHERE id = %s"
+    params: list[int] = [job_id]
+    if not user.is_staff:
+        sql += " AND owner_id = %s"
+        params.append(user.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404(f"No job {job_id}.")
+    return JobPollState(status=row[0], ingest_seq=row[1])
 
 
 def job_get_owned(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
