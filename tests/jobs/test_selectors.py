@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.http import Http404
 
 from jobs.models import TrainingJob
-from jobs.selectors import job_count_by_status, job_list_dashboard
+from jobs.selectors import job_count_by_status, job_get_visible, job_list_dashboard, job_poll_state
 from tests.support.factories import TrainingJobFactory
 
 Status = TrainingJob.Status
@@ -62,3 +64,29 @@ def test_the_primary_metric_costs_no_query_per_row(user, metric_key, django_asse
     with django_assert_num_queries(1):
         jobs = list(job_list_dashboard(user=user))
     assert sorted(job.primary_last for job in jobs) == [float(index) for index in range(30)]
+
+
+def test_the_poll_state_follows_the_visibility_rule(user, other_user, staff_user):
+    mine = TrainingJobFactory(owner=user, status=Status.PAUSED, ingest_seq=7)
+    theirs = TrainingJobFactory(owner=other_user)
+    state = job_poll_state(user=user, job_id=mine.pk)
+    assert (state.status, state.ingest_seq, state.is_terminal) == ("paused", 7, False)
+    # Exactly who may see the job may read its state: staff everyone's, others their own.
+    for viewer, job, visible in [
+        (user, theirs, False),
+        (staff_user, theirs, True),
+        (AnonymousUser(), mine, False),
+    ]:
+        for read in (job_poll_state, job_get_visible):
+            if visible:
+                read(user=viewer, job_id=job.pk)
+            else:
+                with pytest.raises(Http404):
+                    read(user=viewer, job_id=job.pk)
+    with pytest.raises(Http404):
+        job_poll_state(user=user, job_id=theirs.pk + 1000)
+
+
+def test_the_poll_state_says_when_a_job_is_finished(user):
+    job = TrainingJobFactory(owner=user, status=Status.COMPLETED)
+    assert job_poll_state(user=user, job_id=job.pk).is_terminal

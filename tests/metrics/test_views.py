@@ -619,6 +619,100 @@ def test_charts_partial_offers_named_keys_filter_and_time_axis(rf, running):
     assert "style=" not in html and "<script>" not in html  # the CSP allows neither
 
 
+# --- a poll renders only what changed --------------------------------------------------------
+
+
+def rendered(response) -> set[str]:
+    return {template.name for template in response.templates}
+
+
+def job_reads(queries) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if "jobs_trainingjob" in q["sql"]]
+
+
+def test_an_up_to_date_poll_answers_204_without_rendering_or_reading_points(user_client, external):
+    job = named_write(external, [("a", 0, 1.0)])
+    with CaptureQueriesContext(connection) as queries:
+        response = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="a", status="running"))
+    # htmx 2 swaps nothing on a 204 and keeps polling.
+    assert (response.status_code, response.content) == (204, b"")
+    assert rendered(response) == set()
+    assert "HX-Trigger" not in response
+    assert "no-cache" in response["Cache-Control"]
+    assert len(job_reads(queries)) == 1  # the job's status and ingest position, nothing else
+    assert not [q for q in queries.captured_queries if "metrics_" in q["sql"]]
+
+
+def test_an_up_to_date_poll_by_step_answers_204(user_client, running):
+    job = points_write(running, range(10))
+    response = user_client.get(poll_url(job, after=9, status="running"))
+    assert (response.status_code, response.content) == (204, b"")
+
+
+def test_a_poll_with_news_renders_progress_and_stats_but_not_the_header(user_client, external):
+    cursor = external.ingest_seq
+    job = points_write(external, range(5))
+    response = user_client.get(poll_url(job, cursor=cursor, keys="", status="running"))
+    assert response.status_code == 200
+    assert poll_data(response)["headline"]["steps"] == [0, 1, 2, 3, 4]
+    assert "jobs/_job_progress.html" in rendered(response)
+    assert "jobs/_job_stats.html" in rendered(response)
+    assert "jobs/_job_header.html" not in rendered(response)
+
+
+def test_a_status_change_alone_reaches_the_page(user_client, running):
+    job = points_write(running, range(10))
+    job_pause(job=job)
+    # The page is up to date with the points but still shows "running".
+    with CaptureQueriesContext(connection) as queries:
+        response = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status="running"))
+    assert response.status_code == 200
+    assert (poll_data(response)["status"], poll_data(response)["cursor"]) == (
+        "paused",
+        job.ingest_seq,
+    )
+    html = response.content.decode()
+    assert re.search(r'id="job-header"[^>]*hx-swap-oob="true"', html)
+    assert 'data-status="paused"' in html
+    assert json.loads(response["HX-Trigger"])["toast"]["message"] == f"{job.name} paused"
+    # The state, then the live partials' fields: no field the partials read loads on its own.
+    assert len(job_reads(queries)) == 2
+    # Once the page shows it, the next poll is empty again.
+    again = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status="paused"))
+    assert again.status_code == 204
+
+
+@pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED, Status.CANCELLED])
+def test_a_finished_job_stops_polling_even_when_the_page_is_up_to_date(user_client, user, status):
+    job = TrainingJobFactory(owner=user, status=status)
+    response = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status=status))
+    assert response.status_code == 286  # htmx 2 stops polling
+    assert poll_data(response)["terminal"] is True
+    assert "jobs/_job_progress.html" in rendered(response)
+
+
+def test_an_up_to_date_poll_of_another_users_job_is_404(user_client, other_user):
+    theirs = TrainingJobFactory(owner=other_user)
+    url = poll_url(theirs, cursor=theirs.ingest_seq, keys="", status="running")
+    assert user_client.get(url).status_code == 404
+
+
+def test_staff_polls_of_another_users_job_are_up_to_date_too(staff_client, other_user):
+    theirs = TrainingJobFactory(owner=other_user)
+    url = poll_url(theirs, cursor=theirs.ingest_seq, keys="", status="running")
+    assert staff_client.get(url).status_code == 204
+
+
+def test_a_logged_out_session_stops_polling_at_once(client, user):
+    job = TrainingJobFactory(owner=user)
+    url = poll_url(job, cursor=job.ingest_seq, keys="", status="running")
+    client.force_login(user)
+    assert client.get(url).status_code == 204
+    client.post(reverse("logout"))
+    response = client.get(url, headers={"HX-Request": "true"})
+    assert response.status_code == 200 and "HX-Redirect" in response  # to the login page
+
+
 # --- compare: any key the jobs share ---------------------------------------------------------
 
 
