@@ -21,12 +21,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from jobs.models import TrainingJob
-from jobs.selectors import (
-    LIVE_FIELDS,
-    job_get_visible,
-    job_list_visible,
-    job_poll_state,
-)
+from jobs.selectors import job_get_live, job_get_visible, job_list_visible
 from metrics.compare import jobs_with_key_names, key_series, shared_key_names
 from metrics.export import (
     FORMATS,
@@ -163,12 +158,7 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
             after = min(_int_param(request.GET, "after", minimum=-1), MAX_STEP)
     except BadParameter as error:
         return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
-    if after is None:
-        # Up to date (see below) is decided on two columns; only news reads the whole job.
-        state = job_poll_state(user=request.user, job_id=job_id)
-        if cursor == state.ingest_seq and known_status == state.status and not state.is_terminal:
-            return HttpResponseNoNews()
-    job = job_get_visible(user=request.user, job_id=job_id, only=LIVE_FIELDS)
+    job = job_get_live(user=request.user, job_id=job_id)
     status_changed = known_status != job.status
     if after is None:
         # Every write that stores points moves the job's ingest position, and the progress

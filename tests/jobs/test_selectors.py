@@ -3,9 +3,16 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.http import Http404
+from django.utils import timezone
 
 from jobs.models import TrainingJob
-from jobs.selectors import job_count_by_status, job_get_visible, job_list_dashboard, job_poll_state
+from jobs.selectors import (
+    LIVE_FIELDS,
+    job_count_by_status,
+    job_get_live,
+    job_get_visible,
+    job_list_dashboard,
+)
 from tests.support.factories import TrainingJobFactory
 
 Status = TrainingJob.Status
@@ -66,27 +73,45 @@ def test_the_primary_metric_costs_no_query_per_row(user, metric_key, django_asse
     assert sorted(job.primary_last for job in jobs) == [float(index) for index in range(30)]
 
 
-def test_the_poll_state_follows_the_visibility_rule(user, other_user, staff_user):
-    mine = TrainingJobFactory(owner=user, status=Status.PAUSED, ingest_seq=7)
+def test_the_live_job_follows_the_visibility_rule(user, other_user, staff_user):
+    mine = TrainingJobFactory(owner=user)
     theirs = TrainingJobFactory(owner=other_user)
-    state = job_poll_state(user=user, job_id=mine.pk)
-    assert (state.status, state.ingest_seq, state.is_terminal) == ("paused", 7, False)
-    # Exactly who may see the job may read its state: staff everyone's, others their own.
+    # Exactly who may see the job may poll it: staff everyone's, others their own.
     for viewer, job, visible in [
+        (user, mine, True),
         (user, theirs, False),
         (staff_user, theirs, True),
         (AnonymousUser(), mine, False),
     ]:
-        for read in (job_poll_state, job_get_visible):
+        for read in (job_get_live, job_get_visible):
             if visible:
-                read(user=viewer, job_id=job.pk)
+                assert read(user=viewer, job_id=job.pk).pk == job.pk
             else:
                 with pytest.raises(Http404):
                     read(user=viewer, job_id=job.pk)
     with pytest.raises(Http404):
-        job_poll_state(user=user, job_id=theirs.pk + 1000)
+        job_get_live(user=staff_user, job_id=theirs.pk + 1000)
 
 
-def test_the_poll_state_says_when_a_job_is_finished(user):
-    job = TrainingJobFactory(owner=user, status=Status.COMPLETED)
-    assert job_poll_state(user=user, job_id=job.pk).is_terminal
+def test_the_live_job_holds_what_the_orm_reads(user, django_assert_num_queries):
+    job = TrainingJobFactory(
+        owner=user,
+        status=Status.FAILED,
+        failure_reason="out of memory",
+        current_step=55,
+        last_loss=0.5,
+        best_loss=0.25,
+        best_loss_step=99,
+        steps_per_second=12.5,
+        finished_at=timezone.now(),
+        ingest_seq=7,
+    )
+    expected = TrainingJob.objects.get(pk=job.pk)
+    with django_assert_num_queries(1):
+        live = job_get_live(user=user, job_id=job.pk)
+        # Typed as the ORM types them (SQLite stores datetimes as text), no lazy loads.
+        for name in ("pk", *(f for f in LIVE_FIELDS if f != "owner"), "owner_id"):
+            assert getattr(live, name) == getattr(expected, name), name
+        assert live.elapsed == expected.elapsed
+        assert live.is_terminal
+    assert live.description == expected.description  # any other field still loads, on access

@@ -639,7 +639,7 @@ def test_an_up_to_date_poll_answers_204_without_rendering_or_reading_points(user
     assert rendered(response) == set()
     assert "HX-Trigger" not in response
     assert "no-cache" in response["Cache-Control"]
-    assert len(job_reads(queries)) == 1  # the job's status and ingest position, nothing else
+    assert len(job_reads(queries)) == 1  # the job's live fields, nothing else
     assert not [q for q in queries.captured_queries if "metrics_" in q["sql"]]
 
 
@@ -675,8 +675,8 @@ def test_a_status_change_alone_reaches_the_page(user_client, running):
     assert re.search(r'id="job-header"[^>]*hx-swap-oob="true"', html)
     assert 'data-status="paused"' in html
     assert json.loads(response["HX-Trigger"])["toast"]["message"] == f"{job.name} paused"
-    # The state, then the live partials' fields: no field the partials read loads on its own.
-    assert len(job_reads(queries)) == 2
+    # One read of the live partials' fields: none of the fields they show loads on its own.
+    assert len(job_reads(queries)) == 1
     # Once the page shows it, the next poll is empty again.
     again = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status="paused"))
     assert again.status_code == 204
