@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
@@ -72,14 +73,7 @@ def job_get_live(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
     """
     if not user.is_authenticated:
         raise Http404(f"No job {job_id}.")
-    meta = TrainingJob._meta
-    fields: list[Field[Any, Any]] = [
-        field
-        for field in (meta.pk, *(meta.get_field(name) for name in LIVE_FIELDS))
-        if isinstance(field, Field) and field.column  # all of them: for the type checker
-    ]
-    columns = ", ".join(connection.ops.quote_name(field.column or "") for field in fields)
-    sql = f"SELECT {columns} FROM {connection.ops.quote_name(meta.db_table)} WHERE id = %s"
+    fields, sql = _live_select()
     params = [job_id]
     if not user.is_staff:
         sql += " AND owner_id = %s"
@@ -91,7 +85,7 @@ def job_get_live(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
         raise Http404(f"No job {job_id}.")
     values = []
     for field, stored in zip(fields, row, strict=True):
-        column = field.get_col(meta.db_table)
+        column = field.get_col(TrainingJob._meta.db_table)
         value = stored
         for convert in [
             *connection.ops.get_db_converters(column),
@@ -100,6 +94,19 @@ def job_get_live(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
             value = convert(value, column, connection)
         values.append(value)
     return TrainingJob.from_db(connection.alias, [field.attname for field in fields], values)
+
+
+@functools.cache
+def _live_select() -> tuple[list[Field[Any, Any]], str]:
+    """The fields job_get_live reads, and its SELECT up to the job's id, built once."""
+    meta = TrainingJob._meta
+    fields: list[Field[Any, Any]] = [
+        field
+        for field in (meta.pk, *(meta.get_field(name) for name in LIVE_FIELDS))
+        if isinstance(field, Field) and field.column  # all of them: for the type checker
+    ]
+    columns = ", ".join(connection.ops.quote_name(field.column or "") for field in fields)
+    return fields, f"SELECT {columns} FROM {connection.ops.quote_name(meta.db_table)} WHERE id = %s"
 
 
 def job_get_owned(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
