@@ -584,6 +584,13 @@ def test_poll_rejects_a_bad_cursor(user_client, running, query):
     assert b"cursor" in response.content
 
 
+@pytest.mark.parametrize("shown", ["", "abc", "-1"])
+def test_poll_rejects_a_bad_shown_position(user_client, running, shown):
+    response = user_client.get(poll_url(running, cursor=0, shown=shown))
+    assert response.status_code == 400
+    assert b"shown" in response.content
+
+
 def test_poll_by_cursor_of_a_finished_job_answers_286(user_client, user):
     job = TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=20)
     cursor = job.ingest_seq
@@ -680,6 +687,20 @@ def test_a_status_change_alone_reaches_the_page(user_client, running):
     # Once the page shows it, the next poll is empty again.
     again = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status="paused"))
     assert again.status_code == 204
+
+
+def test_partials_older_than_the_charts_cursor_are_sent_again(user_client, running):
+    shown = running.ingest_seq  # the page rendered its progress here...
+    job = points_write(running, range(10))  # ...and fetched its charts' series after this
+    url = poll_url(job, cursor=job.ingest_seq, keys="", status="running", shown=shown)
+    response = user_client.get(url)
+    assert response.status_code == 200
+    assert poll_data(response)["headline"]["steps"] == []  # the charts have every point
+    assert f'data-ingest-seq="{job.ingest_seq}"' in response.content.decode()
+    assert rendered(response) >= {"jobs/_job_progress.html", "jobs/_job_stats.html"}
+    assert "jobs/_job_header.html" not in rendered(response)
+    current = poll_url(job, cursor=job.ingest_seq, keys="", status="running", shown=job.ingest_seq)
+    assert user_client.get(current).status_code == 204
 
 
 @pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED, Status.CANCELLED])
