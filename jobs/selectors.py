@@ -15,6 +15,7 @@ from jobs.models import Experiment, Lifecycle, TrainingJob
 
 # Columns no list shows; hyperparameters may be tens of kilobytes per job.
 LIST_DEFERRED_FIELDS = ("hyperparameters", "description", "tags", "inputs")
+MAX_JOB_ID = 2**63 - 1  # the id column is a signed 64-bit integer (BigAutoField)
 # What the job page's live partials (header, progress, stats) and a poll read of a job; a
 # poll fetches only these. A partial that reads another field costs that poll a query
 # (tests/metrics/test_views.py counts them).
@@ -71,7 +72,9 @@ def job_get_live(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
     nothing else. Values pass through the backend's converters as a queryset's do (SQLite
     returns datetimes as text).
     """
-    if not user.is_authenticated:
+    # Out of the id column's range there is no job, and a driver cannot even bind the number
+    # (the ORM's lookups check this themselves; raw SQL has to).
+    if not user.is_authenticated or not 0 < job_id <= MAX_JOB_ID:
         raise Http404(f"No job {job_id}.")
     fields, sql = _live_select()
     params = [job_id]

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from jobs.models import TrainingJob
-from jobs.selectors import job_get_live, job_get_visible, job_list_visible
+from jobs.selectors import MAX_JOB_ID, job_get_live, job_get_visible, job_list_visible
 from metrics.compare import jobs_with_key_names, key_series, shared_key_names
 from metrics.export import (
     FORMATS,
@@ -52,7 +52,6 @@ SERIES_MAX_POINTS_PARAM = 10_000
 COMPARE_MAX_JOBS = 8
 # Eight lines on one chart: fewer points each keeps the page light and still shows shape.
 COMPARE_POINTS_PER_JOB = 1000
-MAX_JOB_ID = 2**63 - 1
 MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
 MAX_STEP = 2**63 - 1
 PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7

@@ -89,8 +89,9 @@ def test_the_live_job_follows_the_visibility_rule(user, other_user, staff_user):
             else:
                 with pytest.raises(Http404):
                     read(user=viewer, job_id=job.pk)
-    with pytest.raises(Http404):
-        job_get_live(user=staff_user, job_id=theirs.pk + 1000)
+    for missing in (theirs.pk + 1000, 0, -1, 2**63, 10**30):
+        with pytest.raises(Http404):
+            job_get_live(user=staff_user, job_id=missing)
 
 
 def test_the_live_job_holds_what_the_orm_reads(user, django_assert_num_queries):
