@@ -143,14 +143,18 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
 
     `?cursor=N&keys=a,b`: everything ingested since the ingest position N (late points
     included) for the headline and those keys. The older `?after=<step>`: headline points
-    with a step past it. `status` (the one the page shows) and `shown` (the ingest position
-    its progress and stats show): with no new points, an unchanged status and current
-    partials, the answer is a bare 204.
+    with a step past it. `status` (the one the page shows) and `progress_seq` (the ingest
+    position its progress and stats show): with no new points, an unchanged status and
+    current partials, the answer is a bare 204.
     """
     try:
         known_status = _status_param(request.GET)
         # The ingest position the page's progress and stats show (data-ingest-seq).
-        shown = _int_param(request.GET, "shown", minimum=0) if "shown" in request.GET else None
+        progress_seq = (
+            _int_param(request.GET, "progress_seq", minimum=0)
+            if "progress_seq" in request.GET
+            else None
+        )
         if "cursor" in request.GET:
             cursor = _int_param(request.GET, "cursor", minimum=0)
             names = _keys_param(request.GET)
@@ -171,7 +175,7 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     else:
         points = metrics_after(job, after, POLL_MAX_POINTS)
         nothing_new = points.total == 0
-    if shown is not None and shown != job.ingest_seq:
+    if progress_seq is not None and progress_seq != job.ingest_seq:
         nothing_new = False  # no points, maybe, but the progress and stats are behind
     # A finished job always answers 286 with its final partials, so polling stops.
     if nothing_new and not status_changed and not job.is_terminal:

@@ -1039,7 +1039,7 @@
         // the charts' cursor, so an up-to-date cursor alone does not make them current.
         const progress = document.getElementById("job-progress");
         if (progress && progress.dataset.ingestSeq) {
-          event.detail.parameters.shown = progress.dataset.ingestSeq;
+          event.detail.parameters.progress_seq = progress.dataset.ingestSeq;
         }
       });
       poller.addEventListener("htmx:afterSwap", () => {

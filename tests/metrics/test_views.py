@@ -584,11 +584,11 @@ def test_poll_rejects_a_bad_cursor(user_client, running, query):
     assert b"cursor" in response.content
 
 
-@pytest.mark.parametrize("shown", ["", "abc", "-1"])
-def test_poll_rejects_a_bad_shown_position(user_client, running, shown):
-    response = user_client.get(poll_url(running, cursor=0, shown=shown))
+@pytest.mark.parametrize("position", ["", "abc", "-1"])
+def test_poll_rejects_a_bad_progress_position(user_client, running, position):
+    response = user_client.get(poll_url(running, cursor=0, progress_seq=position))
     assert response.status_code == 400
-    assert b"shown" in response.content
+    assert b"progress_seq" in response.content
 
 
 def test_poll_by_cursor_of_a_finished_job_answers_286(user_client, user):
@@ -692,14 +692,16 @@ def test_a_status_change_alone_reaches_the_page(user_client, running):
 def test_partials_older_than_the_charts_cursor_are_sent_again(user_client, running):
     shown = running.ingest_seq  # the page rendered its progress here...
     job = points_write(running, range(10))  # ...and fetched its charts' series after this
-    url = poll_url(job, cursor=job.ingest_seq, keys="", status="running", shown=shown)
+    url = poll_url(job, cursor=job.ingest_seq, keys="", status="running", progress_seq=shown)
     response = user_client.get(url)
     assert response.status_code == 200
     assert poll_data(response)["headline"]["steps"] == []  # the charts have every point
     assert f'data-ingest-seq="{job.ingest_seq}"' in response.content.decode()
     assert rendered(response) >= {"jobs/_job_progress.html", "jobs/_job_stats.html"}
     assert "jobs/_job_header.html" not in rendered(response)
-    current = poll_url(job, cursor=job.ingest_seq, keys="", status="running", shown=job.ingest_seq)
+    current = poll_url(
+        job, cursor=job.ingest_seq, keys="", status="running", progress_seq=job.ingest_seq
+    )
     assert user_client.get(current).status_code == 204
 
 
