@@ -7,7 +7,7 @@ its beat if CELERY_BROKER_URL is Redis, else `manage.py simulate` ticking once a
 logs in --pollers browsers through the login form and has each poll a job page's
 `/jobs/<id>/poll/?after=<last step>` every --interval seconds, as the page does, loading the
 dashboard's table now and then, for --duration seconds. Prints requests/s, latency
-percentiles and errors (any status but 200/286, or a failed connection), stops everything it
+percentiles and errors (any status but 200/204/286, or a failed connection), stops everything it
 started, drops the database. Exit status 1 if there was any error, 2 if it could not run.
 """
 
@@ -46,7 +46,8 @@ from bench.support import (
 
 HOST = "127.0.0.1"  # loopback only: this tool never sends load anywhere else
 USERNAME = "loadtest"
-OK_STATUSES = {200, 286}  # 286: a finished job's last poll (htmx stops polling)
+# 204: a poll with nothing new; 286: a finished job's last poll (htmx stops polling)
+OK_STATUSES = {200, 204, 286}
 # Bounds, so a typo cannot turn this into a denial of service of the machine it runs on.
 MAX_POLLERS = 1000
 MAX_DURATION_SECONDS = 600

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from jobs.models import TrainingJob
-from jobs.selectors import job_get_visible, job_list_visible
+from jobs.selectors import MAX_JOB_ID, job_get_live, job_get_visible, job_list_visible
 from metrics.compare import jobs_with_key_names, key_series, shared_key_names
 from metrics.export import (
     FORMATS,
@@ -52,7 +52,6 @@ SERIES_MAX_POINTS_PARAM = 10_000
 COMPARE_MAX_JOBS = 8
 # Eight lines on one chart: fewer points each keeps the page light and still shows shape.
 COMPARE_POINTS_PER_JOB = 1000
-MAX_JOB_ID = 2**63 - 1
 MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
 MAX_STEP = 2**63 - 1
 PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7
@@ -78,6 +77,13 @@ _RESUMED_VERBS: dict[str, str] = {
 
 # Escapes as Django's json_script does, so data can sit inside a <script> element.
 _SCRIPT_ESCAPES = {ord("<"): "\\u003C", ord(">"): "\\u003E", ord("&"): "\\u0026"}
+
+
+class HttpResponseNoNews(HttpResponse):
+    """A poll with nothing the page does not already show: no body, and htmx 2 swaps nothing
+    on a 204 (and keeps polling)."""
+
+    status_code = 204
 
 
 class BadParameter(ValueError):
@@ -137,10 +143,18 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
 
     `?cursor=N&keys=a,b`: everything ingested since the ingest position N (late points
     included) for the headline and those keys. The older `?after=<step>`: headline points
-    with a step past it.
+    with a step past it. `status` (the one the page shows) and `progress_seq` (the ingest
+    position its progress and stats show): with no new points, an unchanged status and
+    current partials, the answer is a bare 204.
     """
     try:
         known_status = _status_param(request.GET)
+        # The ingest position the page's progress and stats show (data-ingest-seq).
+        progress_seq = (
+            _int_param(request.GET, "progress_seq", minimum=0)
+            if "progress_seq" in request.GET
+            else None
+        )
         if "cursor" in request.GET:
             cursor = _int_param(request.GET, "cursor", minimum=0)
             names = _keys_param(request.GET)
@@ -151,11 +165,24 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
             after = min(_int_param(request.GET, "after", minimum=-1), MAX_STEP)
     except BadParameter as error:
         return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
-    job = job_get_visible(user=request.user, job_id=job_id)
+    job = job_get_live(user=request.user, job_id=job_id)
+    status_changed = known_status != job.status
+    if after is None:
+        # Every write that stores points moves the job's ingest position, and the progress
+        # and stats partials only move with a write or a status change: an unmoved cursor
+        # and an unchanged status mean the page shows all there is.
+        nothing_new = cursor == job.ingest_seq
+    else:
+        points = metrics_after(job, after, POLL_MAX_POINTS, times=False)  # columns() has none
+        nothing_new = points.total == 0
+    if progress_seq is not None and progress_seq != job.ingest_seq:
+        nothing_new = False  # no points, maybe, but the progress and stats are behind
+    # A finished job always answers 286 with its final partials, so polling stops.
+    if nothing_new and not status_changed and not job.is_terminal:
+        return HttpResponseNoNews()
     if after is None:
         data = _poll_data(job_poll(job=job, cursor=cursor, keys=names))
     else:
-        points = metrics_after(job, after, POLL_MAX_POINTS, times=False)  # columns() has none
         data = {
             **points.columns(),
             "shown": points.shown,
@@ -163,7 +190,6 @@ def poll(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
             "catch_up": points.downsampled,
         }
     data.update(status=job.status, terminal=job.is_terminal)
-    status_changed = known_status != job.status
     # The header (badge, buttons) changes only with the status: re-sent then, not every poll.
     context = {"job": job, "poll_json": _script_json(data), "with_header": status_changed}
     html = render_to_string("metrics/_poll.html", context, request=request)

@@ -1035,6 +1035,12 @@
         event.detail.parameters.cursor = state.cursor;
         event.detail.parameters.keys = keys.join(",");
         event.detail.parameters.status = (header && header.dataset.status) || state.status;
+        // And the write its progress and stats show: the page may have loaded them before
+        // the charts' cursor, so an up-to-date cursor alone does not make them current.
+        const progress = document.getElementById("job-progress");
+        if (progress && progress.dataset.ingestSeq) {
+          event.detail.parameters.progress_seq = progress.dataset.ingestSeq;
+        }
       });
       poller.addEventListener("htmx:afterSwap", () => {
         const holder = document.getElementById("poll-data");

@@ -103,6 +103,40 @@ def test_charts_and_progress_follow_the_ticks_until_done(open_page, user, ticker
     assert browser_errors.messages == []
 
 
+def test_an_up_to_date_page_gets_empty_polls_and_still_the_news(
+    open_page, user, ticker, browser_errors
+):
+    job = services.job_create(
+        owner=user,
+        name="quiet-run",
+        total_epochs=2,
+        steps_per_epoch=60,
+        steps_per_tick=STEPS_PER_TICK,
+        seed=7,
+    )
+    page = open_page(user)
+    page.goto(job.get_absolute_url())
+    page.wait_for_selector("#charts[data-point-count]")
+    # Nothing stored since the page loaded: two polls in a row are bare 204s (htmx swaps
+    # nothing and keeps polling).
+    for _ in range(2):
+        with page.expect_response(
+            lambda response: "/poll/" in response.url and response.status == 204
+        ):
+            pass
+    assert point_count(page) == 0
+    # Then points arrive: the next poll brings them and the progress.
+    ticks = ticker([job.pk])
+    ticks.wait_for_ticks(1)
+    wait_for_points_above(page, 0)
+    page.wait_for_function(
+        "() => Number(document.querySelector('#job-progress [role=progressbar]')"
+        ".getAttribute('aria-valuenow')) > 0"
+    )
+    ticks.stop()
+    assert browser_errors.messages == []
+
+
 def test_actions_pause_resume_cancel_and_delete(open_page, user, browser_errors):
     job = services.job_create(owner=user, name="to-control", total_epochs=1, steps_per_epoch=50)
     page = open_page(user)

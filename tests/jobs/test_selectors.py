@@ -1,10 +1,19 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection
+from django.http import Http404
+from django.utils import timezone
 
 from jobs.models import TrainingJob
-from jobs.selectors import job_count_by_status, job_list_dashboard
+from jobs.selectors import (
+    LIVE_FIELDS,
+    job_count_by_status,
+    job_get_live,
+    job_get_visible,
+    job_list_dashboard,
+)
 from tests.support.factories import TrainingJobFactory
 
 Status = TrainingJob.Status
@@ -82,3 +91,48 @@ def test_dashboard_page_is_read_in_index_order_without_a_sort(user, staff_user, 
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "job_dashboard_idx" in plan if staff else "job_owner_dashboard_idx" in plan
     assert "Sort" not in plan
+
+
+def test_the_live_job_follows_the_visibility_rule(user, other_user, staff_user):
+    mine = TrainingJobFactory(owner=user)
+    theirs = TrainingJobFactory(owner=other_user)
+    # Exactly who may see the job may poll it: staff everyone's, others their own.
+    for viewer, job, visible in [
+        (user, mine, True),
+        (user, theirs, False),
+        (staff_user, theirs, True),
+        (AnonymousUser(), mine, False),
+    ]:
+        for read in (job_get_live, job_get_visible):
+            if visible:
+                assert read(user=viewer, job_id=job.pk).pk == job.pk
+            else:
+                with pytest.raises(Http404):
+                    read(user=viewer, job_id=job.pk)
+    for missing in (theirs.pk + 1000, 0, -1, 2**63, 10**30):
+        with pytest.raises(Http404):
+            job_get_live(user=staff_user, job_id=missing)
+
+
+def test_the_live_job_holds_what_the_orm_reads(user, django_assert_num_queries):
+    job = TrainingJobFactory(
+        owner=user,
+        status=Status.FAILED,
+        failure_reason="out of memory",
+        current_step=55,
+        last_loss=0.5,
+        best_loss=0.25,
+        best_loss_step=99,
+        steps_per_second=12.5,
+        finished_at=timezone.now(),
+        ingest_seq=7,
+    )
+    expected = TrainingJob.objects.get(pk=job.pk)
+    with django_assert_num_queries(1):
+        live = job_get_live(user=user, job_id=job.pk)
+        # Typed as the ORM types them (SQLite stores datetimes as text), no lazy loads.
+        for name in ("pk", *(f for f in LIVE_FIELDS if f != "owner"), "owner_id"):
+            assert getattr(live, name) == getattr(expected, name), name
+        assert live.elapsed == expected.elapsed
+        assert live.is_terminal
+    assert live.description == expected.description  # any other field still loads, on access

@@ -584,6 +584,13 @@ def test_poll_rejects_a_bad_cursor(user_client, running, query):
     assert b"cursor" in response.content
 
 
+@pytest.mark.parametrize("position", ["", "abc", "-1"])
+def test_poll_rejects_a_bad_progress_position(user_client, running, position):
+    response = user_client.get(poll_url(running, cursor=0, progress_seq=position))
+    assert response.status_code == 400
+    assert b"progress_seq" in response.content
+
+
 def test_poll_by_cursor_of_a_finished_job_answers_286(user_client, user):
     job = TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=20)
     cursor = job.ingest_seq
@@ -617,6 +624,116 @@ def test_charts_partial_offers_named_keys_filter_and_time_axis(rf, running):
     assert re.search(r'<select id="x-axis">\s*<option value="step" selected>', html)
     assert '<option value="time">' in html
     assert "style=" not in html and "<script>" not in html  # the CSP allows neither
+
+
+# --- a poll renders only what changed --------------------------------------------------------
+
+
+def rendered(response) -> set[str]:
+    return {template.name for template in response.templates}
+
+
+def job_reads(queries) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if "jobs_trainingjob" in q["sql"]]
+
+
+def test_an_up_to_date_poll_answers_204_without_rendering_or_reading_points(user_client, external):
+    job = named_write(external, [("a", 0, 1.0)])
+    with CaptureQueriesContext(connection) as queries:
+        response = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="a", status="running"))
+    # htmx 2 swaps nothing on a 204 and keeps polling.
+    assert (response.status_code, response.content) == (204, b"")
+    assert rendered(response) == set()
+    assert "HX-Trigger" not in response
+    assert "no-cache" in response["Cache-Control"]
+    assert len(job_reads(queries)) == 1  # the job's live fields, nothing else
+    assert not [q for q in queries.captured_queries if "metrics_" in q["sql"]]
+
+
+def test_an_up_to_date_poll_by_step_answers_204(user_client, running):
+    job = points_write(running, range(10))
+    response = user_client.get(poll_url(job, after=9, status="running"))
+    assert (response.status_code, response.content) == (204, b"")
+
+
+def test_a_poll_with_news_renders_progress_and_stats_but_not_the_header(user_client, external):
+    cursor = external.ingest_seq
+    job = points_write(external, range(5))
+    response = user_client.get(poll_url(job, cursor=cursor, keys="", status="running"))
+    assert response.status_code == 200
+    assert poll_data(response)["headline"]["steps"] == [0, 1, 2, 3, 4]
+    assert "jobs/_job_progress.html" in rendered(response)
+    assert "jobs/_job_stats.html" in rendered(response)
+    assert "jobs/_job_header.html" not in rendered(response)
+
+
+def test_a_status_change_alone_reaches_the_page(user_client, running):
+    job = points_write(running, range(10))
+    job_pause(job=job)
+    # The page is up to date with the points but still shows "running".
+    with CaptureQueriesContext(connection) as queries:
+        response = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status="running"))
+    assert response.status_code == 200
+    assert (poll_data(response)["status"], poll_data(response)["cursor"]) == (
+        "paused",
+        job.ingest_seq,
+    )
+    html = response.content.decode()
+    assert re.search(r'id="job-header"[^>]*hx-swap-oob="true"', html)
+    assert 'data-status="paused"' in html
+    assert json.loads(response["HX-Trigger"])["toast"]["message"] == f"{job.name} paused"
+    # One read of the live partials' fields: none of the fields they show loads on its own.
+    assert len(job_reads(queries)) == 1
+    # Once the page shows it, the next poll is empty again.
+    again = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status="paused"))
+    assert again.status_code == 204
+
+
+def test_partials_older_than_the_charts_cursor_are_sent_again(user_client, running):
+    shown = running.ingest_seq  # the page rendered its progress here...
+    job = points_write(running, range(10))  # ...and fetched its charts' series after this
+    url = poll_url(job, cursor=job.ingest_seq, keys="", status="running", progress_seq=shown)
+    response = user_client.get(url)
+    assert response.status_code == 200
+    assert poll_data(response)["headline"]["steps"] == []  # the charts have every point
+    assert f'data-ingest-seq="{job.ingest_seq}"' in response.content.decode()
+    assert rendered(response) >= {"jobs/_job_progress.html", "jobs/_job_stats.html"}
+    assert "jobs/_job_header.html" not in rendered(response)
+    current = poll_url(
+        job, cursor=job.ingest_seq, keys="", status="running", progress_seq=job.ingest_seq
+    )
+    assert user_client.get(current).status_code == 204
+
+
+@pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED, Status.CANCELLED])
+def test_a_finished_job_stops_polling_even_when_the_page_is_up_to_date(user_client, user, status):
+    job = TrainingJobFactory(owner=user, status=status)
+    response = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status=status))
+    assert response.status_code == 286  # htmx 2 stops polling
+    assert poll_data(response)["terminal"] is True
+    assert "jobs/_job_progress.html" in rendered(response)
+
+
+def test_an_up_to_date_poll_of_another_users_job_is_404(user_client, other_user):
+    theirs = TrainingJobFactory(owner=other_user)
+    url = poll_url(theirs, cursor=theirs.ingest_seq, keys="", status="running")
+    assert user_client.get(url).status_code == 404
+
+
+def test_staff_polls_of_another_users_job_are_up_to_date_too(staff_client, other_user):
+    theirs = TrainingJobFactory(owner=other_user)
+    url = poll_url(theirs, cursor=theirs.ingest_seq, keys="", status="running")
+    assert staff_client.get(url).status_code == 204
+
+
+def test_a_logged_out_session_stops_polling_at_once(client, user):
+    job = TrainingJobFactory(owner=user)
+    url = poll_url(job, cursor=job.ingest_seq, keys="", status="running")
+    client.force_login(user)
+    assert client.get(url).status_code == 204
+    client.post(reverse("logout"))
+    response = client.get(url, headers={"HX-Request": "true"})
+    assert response.status_code == 200 and "HX-Redirect" in response  # to the login page
 
 
 # --- compare: any key the jobs share ---------------------------------------------------------
