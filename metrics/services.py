@@ -759,10 +759,12 @@ def _advance_each_alone_if_needed(jobs: list[TrainingJob], now: datetime) -> lis
 
 def _advance(jobs: list[TrainingJob], now: datetime) -> list[WriteResult]:
     """Write each job's next headline points and the named points at their steps."""
-    batches = [(job, _next_points(job)) for job in jobs]
+    # One simulator per job for both series: building one costs as much as a batch.
+    simulators = {job.pk: simulator_for(job) for job in jobs}
+    batches = [(job, _next_points(job, simulators[job.pk])) for job in jobs]
     moment = now.timestamp()
     named = {
-        job.pk: simulator_for(job).generate_named_batch(batch, *job.simulation_length, moment)
+        job.pk: simulators[job.pk].generate_named_batch(batch, *job.simulation_length, moment)
         for job, batch in batches
     }
     return metric_batches_write(batches, named=named, now=now)
@@ -784,13 +786,11 @@ def _due_for_tick(tick: int | None) -> QuerySet[TrainingJob]:
     return jobs
 
 
-def _next_points(job: TrainingJob) -> MetricBatch:
+def _next_points(job: TrainingJob, simulator: TrainingSimulator) -> MetricBatch:
     # A running job already at its last step gets an empty batch, which completes it.
     total_steps, steps_per_epoch = job.simulation_length
     count = max(0, min(job.steps_per_tick, total_steps - job.current_step))
-    return simulator_for(job).generate_metrics_batch(
-        job.current_step, count, total_steps, steps_per_epoch
-    )
+    return simulator.generate_metrics_batch(job.current_step, count, total_steps, steps_per_epoch)
 
 
 def _record_tick(job_ids: list[int], tick: int) -> None:
