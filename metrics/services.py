@@ -259,7 +259,10 @@ def _copied(
     """
     if connection.vendor != "postgresql":
         return False
-    data = pgcopy.binary_copy_data([sql_type for _, sql_type in columns], values)
+    types = [sql_type for _, sql_type in columns]
+    if not pgcopy.fits(types, values):
+        return False  # the staged INSERT refuses the value as PostgreSQL would (DataError)
+    data = pgcopy.binary_copy_data(types, values)
     try:
         # psycopg's COPY errors reach us unwrapped: make a unique violation IntegrityError.
         with transaction.atomic(), connection.wrap_database_errors:
