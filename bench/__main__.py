@@ -132,7 +132,7 @@ def _run(
                  lambda: f.export_http_figure(plan, data, port))  # fmt: skip
             step("dashboard", "dashboard_ms_1k", "ms (p50)", "p50 < 50 ms, equal queries",
                  lambda: f.dashboard_figure(plan, data, port))  # fmt: skip
-            step("api", "api_ingest_points_per_s", "points/s", "ratio >= 0.2",
+            step("api", "api_ingest_points_per_s", "points/s", "ratio >= 0.35",
                  lambda: f.api_figure(plan, data, port))  # fmt: skip
             step("named api", "named_ingest_values_per_s", "values/s", "ratio >= 0.3",
                  lambda: f.named_ingest_figure(plan, data, port))  # fmt: skip
