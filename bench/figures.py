@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from bench import write_figures
 from bench.simulator_baseline import generate_metrics_python
 from bench.support import BASE_DIR, Figure, Http, percentile, timed
 from jobs.models import TrainingJob
@@ -318,6 +319,23 @@ def _compare_with_binary_copy(figure: Figure, binary_copy_samples: list[float]) 
     )
 
 
+def _tick_profile_extra() -> list[tuple[Any, str, str]]:
+    """Functions the tick breakdown times besides statements: point generation."""
+    from metrics import services
+
+    return [
+        (services, "_next_points", "generate headline points (numpy)"),
+        (TrainingSimulator, "generate_named_batch", "generate named points (numpy)"),
+    ]
+
+
+def _rows_held() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM metrics_trainingmetric")
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
 def _next_tick_batches(job_ids: list[int]) -> list[tuple[int, MetricBatch]]:
     from metrics.services import simulator_for
 
@@ -391,7 +409,10 @@ def tick_figures(plan: Plan, data: Data) -> list[Figure]:
     ids = data.tick_ids
     _bare_table()
     simulation_advance(job_ids=ids)  # warm-up: first buckets, cached plans, staging tables
-    binary_copy_samples = []
+    write_figures.indexed_tables()
+    held = write_figures.indexed_seed(ids)
+    profile = write_figures.WriteProfile(_tick_profile_extra())
+    binary_copy_samples, indexed_samples = [], []
     headline_samples, headline_baseline = [], []
     named_share = 0.0
     for repeat in range(plan.tick_repeats):
@@ -409,8 +430,10 @@ def tick_figures(plan: Plan, data: Data) -> list[Figure]:
         if repeat < 3:
             _truncate_bare()
             binary_copy_samples.append(points / copy_binary_baseline(batches, now, named))
+        indexed_samples.append(points / write_figures.copy_indexed_baseline(batches, now, named))
         named_before = _named_points_stored(ids)
-        seconds, result = timed(lambda: simulation_advance(job_ids=ids))
+        with profile.measure():
+            seconds, result = timed(lambda: simulation_advance(job_ids=ids))
         named_written = _named_points_stored(ids) - named_before
         if result.points_written != headline or named_written != len(named[0]):
             raise RuntimeError(
@@ -419,7 +442,6 @@ def tick_figures(plan: Plan, data: Data) -> list[Figure]:
             )
         speed.samples.append(points / seconds)
         headline_samples.append(headline / seconds)
-    speed.met = speed.ratio is not None and speed.ratio >= 0.5
     headline_rate = statistics.median(headline_samples)
     headline_copy = statistics.median(headline_baseline)
     speed.extra |= {
@@ -441,6 +463,14 @@ def tick_figures(plan: Plan, data: Data) -> list[Figure]:
         f"{headline_rate / headline_copy:.3f}",
     ]
     _compare_with_binary_copy(speed, binary_copy_samples)
+    write_figures.use_indexed_baseline(speed, indexed_samples, 0.5)
+    speed.notes.append(
+        f"the indexed tables held {held[0]:,} headline and {held[1]:,} named rows before the "
+        "first repeat, as trainmon's tables for these jobs; trainmon's tables also hold the "
+        f"other bench jobs' rows ({_rows_held():,} headline rows in all)"
+    )
+    speed.notes += [f"tick breakdown: {line}" for line in profile.lines(points)]
+    speed.extra["breakdown"] = profile.as_json()
 
     for count in (plan.dashboard_few_jobs, len(ids)):
         with CaptureQueriesContext(connection) as context:
@@ -759,7 +789,9 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
     client = Http(port, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     path = f"/api/v1/jobs/{job.pk}/metrics/"
     _bare_table()
+    write_figures.indexed_tables()
     binary_copy_samples: list[float] = []
+    indexed_samples: list[float] = []
     for index in range(plan.api_repeats + 1):
         batch = simulator.generate_metrics_batch(index * size, size, *job.simulation_length)
         body = json.dumps(
@@ -776,14 +808,17 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
         if status != 200 or json.loads(answer)["created"] != size:
             raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
         if index == 0:
+            held = write_figures.indexed_seed([job.pk])
             continue  # warm-up
         figure.samples.append(size / seconds)
+        indexed_samples.append(
+            size / write_figures.copy_indexed_baseline([(job.pk, batch)], timezone.now())
+        )
         _truncate_bare()
         figure.baseline_samples.append(size / copy_rows_baseline([(job.pk, batch)], timezone.now()))
         _truncate_bare()
         binary_copy_samples.append(size / copy_binary_baseline([(job.pk, batch)], timezone.now()))
     client.close()
-    figure.met = figure.ratio is not None and figure.ratio >= 0.2
     figure.notes += [
         f"POST of {size:,}-point JSON batches (~{len(body) / 1e6:.1f} MB) over HTTP to gunicorn "
         "as in the Procfile, one client, keep-alive, Bearer token",
@@ -791,6 +826,16 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
         "+ commit",
     ]
     _compare_with_binary_copy(figure, binary_copy_samples)
+    write_figures.use_indexed_baseline(figure, indexed_samples, 0.35)
+    figure.notes.append(
+        f"the indexed table held the job's {held[0]:,} warm-up rows before the first repeat"
+    )
+    first_step = size * (plan.api_repeats + 1)
+    profile = write_figures.api_profile(
+        data.big_user, job, simulator=simulator, first_step=first_step, size=size
+    )
+    figure.notes += [f"API breakdown (in process): {line}" for line in profile.lines(size)]
+    figure.extra["breakdown"] = profile.as_json()
     return figure
 
 

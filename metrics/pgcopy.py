@@ -76,6 +76,18 @@ def binary_copy_data(types: Sequence[str], columns: Sequence[np.ndarray]) -> byt
     return b"".join(parts)
 
 
+def fits(types: Sequence[str], columns: Sequence[np.ndarray]) -> bool:
+    """Whether every integer column's values fit its binary type (`binary_copy_data` would
+    wrap an out-of-range one around without a word)."""
+    for sql_type, column in zip(types, columns, strict=True):
+        kind = np.dtype(BINARY_TYPES[sql_type])
+        if kind.kind == "i" and len(column):
+            bounds = np.iinfo(kind)
+            if column.min() < bounds.min or column.max() > bounds.max:
+                return False
+    return True
+
+
 def _fixed_rows(
     types: Sequence[str], columns: Sequence[np.ndarray], nulls: frozenset[int]
 ) -> bytes:

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from jobs.models import TrainingJob
 from jobs.services import BatchSummary, job_fail, jobs_record_progress
+from metrics import pgcopy
 from metrics.models import IngestLog, MetricKey, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch, NamedBatch
 from metrics.simulator import TrainingSimulator
@@ -176,6 +177,17 @@ def _optional(value: float) -> float | None:
 
 
 _COLUMNS = "job_id, epoch, step, loss, accuracy, learning_rate, created_at"
+# PostgreSQL copies the points straight into the table when none of them exists yet: the
+# table's own column types (binary COPY takes no casts).
+_POINT_COLUMNS = (
+    ("job_id", "bigint"),
+    ("epoch", "integer"),
+    ("step", "bigint"),
+    ("loss", "double precision"),
+    ("accuracy", "double precision"),
+    ("learning_rate", "double precision"),
+    ("created_at", "timestamp with time zone"),
+)
 # PostgreSQL stages the points by binary COPY (NaN, "not reported", travels as NULL).
 _STAGED_POINTS = (
     ("job_id", "bigint"),
@@ -203,17 +215,22 @@ def _insert_points(
         *(np.concatenate([getattr(b, n) for _, b in batches]) for n in _BATCH_COLUMNS),
     ]
     db_now = connection.ops.adapt_datetimefield_value(now)
+    table = TrainingMetric._meta.db_table
     with connection.cursor() as cursor:
+        micros = np.full(len(job_ids), pgcopy.timestamp_micros(now), dtype=np.int64)
+        if _copied(cursor, table, _POINT_COLUMNS, [*columns, micros]):
+            return batches
         source, params = staged_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
         created = _insert_new(
             cursor,
-            TrainingMetric._meta.db_table,
+            table,
             _COLUMNS,
             f"SELECT job_id, epoch, step, loss, accuracy, learning_rate, %s {source}",
             [db_now, *params],
             owner="job_id",
             owners=job_ids,
             steps=columns[2],
+            conflicts=connection.vendor == "postgresql",
         )
     if created is None:
         return batches
@@ -226,6 +243,40 @@ def _insert_points(
     return result
 
 
+def _copied(
+    cursor: CursorWrapper,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    values: Sequence[np.ndarray],
+) -> bool:
+    """On PostgreSQL, binary COPY the rows straight into `table` if none of them is there
+    yet; False (nothing written) if one is, or on SQLite.
+
+    The common case, nothing stored yet, then costs one COPY: no staging table, no
+    INSERT ... SELECT reading it back, no per-row conflict handling. A duplicate step
+    aborts the COPY, which rolls back to its savepoint; the caller stages the rows and
+    inserts them with ON CONFLICT instead.
+    """
+    if connection.vendor != "postgresql":
+        return False
+    types = [sql_type for _, sql_type in columns]
+    if not pgcopy.fits(types, values):
+        return False  # the staged INSERT refuses the value as PostgreSQL would (DataError)
+    data = pgcopy.binary_copy_data(types, values)
+    try:
+        # psycopg's COPY errors reach us unwrapped: make a unique violation IntegrityError.
+        with transaction.atomic(), connection.wrap_database_errors:
+            pgcopy.copy_binary(cursor, table, [name for name, _ in columns], data)
+    except IntegrityError as error:
+        if getattr(error.__cause__, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise  # a CHECK constraint: the staged INSERT would fail the same way
+        return False
+    return True
+
+
+_UNIQUE_VIOLATION = "23505"
+
+
 def _insert_new(
     cursor: CursorWrapper,
     table: str,
@@ -236,25 +287,30 @@ def _insert_new(
     owner: str,
     owners: np.ndarray,
     steps: np.ndarray,
+    conflicts: bool = False,
 ) -> np.ndarray | None:
     """INSERT the rows `select` yields, ignoring (owner, step) pairs the table has; returns
     a mask of the rows created, or None for all of them.
 
-    The common case, nothing stored yet, is one plain INSERT: no per-row conflict handling
-    and no rows sent back. If a step exists, that INSERT rolls back to its savepoint and
-    runs again with ON CONFLICT DO NOTHING RETURNING, which says which rows were created.
+    Unless `conflicts` says a step exists (a COPY of these rows just failed on one), the
+    first try is one plain INSERT: no per-row conflict handling and no rows sent back. If
+    a step exists, that INSERT rolls back to its savepoint and runs again with ON CONFLICT
+    DO NOTHING RETURNING, which says which rows were created.
     """
     # "WHERE true" tells SQLite's parser that a following ON CONFLICT belongs to the INSERT.
     insert = f"INSERT INTO {table} ({columns}) {select} WHERE true"
-    try:
-        with transaction.atomic():
-            cursor.execute(insert, params)
-    except IntegrityError:
-        cursor.execute(
-            f"{insert} ON CONFLICT ({owner}, step) DO NOTHING RETURNING {owner}, step", params
-        )
-        return _created_mask(owners, steps, set(cursor.fetchall()))
-    return None
+    if not conflicts:
+        try:
+            with transaction.atomic():
+                cursor.execute(insert, params)
+        except IntegrityError:
+            pass
+        else:
+            return None
+    cursor.execute(
+        f"{insert} ON CONFLICT ({owner}, step) DO NOTHING RETURNING {owner}, step", params
+    )
+    return _created_mask(owners, steps, set(cursor.fetchall()))
 
 
 def _created_mask(
@@ -418,23 +474,31 @@ class _KeyRuns:
 
 def _insert_named(points: _NamedPoints, now: datetime) -> _KeyRuns:
     """Store the named points, their keys' summaries and stats; returns the points created."""
+    table = NamedMetric._meta.db_table
     with connection.cursor() as cursor:
-        source, params = staged_rows(
-            cursor,
-            _NAMED_STAGING_TABLE,
-            _STAGED_NAMED,
-            [points.key_ids, points.steps, points.values, points.times],
-        )
-        created = _insert_new(
-            cursor,
-            NamedMetric._meta.db_table,
-            "key_id, step, value, reported_at",
-            f"SELECT key_id, step, value, {_from_unix_seconds('reported_at')} {source}",
-            params,
-            owner="key_id",
-            owners=points.key_ids,
-            steps=points.steps,
-        )
+        micros = _timestamp_micros(points.times)
+        if micros is not None and _copied(
+            cursor, table, _NAMED_COLUMNS, [points.key_ids, points.steps, points.values, micros]
+        ):
+            created = None
+        else:
+            source, params = staged_rows(
+                cursor,
+                _NAMED_STAGING_TABLE,
+                _STAGED_NAMED,
+                [points.key_ids, points.steps, points.values, points.times],
+            )
+            created = _insert_new(
+                cursor,
+                table,
+                "key_id, step, value, reported_at",
+                f"SELECT key_id, step, value, {_from_unix_seconds('reported_at')} {source}",
+                params,
+                owner="key_id",
+                owners=points.key_ids,
+                steps=points.steps,
+                conflicts=connection.vendor == "postgresql",
+            )
     runs = _KeyRuns.of(points if created is None else points.take(created))
     created_points = runs.points
     points_add(
@@ -447,6 +511,25 @@ def _insert_named(points: _NamedPoints, now: datetime) -> _KeyRuns:
     )
     _key_stats_update(runs, now)
     return runs
+
+
+# The named points' table columns, for the direct COPY (see `_copied`).
+_NAMED_COLUMNS = (
+    ("key_id", "bigint"),
+    ("step", "bigint"),
+    ("value", "double precision"),
+    ("reported_at", "timestamp with time zone"),
+)
+# Unix seconds of 2000-01-01 UTC, PostgreSQL's timestamp epoch.
+_PG_EPOCH_UNIX = 946_684_800
+
+
+def _timestamp_micros(unix_seconds: np.ndarray) -> np.ndarray | None:
+    """Unix seconds as binary timestamptz, computed as PostgreSQL's to_timestamp() does;
+    None if one is not finite (to_timestamp() then says what is wrong)."""
+    if not np.isfinite(unix_seconds).all():
+        return None
+    return np.rint((unix_seconds - _PG_EPOCH_UNIX) * 1e6).astype(np.int64)
 
 
 def _from_unix_seconds(column: str) -> str:
@@ -679,10 +762,12 @@ def _advance_each_alone_if_needed(jobs: list[TrainingJob], now: datetime) -> lis
 
 def _advance(jobs: list[TrainingJob], now: datetime) -> list[WriteResult]:
     """Write each job's next headline points and the named points at their steps."""
-    batches = [(job, _next_points(job)) for job in jobs]
+    # One simulator per job for both series: building one costs as much as a batch.
+    simulators = {job.pk: simulator_for(job) for job in jobs}
+    batches = [(job, _next_points(job, simulators[job.pk])) for job in jobs]
     moment = now.timestamp()
     named = {
-        job.pk: simulator_for(job).generate_named_batch(batch, *job.simulation_length, moment)
+        job.pk: simulators[job.pk].generate_named_batch(batch, *job.simulation_length, moment)
         for job, batch in batches
     }
     return metric_batches_write(batches, named=named, now=now)
@@ -704,13 +789,11 @@ def _due_for_tick(tick: int | None) -> QuerySet[TrainingJob]:
     return jobs
 
 
-def _next_points(job: TrainingJob) -> MetricBatch:
+def _next_points(job: TrainingJob, simulator: TrainingSimulator) -> MetricBatch:
     # A running job already at its last step gets an empty batch, which completes it.
     total_steps, steps_per_epoch = job.simulation_length
     count = max(0, min(job.steps_per_tick, total_steps - job.current_step))
-    return simulator_for(job).generate_metrics_batch(
-        job.current_step, count, total_steps, steps_per_epoch
-    )
+    return simulator.generate_metrics_batch(job.current_step, count, total_steps, steps_per_epoch)
 
 
 def _record_tick(job_ids: list[int], tick: int) -> None:

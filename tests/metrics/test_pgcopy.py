@@ -58,3 +58,14 @@ def test_rows_round_trip_through_copy_with_nan_as_null():
         (int(a), int(b), expected(c), expected(d))
         for a, b, c, d in zip(n, small, x, y, strict=True)
     ]
+
+
+def test_fits_says_whether_integer_columns_fit_their_binary_type():
+    from metrics.pgcopy import fits
+
+    types = ["integer", "bigint", "double precision"]
+    small = [np.array([1, 2**31 - 1]), np.array([2**40]), np.array([1e300])]
+    assert fits(types, small)
+    assert not fits(types, [np.array([2**31]), *small[1:]])
+    assert not fits(types, [np.array([-(2**31) - 1]), *small[1:]])
+    assert fits(types, [np.zeros(0, dtype=np.int64)] * 3)

@@ -50,6 +50,19 @@ def test_missing_accuracy_is_stored_as_null(job):
     assert stored(job)[0][3] is None
 
 
+@pytest.mark.postgres
+def test_an_epoch_past_its_column_is_refused_never_wrapped_around(job):
+    # The binary COPY would store 2**31 as -2**31 in the integer column: the write stages
+    # such rows instead, and PostgreSQL refuses them (integer out of range).
+    from django.db import DataError
+
+    too_big = metric_batch([0], steps_per_epoch=1)
+    too_big = type(too_big)(**{**too_big.__dict__, "epochs": np.array([2**31], dtype=np.int64)})
+    with pytest.raises(DataError):
+        batches_write((job, too_big))
+    assert not TrainingMetric.objects.filter(job=job).exists()
+
+
 def test_a_replayed_batch_writes_nothing_and_counts_duplicates(job):
     batches_write((job, batch([0, 1, 2])))
     before = stored(job)

@@ -353,8 +353,8 @@ class TestOneBadJob:
         poison = jobs[1]
         next_points = services._next_points
 
-        def epoch_zero_for_poison(job: TrainingJob):
-            batch = next_points(job)
+        def epoch_zero_for_poison(job: TrainingJob, simulator):
+            batch = next_points(job, simulator)
             if job.pk != poison.pk:
                 return batch
             # An epoch of 0 breaks the points table's check constraint: a real refusal.
