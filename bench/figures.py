@@ -28,7 +28,6 @@ from bench import write_figures
 from bench.simulator_baseline import generate_metrics_python
 from bench.support import BASE_DIR, Figure, Http, percentile, timed
 from jobs.models import TrainingJob
-from metrics import pgcopy
 from metrics.points import MetricBatch
 from metrics.simulator import TrainingSimulator
 
@@ -86,15 +85,7 @@ CATCH_UP_CLIENTS = 8
 EXPORT_LIMIT_MB = 100
 BARE_TABLE = "bench_bare_metric"
 # The same data columns as metrics_trainingmetric, without its id, indexes or constraints.
-BARE_COLUMNS = (
-    ("job_id", "bigint"),
-    ("epoch", "integer"),
-    ("step", "bigint"),
-    ("loss", "double precision"),
-    ("accuracy", "double precision"),
-    ("learning_rate", "double precision"),
-    ("created_at", "timestamp with time zone"),
-)
+BARE_COLUMNS = write_figures.INDEXED_COLUMNS
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -245,35 +236,8 @@ def copy_binary_baseline(
     batches: list[tuple[int, MetricBatch]], now: datetime, named: TickNamed | None = None
 ) -> float:
     """Seconds to COPY the rows (binary, encoded from the arrays) into the bare table, and
-    the `named` rows into the bare named table, + commit.
-
-    The encoding is timed too: trainmon starts from the same arrays.
-    """
-    started = time.perf_counter()
-    job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in batches])
-    micros = pgcopy.timestamp_micros(now)
-    columns = [
-        job_ids,
-        np.concatenate([b.epochs for _, b in batches]),
-        np.concatenate([b.steps for _, b in batches]),
-        np.concatenate([b.losses for _, b in batches]),
-        np.concatenate([b.accuracies for _, b in batches]),
-        np.concatenate([b.learning_rates for _, b in batches]),
-        np.full(len(job_ids), micros, dtype=np.int64),
-    ]
-    data = pgcopy.binary_copy_data([sql_type for _, sql_type in BARE_COLUMNS], columns)
-    named_data = None
-    if named is not None and len(named[0]):
-        times = np.full(len(named[0]), micros, dtype=np.int64)
-        named_data = pgcopy.binary_copy_data(
-            [sql_type for _, sql_type in NAMED_BARE_COLUMNS], [*named, times]
-        )
-    with transaction.atomic(), connection.cursor() as cursor:
-        pgcopy.copy_binary(cursor, BARE_TABLE, [name for name, _ in BARE_COLUMNS], data)
-        if named_data is not None:
-            names = [name for name, _ in NAMED_BARE_COLUMNS]
-            pgcopy.copy_binary(cursor, NAMED_BARE_TABLE, names, named_data)
-    return time.perf_counter() - started
+    the `named` rows into the bare named table, + commit."""
+    return write_figures.copy_binary_into((BARE_TABLE, NAMED_BARE_TABLE), batches, now, named)
 
 
 def _point_rows(batch: MetricBatch) -> Iterator[tuple[Any, ...]]:
@@ -885,12 +849,7 @@ def guarded(name: str, unit: str, target: str, build: Callable[[], Any]) -> list
 
 NAMED_BARE_TABLE = "bench_bare_named"
 # The data columns of metrics_namedmetric, without its id, index or constraint.
-NAMED_BARE_COLUMNS = (
-    ("key_id", "bigint"),
-    ("step", "bigint"),
-    ("value", "double precision"),
-    ("reported_at", "timestamp with time zone"),
-)
+NAMED_BARE_COLUMNS = write_figures.INDEXED_NAMED_COLUMNS
 NAMED_INGEST_KEYS = 5
 PAGE_KEYS = 100
 POLL_KEYS = 20

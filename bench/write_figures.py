@@ -94,6 +94,18 @@ def copy_indexed_baseline(
     batches: Sequence[tuple[int, MetricBatch]], now: datetime, named: NamedRows | None = None
 ) -> float:
     """Seconds to encode the rows as binary COPY, COPY them into the indexed tables and
+    commit."""
+    return copy_binary_into((INDEXED_TABLE, INDEXED_NAMED_TABLE), batches, now, named)
+
+
+def copy_binary_into(
+    tables: tuple[str, str],
+    batches: Sequence[tuple[int, MetricBatch]],
+    now: datetime,
+    named: NamedRows | None = None,
+) -> float:
+    """Seconds to encode the rows as binary COPY, COPY the headline rows into `tables[0]`
+    and the named ones into `tables[1]` (both with the points tables' data columns), and
     commit. The encoding is timed too: trainmon starts from the same arrays."""
     started = time.perf_counter()
     micros = pgcopy.timestamp_micros(now)
@@ -115,12 +127,13 @@ def copy_indexed_baseline(
     if named is not None and len(named[0]):
         times = np.full(len(named[0]), micros, dtype=np.int64)
         named_data = pgcopy.binary_copy_data([t for _, t in INDEXED_NAMED_COLUMNS], [*named, times])
+    headline_table, named_table = tables
     with transaction.atomic(), connection.cursor() as cursor:
         if data is not None:
-            pgcopy.copy_binary(cursor, INDEXED_TABLE, [n for n, _ in INDEXED_COLUMNS], data)
+            pgcopy.copy_binary(cursor, headline_table, [n for n, _ in INDEXED_COLUMNS], data)
         if named_data is not None:
             names = [n for n, _ in INDEXED_NAMED_COLUMNS]
-            pgcopy.copy_binary(cursor, INDEXED_NAMED_TABLE, names, named_data)
+            pgcopy.copy_binary(cursor, named_table, names, named_data)
     return time.perf_counter() - started
 
 
