@@ -97,7 +97,9 @@ def metric_batches_write(
         stored.append((job, finite, diverged_step))
     jobs = [job for job, _, _ in stored]
 
-    with transaction.atomic():
+    # The caller's transaction (it holds the jobs' locks) is the unit of all or nothing: a
+    # savepoint of our own would cost two round trips a write and undo nothing it does not.
+    with transaction.atomic(savepoint=False):
         named_points = _named_points(jobs, named, now) if named else None
         created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
         summary_add(created)
@@ -427,8 +429,9 @@ def _key_ids(
             new = new_by_job.get(job.pk, [])
             if new and counts[job.pk] + len(new) > limit:
                 raise KeyLimitExceeded(job, limit, new)
-        # The jobs are locked, so no other write creates their keys meanwhile. Run even when
-        # nothing is missing, so a write costs the same statements every time.
+        if not missing:
+            return ids  # every write after a key's first: one round trip saved
+        # The jobs are locked, so no other write creates their keys meanwhile.
         source, params = _rows_at(_KEY_COLUMNS, missing, now)
         cursor.execute(
             f"INSERT INTO {table} (created_at, job_id, name, count)"
