@@ -10,6 +10,13 @@ import numpy as np
 # to 262,144 losses per bucket; this bound keeps every such sum (and every mean) finite.
 MAX_LOSS_MAGNITUDE = 1e100
 
+
+def diverged_losses(losses: np.ndarray) -> np.ndarray:
+    """A mask of the losses that are NaN, infinite or beyond MAX_LOSS_MAGNITUDE."""
+    diverged: np.ndarray = ~(np.abs(losses) <= MAX_LOSS_MAGNITUDE)
+    return diverged
+
+
 _DTYPES = {
     "steps": np.int64,
     "epochs": np.int64,
@@ -52,7 +59,7 @@ class MetricBatch:
 
     def first_diverged_loss(self) -> int | None:
         """The index of the first loss that is NaN, infinite or beyond MAX_LOSS_MAGNITUDE."""
-        bad = np.flatnonzero(~(np.abs(self.losses) <= MAX_LOSS_MAGNITUDE))
+        bad = np.flatnonzero(diverged_losses(self.losses))
         return int(bad[0]) if bad.size else None
 
     def head(self, n: int) -> MetricBatch:

@@ -33,6 +33,7 @@ _STREAMS = (
     STREAM_VAL_ACCURACY,
     STREAM_GRAD_NORM,
 )
+_STREAM_IDS = np.array(_STREAMS, dtype=np.uint64)
 
 # The named series a simulated job writes beside its headline points: validation loss and
 # accuracy at each epoch's last step, the gradient norm at every step.
@@ -71,6 +72,92 @@ def _bits_to_unit(bits: np.ndarray) -> np.ndarray:
     return ((bits >> _U64(12)).astype(np.float64) + 0.5) * 2.0**-52
 
 
+# --- the formulas ------------------------------------------------------------------------------
+# Written once for both generators: `TrainingSimulator` passes its parameters as scalars,
+# `simulated_batches` as one array entry per point. Element-wise float operations give a point
+# the same bits either way, as long as both make the same calls in the same order.
+
+# A simulator parameter: one value for every point, or an array with one per point.
+Parameter = float | np.ndarray
+
+
+def _stream_keys(seeds: np.ndarray) -> np.ndarray:
+    """Every stream's key for each uint64 seed: shape (len(seeds), len(_STREAMS))."""
+    return _splitmix64(_splitmix64(seeds)[:, None] ^ _STREAM_IDS[None, :])
+
+
+def _uniforms(keys: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    # Counter-based: the draw for a step depends on nothing but the key and
+    # the step, so batch boundaries cannot influence it.
+    with np.errstate(over="ignore"):
+        counters = keys + steps.astype(np.uint64) * _U64(SPLITMIX_GAMMA)
+    return _bits_to_unit(_splitmix64(counters))
+
+
+def _healthy_losses(
+    steps: np.ndarray,
+    *,
+    total_steps: Parameter,
+    initial_loss: Parameter,
+    final_loss: Parameter,
+    decay_rate: Parameter,
+    radius_uniforms: np.ndarray,
+    angle_uniforms: np.ndarray,
+    gap: float = 0.0,
+    noise_scale: float = 1.0,
+) -> np.ndarray:
+    # The validation curve is this one with a gap, less noise and streams of its own.
+    progress = steps / total_steps
+    expected = final_loss + (initial_loss - final_loss) * np.exp(-decay_rate * steps)
+    radius = np.sqrt(-2.0 * np.log(radius_uniforms))
+    angle = 2.0 * np.pi * angle_uniforms
+    std = noise_scale * LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
+    losses: np.ndarray = np.maximum(
+        expected * (1.0 + gap) + std * radius * np.cos(angle), LOSS_FLOOR
+    )
+    return losses
+
+
+def _blown_up(anchors: Parameter, since: np.ndarray) -> np.ndarray:
+    # Growing from the loss at the divergence step rather than from each step's own noisy
+    # value keeps the spike strictly increasing. `since` counts from 0 at that step.
+    losses: np.ndarray = anchors * DIVERGENCE_GROWTH ** (since + 1).astype(np.float64)
+    return losses
+
+
+def _accuracies(losses: np.ndarray, initial_loss: Parameter, uniforms: np.ndarray) -> np.ndarray:
+    jitter = (2.0 * uniforms - 1.0) * ACCURACY_NOISE
+    with np.errstate(invalid="ignore"):
+        accuracies = np.clip(1.0 - losses / initial_loss + jitter, 0.0, 1.0)
+    accuracies[~np.isfinite(losses)] = 0.0
+    return accuracies
+
+
+def _learning_rates(
+    steps: np.ndarray, total_steps: Parameter, base: Parameter, warmup: Parameter
+) -> np.ndarray:
+    # Linear warmup over the first `warmup` steps, then a cosine decay to 0 at the end.
+    s = np.asarray(steps, dtype=np.float64)
+    decay_steps = np.maximum(np.subtract(total_steps, warmup), 1)
+    phase = np.clip((s - warmup) / decay_steps, 0.0, 1.0)
+    cosine = base * 0.5 * (1.0 + np.cos(np.pi * phase))
+    warming = s < warmup
+    if not np.any(warming):
+        return np.asarray(cosine)
+    # The warmup branch is computed for every step and kept where warming: with warmup 0
+    # (never warming) it divides by zero, harmlessly.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(warming, base * (s + 1.0) / warmup, cosine)
+
+
+def _grad_norms(losses: np.ndarray, initial_loss: Parameter, uniforms: np.ndarray) -> np.ndarray:
+    jitter = 2.0 * uniforms - 1.0
+    norms: np.ndarray = (
+        GRAD_NORM_SCALE * np.sqrt(losses / initial_loss) * (1.0 + GRAD_NORM_JITTER * jitter)
+    )
+    return norms
+
+
 class TrainingSimulator:
     """Synthetic training curves; every value is a pure function of (seed, step, parameters)."""
 
@@ -102,17 +189,11 @@ class TrainingSimulator:
         self.base_learning_rate = float(base_learning_rate)
         self.warmup_steps = int(warmup_steps)
         self.diverge_at_step = None if diverge_at_step is None else int(diverge_at_step)
-        seed_hash = _splitmix64(np.array([self.seed & UINT64_MASK], dtype=np.uint64))
-        # Every stream's key in one call: a tick builds a simulator per job.
-        keys = _splitmix64(seed_hash ^ np.array(_STREAMS, dtype=np.uint64))
+        [keys] = _stream_keys(np.array([self.seed & UINT64_MASK], dtype=np.uint64))
         self._stream_keys = {stream: keys[i : i + 1] for i, stream in enumerate(_STREAMS)}
 
     def _uniforms(self, stream: int, steps: np.ndarray) -> np.ndarray:
-        # Counter-based: the draw for a step depends on nothing but the key and
-        # the step, so batch boundaries cannot influence it.
-        with np.errstate(over="ignore"):
-            counters = self._stream_keys[stream] + steps.astype(np.uint64) * _U64(SPLITMIX_GAMMA)
-        return _bits_to_unit(_splitmix64(counters))
+        return _uniforms(self._stream_keys[stream], steps)
 
     def _healthy_losses(
         self,
@@ -123,18 +204,17 @@ class TrainingSimulator:
         noise_scale: float = 1.0,
         streams: tuple[int, int] = (STREAM_LOSS_RADIUS, STREAM_LOSS_ANGLE),
     ) -> np.ndarray:
-        # The validation curve is this one with a gap, less noise and streams of its own.
-        progress = steps / total_steps
-        expected = self.final_loss + (self.initial_loss - self.final_loss) * np.exp(
-            -self.decay_rate * steps
+        return _healthy_losses(
+            steps,
+            total_steps=total_steps,
+            initial_loss=self.initial_loss,
+            final_loss=self.final_loss,
+            decay_rate=self.decay_rate,
+            radius_uniforms=self._uniforms(streams[0], steps),
+            angle_uniforms=self._uniforms(streams[1], steps),
+            gap=gap,
+            noise_scale=noise_scale,
         )
-        radius = np.sqrt(-2.0 * np.log(self._uniforms(streams[0], steps)))
-        angle = 2.0 * np.pi * self._uniforms(streams[1], steps)
-        std = noise_scale * LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
-        losses: np.ndarray = np.maximum(
-            expected * (1.0 + gap) + std * radius * np.cos(angle), LOSS_FLOOR
-        )
-        return losses
 
     def _losses(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
         losses = self._healthy_losses(steps, total_steps)
@@ -143,23 +223,17 @@ class TrainingSimulator:
         since = steps - self.diverge_at_step
         blowing = (since >= 0) & (since < DIVERGENCE_BLOWUP_STEPS)
         if blowing.any():
-            # Growing from the loss at the divergence step rather than from
-            # each step's own noisy value keeps the spike strictly increasing.
             anchor = self._healthy_losses(
                 np.array([self.diverge_at_step], dtype=np.int64), total_steps
             )[0]
-            losses[blowing] = anchor * DIVERGENCE_GROWTH ** (since[blowing] + 1).astype(np.float64)
+            losses[blowing] = _blown_up(anchor, since[blowing])
         losses[since >= DIVERGENCE_BLOWUP_STEPS] = np.nan
         return losses
 
     def _accuracies(
         self, losses: np.ndarray, steps: np.ndarray, stream: int = STREAM_ACCURACY
     ) -> np.ndarray:
-        jitter = (2.0 * self._uniforms(stream, steps) - 1.0) * ACCURACY_NOISE
-        with np.errstate(invalid="ignore"):
-            accuracies = np.clip(1.0 - losses / self.initial_loss + jitter, 0.0, 1.0)
-        accuracies[~np.isfinite(losses)] = 0.0
-        return accuracies
+        return _accuracies(losses, self.initial_loss, self._uniforms(stream, steps))
 
     def generate_loss_point(self, step: int, total_steps: int) -> float:
         _check_point(step, total_steps)
@@ -174,15 +248,7 @@ class TrainingSimulator:
     def learning_rate(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {total_steps}")
-        s = np.asarray(steps, dtype=np.float64)
-        base = self.base_learning_rate
-        warmup = self.warmup_steps
-        decay_steps = max(total_steps - warmup, 1)
-        phase = np.clip((s - warmup) / decay_steps, 0.0, 1.0)
-        cosine = base * 0.5 * (1.0 + np.cos(np.pi * phase))
-        if warmup == 0:
-            return cosine
-        return np.where(s < warmup, base * (s + 1.0) / warmup, cosine)
+        return _learning_rates(steps, total_steps, self.base_learning_rate, self.warmup_steps)
 
     def generate_metrics_batch(
         self, start_step: int, count: int, total_steps: int, steps_per_epoch: int
@@ -210,12 +276,7 @@ class TrainingSimulator:
         diverged = batch.first_diverged_loss()
         end = len(batch) if diverged is None else diverged
         steps, losses = batch.steps[:end], batch.losses[:end]
-        jitter = 2.0 * self._uniforms(STREAM_GRAD_NORM, steps) - 1.0
-        grad_norms = (
-            GRAD_NORM_SCALE
-            * np.sqrt(losses / self.initial_loss)
-            * (1.0 + GRAD_NORM_JITTER * jitter)
-        )
+        grad_norms = _grad_norms(losses, self.initial_loss, self._uniforms(STREAM_GRAD_NORM, steps))
         # The epoch ends in the batch, without a pass over its steps: first the step that
         # ends the epoch the batch starts in, then every steps_per_epoch on.
         first_end = (
