@@ -12,7 +12,13 @@ from jobs.models import TrainingJob
 from jobs.services import job_cancel, job_pause, job_resume
 from metrics.models import MetricKey, NamedMetric, TrainingMetric
 from metrics.services import TickResult, simulation_advance, simulation_due_job_ids, tick_slot
-from metrics.simulator import GRAD_NORM_KEY, VAL_ACCURACY_KEY, VAL_LOSS_KEY
+from metrics.simulator import (
+    GRAD_NORM_KEY,
+    VAL_ACCURACY_KEY,
+    VAL_LOSS_KEY,
+    SimulatedBatches,
+    SimulatedRuns,
+)
 from tests.support.factories import TrainingJobFactory, reload
 
 Status = TrainingJob.Status
@@ -351,16 +357,16 @@ class TestOneBadJob:
 
         jobs = [TrainingJobFactory(owner=user) for _ in range(3)]
         poison = jobs[1]
-        next_points = services._next_points
+        generate = services.simulated_batches
 
-        def epoch_zero_for_poison(job: TrainingJob, simulator):
-            batch = next_points(job, simulator)
-            if job.pk != poison.pk:
-                return batch
+        def epoch_zero_for_poison(runs: SimulatedRuns, time: float) -> SimulatedBatches:
+            tick = generate(runs, time)
             # An epoch of 0 breaks the points table's check constraint: a real refusal.
-            return type(batch)(**{**batch.__dict__, "epochs": batch.epochs * 0})
+            for index in np.flatnonzero(runs.seeds == poison.seed):
+                tick.headline_of(index).epochs[:] = 0  # a view into the tick's points
+            return tick
 
-        monkeypatch.setattr(services, "_next_points", epoch_zero_for_poison)
+        monkeypatch.setattr(services, "simulated_batches", epoch_zero_for_poison)
         result = simulation_advance()
 
         assert (result.jobs_advanced, result.jobs_failed, result.points_written) == (3, 1, 20)
