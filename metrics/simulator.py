@@ -370,7 +370,8 @@ class SimulatedRuns:
             int(self.total_steps[job]),
             int(self.steps_per_epoch[job]),
         )
-        raise ValueError(f"job {job}: diverge_at_step must be >= 0")  # the one check left
+        # Unreachable while the mask above and those checks agree.
+        raise ValueError(f"job {job} of the tick has parameters the simulator refuses")
 
 
 @dataclass(frozen=True, eq=False)
