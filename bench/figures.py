@@ -288,8 +288,7 @@ def _tick_profile_extra() -> list[tuple[Any, str, str]]:
     from metrics import services
 
     return [
-        (services, "_next_points", "generate headline points (numpy)"),
-        (TrainingSimulator, "generate_named_batch", "generate named points (numpy)"),
+        (services, "simulated_batches", "generate headline and named points (numpy)"),
     ]
 
 

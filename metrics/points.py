@@ -3,12 +3,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import numpy as np
 
 # A loss beyond this magnitude counts as diverged, like NaN or Infinity. The summary adds up
 # to 262,144 losses per bucket; this bound keeps every such sum (and every mean) finite.
 MAX_LOSS_MAGNITUDE = 1e100
+
+
+def diverged_losses(losses: np.ndarray) -> np.ndarray:
+    """A mask of the losses that are NaN, infinite or beyond MAX_LOSS_MAGNITUDE."""
+    diverged: np.ndarray = ~(np.abs(losses) <= MAX_LOSS_MAGNITUDE)
+    return diverged
+
 
 _DTYPES = {
     "steps": np.int64,
@@ -52,8 +60,12 @@ class MetricBatch:
 
     def first_diverged_loss(self) -> int | None:
         """The index of the first loss that is NaN, infinite or beyond MAX_LOSS_MAGNITUDE."""
-        bad = np.flatnonzero(~(np.abs(self.losses) <= MAX_LOSS_MAGNITUDE))
+        bad = np.flatnonzero(diverged_losses(self.losses))
         return int(bad[0]) if bad.size else None
+
+    def rows(self, start: int, stop: int) -> MetricBatch:
+        """Rows start:stop, as views. A slice of a checked batch needs no checks."""
+        return _unchecked(self, {f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
 
     def head(self, n: int) -> MetricBatch:
         if n < 0:
@@ -122,6 +134,12 @@ class NamedBatch:
             times.append(moment)
         return cls(tuple(index), key_index, steps, values, times)  # type: ignore[arg-type]
 
+    def rows(self, start: int, stop: int) -> NamedBatch:
+        """Rows start:stop, as views, with the same names. A slice of a checked batch needs
+        no checks (a tick slices one per job: the checks would cost more than the slice)."""
+        columns = {name: getattr(self, name)[start:stop] for name in _NAMED_DTYPES}
+        return _unchecked(self, {"names": self.names, **columns})
+
     def take(self, rows: np.ndarray) -> NamedBatch:
         """The points at `rows` (indices or a boolean mask), with the same names."""
         return NamedBatch(
@@ -139,3 +157,14 @@ _NAMED_DTYPES = {
     "values": np.float64,
     "times": np.float64,
 }
+
+
+_Batch = TypeVar("_Batch", MetricBatch, NamedBatch)
+
+
+def _unchecked(like: _Batch, columns: dict[str, object]) -> _Batch:
+    # A frozen dataclass built without __post_init__: for slices of one already checked.
+    batch = object.__new__(type(like))
+    for name, value in columns.items():
+        object.__setattr__(batch, name, value)
+    return batch

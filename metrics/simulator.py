@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 import numpy as np
 
-from metrics.points import MetricBatch, NamedBatch
+from metrics.points import MetricBatch, NamedBatch, diverged_losses
 
 LOSS_FLOOR = 0.05
 LOSS_NOISE_STD = 0.1
@@ -33,6 +34,7 @@ _STREAMS = (
     STREAM_VAL_ACCURACY,
     STREAM_GRAD_NORM,
 )
+_STREAM_IDS = np.array(_STREAMS, dtype=np.uint64)
 
 # The named series a simulated job writes beside its headline points: validation loss and
 # accuracy at each epoch's last step, the gradient norm at every step.
@@ -71,6 +73,92 @@ def _bits_to_unit(bits: np.ndarray) -> np.ndarray:
     return ((bits >> _U64(12)).astype(np.float64) + 0.5) * 2.0**-52
 
 
+# --- the formulas ------------------------------------------------------------------------------
+# Written once for both generators: `TrainingSimulator` passes its parameters as scalars,
+# `simulated_batches` as one array entry per point. Element-wise float operations give a point
+# the same bits either way, as long as both make the same calls in the same order.
+
+# A simulator parameter: one value for every point, or an array with one per point.
+Parameter = float | np.ndarray
+
+
+def _stream_keys(seeds: np.ndarray) -> np.ndarray:
+    """Every stream's key for each uint64 seed: shape (len(seeds), len(_STREAMS))."""
+    return _splitmix64(_splitmix64(seeds)[:, None] ^ _STREAM_IDS[None, :])
+
+
+def _uniforms(keys: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    # Counter-based: the draw for a step depends on nothing but the key and
+    # the step, so batch boundaries cannot influence it.
+    with np.errstate(over="ignore"):
+        counters = keys + steps.astype(np.uint64) * _U64(SPLITMIX_GAMMA)
+    return _bits_to_unit(_splitmix64(counters))
+
+
+def _healthy_losses(
+    steps: np.ndarray,
+    *,
+    total_steps: Parameter,
+    initial_loss: Parameter,
+    final_loss: Parameter,
+    decay_rate: Parameter,
+    radius_uniforms: np.ndarray,
+    angle_uniforms: np.ndarray,
+    gap: float = 0.0,
+    noise_scale: float = 1.0,
+) -> np.ndarray:
+    # The validation curve is this one with a gap, less noise and streams of its own.
+    progress = steps / total_steps
+    expected = final_loss + (initial_loss - final_loss) * np.exp(-decay_rate * steps)
+    radius = np.sqrt(-2.0 * np.log(radius_uniforms))
+    angle = 2.0 * np.pi * angle_uniforms
+    std = noise_scale * LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
+    losses: np.ndarray = np.maximum(
+        expected * (1.0 + gap) + std * radius * np.cos(angle), LOSS_FLOOR
+    )
+    return losses
+
+
+def _blown_up(anchors: Parameter, since: np.ndarray) -> np.ndarray:
+    # Growing from the loss at the divergence step rather than from each step's own noisy
+    # value keeps the spike strictly increasing. `since` counts from 0 at that step.
+    losses: np.ndarray = anchors * DIVERGENCE_GROWTH ** (since + 1).astype(np.float64)
+    return losses
+
+
+def _accuracies(losses: np.ndarray, initial_loss: Parameter, uniforms: np.ndarray) -> np.ndarray:
+    jitter = (2.0 * uniforms - 1.0) * ACCURACY_NOISE
+    with np.errstate(invalid="ignore"):
+        accuracies = np.clip(1.0 - losses / initial_loss + jitter, 0.0, 1.0)
+    accuracies[~np.isfinite(losses)] = 0.0
+    return accuracies
+
+
+def _learning_rates(
+    steps: np.ndarray, total_steps: Parameter, base: Parameter, warmup: Parameter
+) -> np.ndarray:
+    # Linear warmup over the first `warmup` steps, then a cosine decay to 0 at the end.
+    s = np.asarray(steps, dtype=np.float64)
+    decay_steps = np.maximum(np.subtract(total_steps, warmup), 1)
+    phase = np.clip((s - warmup) / decay_steps, 0.0, 1.0)
+    cosine = base * 0.5 * (1.0 + np.cos(np.pi * phase))
+    warming = s < warmup
+    if not np.any(warming):
+        return np.asarray(cosine)
+    # The warmup branch is computed for every step and kept where warming: with warmup 0
+    # (never warming) it divides by zero, harmlessly.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(warming, base * (s + 1.0) / warmup, cosine)
+
+
+def _grad_norms(losses: np.ndarray, initial_loss: Parameter, uniforms: np.ndarray) -> np.ndarray:
+    jitter = 2.0 * uniforms - 1.0
+    norms: np.ndarray = (
+        GRAD_NORM_SCALE * np.sqrt(losses / initial_loss) * (1.0 + GRAD_NORM_JITTER * jitter)
+    )
+    return norms
+
+
 class TrainingSimulator:
     """Synthetic training curves; every value is a pure function of (seed, step, parameters)."""
 
@@ -95,6 +183,7 @@ class TrainingSimulator:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if diverge_at_step is not None and diverge_at_step < 0:
             raise ValueError(f"diverge_at_step must be >= 0, got {diverge_at_step}")
+        # SimulatedRuns.check() mirrors these checks over arrays, for a whole tick at once.
         self.initial_loss = float(initial_loss)
         self.final_loss = float(final_loss)
         self.decay_rate = float(decay_rate)
@@ -102,17 +191,11 @@ class TrainingSimulator:
         self.base_learning_rate = float(base_learning_rate)
         self.warmup_steps = int(warmup_steps)
         self.diverge_at_step = None if diverge_at_step is None else int(diverge_at_step)
-        seed_hash = _splitmix64(np.array([self.seed & UINT64_MASK], dtype=np.uint64))
-        # Every stream's key in one call: a tick builds a simulator per job.
-        keys = _splitmix64(seed_hash ^ np.array(_STREAMS, dtype=np.uint64))
+        [keys] = _stream_keys(np.array([self.seed & UINT64_MASK], dtype=np.uint64))
         self._stream_keys = {stream: keys[i : i + 1] for i, stream in enumerate(_STREAMS)}
 
     def _uniforms(self, stream: int, steps: np.ndarray) -> np.ndarray:
-        # Counter-based: the draw for a step depends on nothing but the key and
-        # the step, so batch boundaries cannot influence it.
-        with np.errstate(over="ignore"):
-            counters = self._stream_keys[stream] + steps.astype(np.uint64) * _U64(SPLITMIX_GAMMA)
-        return _bits_to_unit(_splitmix64(counters))
+        return _uniforms(self._stream_keys[stream], steps)
 
     def _healthy_losses(
         self,
@@ -123,18 +206,17 @@ class TrainingSimulator:
         noise_scale: float = 1.0,
         streams: tuple[int, int] = (STREAM_LOSS_RADIUS, STREAM_LOSS_ANGLE),
     ) -> np.ndarray:
-        # The validation curve is this one with a gap, less noise and streams of its own.
-        progress = steps / total_steps
-        expected = self.final_loss + (self.initial_loss - self.final_loss) * np.exp(
-            -self.decay_rate * steps
+        return _healthy_losses(
+            steps,
+            total_steps=total_steps,
+            initial_loss=self.initial_loss,
+            final_loss=self.final_loss,
+            decay_rate=self.decay_rate,
+            radius_uniforms=self._uniforms(streams[0], steps),
+            angle_uniforms=self._uniforms(streams[1], steps),
+            gap=gap,
+            noise_scale=noise_scale,
         )
-        radius = np.sqrt(-2.0 * np.log(self._uniforms(streams[0], steps)))
-        angle = 2.0 * np.pi * self._uniforms(streams[1], steps)
-        std = noise_scale * LOSS_NOISE_STD * (1.0 - LOSS_NOISE_SHRINK * progress)
-        losses: np.ndarray = np.maximum(
-            expected * (1.0 + gap) + std * radius * np.cos(angle), LOSS_FLOOR
-        )
-        return losses
 
     def _losses(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
         losses = self._healthy_losses(steps, total_steps)
@@ -143,23 +225,17 @@ class TrainingSimulator:
         since = steps - self.diverge_at_step
         blowing = (since >= 0) & (since < DIVERGENCE_BLOWUP_STEPS)
         if blowing.any():
-            # Growing from the loss at the divergence step rather than from
-            # each step's own noisy value keeps the spike strictly increasing.
             anchor = self._healthy_losses(
                 np.array([self.diverge_at_step], dtype=np.int64), total_steps
             )[0]
-            losses[blowing] = anchor * DIVERGENCE_GROWTH ** (since[blowing] + 1).astype(np.float64)
+            losses[blowing] = _blown_up(anchor, since[blowing])
         losses[since >= DIVERGENCE_BLOWUP_STEPS] = np.nan
         return losses
 
     def _accuracies(
         self, losses: np.ndarray, steps: np.ndarray, stream: int = STREAM_ACCURACY
     ) -> np.ndarray:
-        jitter = (2.0 * self._uniforms(stream, steps) - 1.0) * ACCURACY_NOISE
-        with np.errstate(invalid="ignore"):
-            accuracies = np.clip(1.0 - losses / self.initial_loss + jitter, 0.0, 1.0)
-        accuracies[~np.isfinite(losses)] = 0.0
-        return accuracies
+        return _accuracies(losses, self.initial_loss, self._uniforms(stream, steps))
 
     def generate_loss_point(self, step: int, total_steps: int) -> float:
         _check_point(step, total_steps)
@@ -174,15 +250,7 @@ class TrainingSimulator:
     def learning_rate(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {total_steps}")
-        s = np.asarray(steps, dtype=np.float64)
-        base = self.base_learning_rate
-        warmup = self.warmup_steps
-        decay_steps = max(total_steps - warmup, 1)
-        phase = np.clip((s - warmup) / decay_steps, 0.0, 1.0)
-        cosine = base * 0.5 * (1.0 + np.cos(np.pi * phase))
-        if warmup == 0:
-            return cosine
-        return np.where(s < warmup, base * (s + 1.0) / warmup, cosine)
+        return _learning_rates(steps, total_steps, self.base_learning_rate, self.warmup_steps)
 
     def generate_metrics_batch(
         self, start_step: int, count: int, total_steps: int, steps_per_epoch: int
@@ -210,12 +278,7 @@ class TrainingSimulator:
         diverged = batch.first_diverged_loss()
         end = len(batch) if diverged is None else diverged
         steps, losses = batch.steps[:end], batch.losses[:end]
-        jitter = 2.0 * self._uniforms(STREAM_GRAD_NORM, steps) - 1.0
-        grad_norms = (
-            GRAD_NORM_SCALE
-            * np.sqrt(losses / self.initial_loss)
-            * (1.0 + GRAD_NORM_JITTER * jitter)
-        )
+        grad_norms = _grad_norms(losses, self.initial_loss, self._uniforms(STREAM_GRAD_NORM, steps))
         # The epoch ends in the batch, without a pass over its steps: first the step that
         # ends the epoch the batch starts in, then every steps_per_epoch on.
         first_end = (
@@ -241,6 +304,221 @@ class TrainingSimulator:
             values=np.concatenate([grad_norms, val_losses, val_accuracies]),
             times=np.full(n + 2 * v, time, dtype=np.float64),
         )
+
+
+# --- every job of a tick at once ----------------------------------------------------------------
+
+# `SimulatedRuns.diverge_at_steps` for a job that never diverges.
+NEVER_DIVERGES = -1
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatedRuns:
+    """Many jobs' simulator parameters (see `TrainingSimulator`) and next batch
+    (`generate_metrics_batch`'s arguments), one array entry per job."""
+
+    initial_losses: np.ndarray  # float64
+    final_losses: np.ndarray  # float64
+    decay_rates: np.ndarray  # float64
+    seeds: np.ndarray  # uint64: each seed & UINT64_MASK
+    base_learning_rates: np.ndarray  # float64
+    warmup_steps: np.ndarray  # int64
+    diverge_at_steps: np.ndarray  # int64, NEVER_DIVERGES for none
+    start_steps: np.ndarray  # int64
+    counts: np.ndarray  # int64
+    total_steps: np.ndarray  # int64
+    steps_per_epoch: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def simulator(self, job: int) -> TrainingSimulator:
+        """The per-job simulator of job `job`, as its parameters ask for one."""
+        diverge_at_step = int(self.diverge_at_steps[job])
+        return TrainingSimulator(
+            float(self.initial_losses[job]),
+            float(self.final_losses[job]),
+            float(self.decay_rates[job]),
+            seed=int(self.seeds[job]),
+            base_learning_rate=float(self.base_learning_rates[job]),
+            warmup_steps=int(self.warmup_steps[job]),
+            diverge_at_step=None if diverge_at_step == NEVER_DIVERGES else diverge_at_step,
+        )
+
+    def check(self) -> None:
+        """Raise the ValueError `TrainingSimulator` or `check_batch_args` would raise for the
+        first job whose parameters they refuse, with the same message."""
+        refused = (
+            (self.initial_losses <= 0)
+            | (self.decay_rates < 0)
+            | (self.base_learning_rates < 0)
+            | (self.warmup_steps < 0)
+            | (self.diverge_at_steps < NEVER_DIVERGES)
+            | (self.total_steps <= 0)
+            | (self.steps_per_epoch <= 0)
+            | (self.counts < 0)
+            | (self.start_steps < 0)
+            | (self.start_steps + self.counts > self.total_steps)
+        )
+        if not refused.any():
+            return
+        job = int(np.argmax(refused))
+        self.simulator(job)
+        check_batch_args(
+            int(self.start_steps[job]),
+            int(self.counts[job]),
+            int(self.total_steps[job]),
+            int(self.steps_per_epoch[job]),
+        )
+        # Unreachable while the mask above and those checks agree.
+        raise ValueError(f"job {job} of the tick has parameters the simulator refuses")
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatedBatches:
+    """Every job's headline batch and named batch of a tick, job after job.
+
+    Job i's headline points are rows headline_ends[i-1]:headline_ends[i] of `headline` (0 for
+    i = 0), its named points rows named_ends[i-1]:named_ends[i] of `named`: its gradient
+    norms, then its validation losses, then its validation accuracies, as
+    `generate_named_batch` orders them.
+    """
+
+    headline: MetricBatch
+    headline_ends: list[int]
+    named: NamedBatch
+    named_ends: list[int]
+
+    def headline_of(self, job: int) -> MetricBatch:
+        return self.headline.rows(_start(self.headline_ends, job), self.headline_ends[job])
+
+    def named_of(self, job: int) -> NamedBatch:
+        return self.named.rows(_start(self.named_ends, job), self.named_ends[job])
+
+
+def _start(ends: list[int], job: int) -> int:
+    return ends[job - 1] if job else 0
+
+
+def simulated_batches(runs: SimulatedRuns, time: float) -> SimulatedBatches:
+    """Every job's `generate_metrics_batch` and `generate_named_batch` (stamped `time`) in
+    one pass, bit for bit the same values.
+
+    A tick advances thousands of jobs by 10 or 100 steps each; one simulator and a dozen
+    numpy calls per job would spend most of the tick's generation time on numpy's per-call
+    overhead. Here each parameter is spread to the job's points (`np.repeat` over the
+    counts) and the shared formulas run once over all points: a fixed number of numpy
+    calls however many jobs. The counter-based streams make every value a pure function of
+    (seed, stream, step, parameters), so it matters not which job sits next to which.
+    """
+    runs.check()
+    counts = runs.counts
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    job = np.repeat(np.arange(len(counts)), counts)  # the job of each point
+    steps = np.arange(len(job), dtype=np.int64) - starts[job] + runs.start_steps[job]
+    keys = _stream_keys(runs.seeds)
+    keys_of = {stream: keys[:, i] for i, stream in enumerate(_STREAMS)}
+    total_steps = runs.total_steps[job]
+    initial_losses = runs.initial_losses[job]
+
+    def healthy_losses(
+        jobs: np.ndarray,
+        at: np.ndarray,
+        *,
+        streams: tuple[int, int] = (STREAM_LOSS_RADIUS, STREAM_LOSS_ANGLE),
+        gap: float = 0.0,
+        noise_scale: float = 1.0,
+    ) -> np.ndarray:
+        # TrainingSimulator._healthy_losses for the points `at` of `jobs`.
+        return _healthy_losses(
+            at,
+            total_steps=runs.total_steps[jobs],
+            initial_loss=runs.initial_losses[jobs],
+            final_loss=runs.final_losses[jobs],
+            decay_rate=runs.decay_rates[jobs],
+            radius_uniforms=_uniforms(keys_of[streams[0]][jobs], at),
+            angle_uniforms=_uniforms(keys_of[streams[1]][jobs], at),
+            gap=gap,
+            noise_scale=noise_scale,
+        )
+
+    losses = healthy_losses(job, steps)
+    diverge_at = runs.diverge_at_steps[job]
+    diverges = diverge_at != NEVER_DIVERGES
+    since = steps - diverge_at
+    blowing = diverges & (since >= 0) & (since < DIVERGENCE_BLOWUP_STEPS)
+    if blowing.any():
+        # The anchor again for each blowing point: at most DIVERGENCE_BLOWUP_STEPS a job.
+        anchors = healthy_losses(job[blowing], diverge_at[blowing])
+        losses[blowing] = _blown_up(anchors, since[blowing])
+    losses[diverges & (since >= DIVERGENCE_BLOWUP_STEPS)] = np.nan
+    headline = MetricBatch(
+        steps=steps,
+        epochs=steps // runs.steps_per_epoch[job] + 1,
+        losses=losses,
+        accuracies=_accuracies(
+            losses, initial_losses, _uniforms(keys_of[STREAM_ACCURACY][job], steps)
+        ),
+        learning_rates=_learning_rates(
+            steps, total_steps, runs.base_learning_rates[job], runs.warmup_steps[job]
+        ),
+    )
+
+    # Named points stop at each job's first diverged loss: none from there on in its batch.
+    diverged_so_far = np.concatenate([[0], np.cumsum(diverged_losses(losses))])
+    kept = diverged_so_far[1:] == diverged_so_far[starts][job]
+    grad_job, grad_steps = job[kept], steps[kept]
+    grad_norms = _grad_norms(
+        losses[kept],
+        initial_losses[kept],
+        _uniforms(keys_of[STREAM_GRAD_NORM][grad_job], grad_steps),
+    )
+    epoch_ends = kept & ((steps + 1) % runs.steps_per_epoch[job] == 0)
+    val_job, val_steps = job[epoch_ends], steps[epoch_ends]
+    val_losses = healthy_losses(
+        val_job,
+        val_steps,
+        streams=(STREAM_VAL_LOSS_RADIUS, STREAM_VAL_LOSS_ANGLE),
+        gap=VAL_LOSS_GAP,
+        noise_scale=VAL_NOISE_SCALE,
+    )
+    val_accuracies = _accuracies(
+        val_losses,
+        runs.initial_losses[val_job],
+        _uniforms(keys_of[STREAM_VAL_ACCURACY][val_job], val_steps),
+    )
+
+    # Each job's named rows: its n gradient norms, v validation losses, v accuracies.
+    n = np.bincount(grad_job, minlength=len(counts))
+    v = np.bincount(val_job, minlength=len(counts))
+    named_ends = np.cumsum(n + 2 * v)
+    named_starts = named_ends - n - 2 * v
+    grad_rows = named_starts[grad_job] + np.arange(len(grad_job)) - (np.cumsum(n) - n)[grad_job]
+    val_rows = (
+        named_starts[val_job] + n[val_job] + np.arange(len(val_job)) - (np.cumsum(v) - v)[val_job]
+    )
+    size = len(grad_job) + 2 * len(val_job)
+    key_index = np.empty(size, dtype=np.int64)
+    named_steps = np.empty(size, dtype=np.int64)
+    values = np.empty(size, dtype=np.float64)
+    accuracy_rows = val_rows + v[val_job]
+    for key, rows, at, column in (
+        (0, grad_rows, grad_steps, grad_norms),
+        (1, val_rows, val_steps, val_losses),
+        (2, accuracy_rows, val_steps, val_accuracies),
+    ):
+        key_index[rows] = key
+        named_steps[rows] = at
+        values[rows] = column
+    named = NamedBatch(
+        names=SIMULATED_KEYS,
+        key_index=key_index,
+        steps=named_steps,
+        values=values,
+        times=np.full(size, time, dtype=np.float64),
+    )
+    return SimulatedBatches(headline, ends.tolist(), named, named_ends.tolist())
 
 
 def _check_point(step: int, total_steps: int) -> None:

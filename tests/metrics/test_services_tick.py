@@ -11,8 +11,20 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from jobs.models import TrainingJob
 from jobs.services import job_cancel, job_pause, job_resume
 from metrics.models import MetricKey, NamedMetric, TrainingMetric
-from metrics.services import TickResult, simulation_advance, simulation_due_job_ids, tick_slot
-from metrics.simulator import GRAD_NORM_KEY, VAL_ACCURACY_KEY, VAL_LOSS_KEY
+from metrics.services import (
+    TickResult,
+    simulation_advance,
+    simulation_due_job_ids,
+    simulator_for,
+    tick_slot,
+)
+from metrics.simulator import (
+    GRAD_NORM_KEY,
+    VAL_ACCURACY_KEY,
+    VAL_LOSS_KEY,
+    SimulatedBatches,
+    SimulatedRuns,
+)
 from tests.support.factories import TrainingJobFactory, reload
 
 Status = TrainingJob.Status
@@ -57,6 +69,50 @@ class TestAdvance:
             for job in (fast, slow)
         ]
         np.testing.assert_array_equal(losses[0], losses[1])
+
+    def test_a_tick_over_many_jobs_stores_each_jobs_own_simulator_points(self, user):
+        # The tick generates every job at once; each job must still get exactly the points
+        # its own simulator gives, headline and named, whatever jobs sit beside it.
+        jobs = [
+            TrainingJobFactory(owner=user, warmup_steps=0, seed=2**63 - 1),
+            TrainingJobFactory(owner=user, total_epochs=20, steps_per_epoch=1, steps_per_tick=7),
+            TrainingJobFactory(owner=user, diverge_at_step=25, steps_per_tick=30),
+            TrainingJobFactory(owner=user, warmup_steps=40, steps_per_tick=13, decay_rate=0.3),
+        ]
+        simulation_advance()
+        moment = None
+        for job in jobs:
+            reload(job)
+            total_steps, steps_per_epoch = job.simulation_length
+            simulator = simulator_for(job)
+            expected = simulator.generate_metrics_batch(
+                0, job.steps_per_tick, *job.simulation_length
+            )
+            stored = list(
+                job.metrics.order_by("step").values_list(
+                    "step", "epoch", "loss", "accuracy", "learning_rate"
+                )
+            )
+            finite = expected.head(expected.first_diverged_loss() or len(expected))
+            assert stored == list(
+                zip(
+                    finite.steps.tolist(),
+                    finite.epochs.tolist(),
+                    finite.losses.tolist(),
+                    finite.accuracies.tolist(),
+                    finite.learning_rates.tolist(),
+                    strict=True,
+                )
+            )
+            moment = moment or NamedMetric.objects.filter(key__job=job).first().reported_at
+            named = simulator.generate_named_batch(
+                expected, total_steps, steps_per_epoch, moment.timestamp()
+            )
+            for index, name in enumerate(named.names):
+                rows = named.key_index == index
+                assert named_of(job, name) == dict(
+                    zip(named.steps[rows].tolist(), named.values[rows].tolist(), strict=True)
+                )
 
     def test_ticks_write_validation_at_epoch_ends_and_grad_norm_every_step(self, user):
         job = TrainingJobFactory(owner=user, total_epochs=3, steps_per_epoch=20, steps_per_tick=7)
@@ -355,16 +411,16 @@ class TestOneBadJob:
 
         jobs = [TrainingJobFactory(owner=user) for _ in range(3)]
         poison = jobs[1]
-        next_points = services._next_points
+        generate = services.simulated_batches
 
-        def epoch_zero_for_poison(job: TrainingJob, simulator):
-            batch = next_points(job, simulator)
-            if job.pk != poison.pk:
-                return batch
+        def epoch_zero_for_poison(runs: SimulatedRuns, time: float) -> SimulatedBatches:
+            tick = generate(runs, time)
             # An epoch of 0 breaks the points table's check constraint: a real refusal.
-            return type(batch)(**{**batch.__dict__, "epochs": batch.epochs * 0})
+            for index in np.flatnonzero(runs.seeds == poison.seed):
+                tick.headline_of(index).epochs[:] = 0  # a view into the tick's points
+            return tick
 
-        monkeypatch.setattr(services, "_next_points", epoch_zero_for_poison)
+        monkeypatch.setattr(services, "simulated_batches", epoch_zero_for_poison)
         result = simulation_advance()
 
         assert (result.jobs_advanced, result.jobs_failed, result.points_written) == (3, 1, 20)
