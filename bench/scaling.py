@@ -479,6 +479,7 @@ class Run:
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     chunk_seconds: list[float] = field(default_factory=list)
     poll_ms: float = 0.0
+    wal: dict[str, float] = field(default_factory=dict)  # wal_counters() over the window
 
     @property
     def points_per_s(self) -> float:
@@ -577,22 +578,22 @@ def measure(
             time.sleep(plan.warm_up_seconds)
             poller.start_cpu_window()
             busy_before, _ = machine_busy_seconds()
+            wal_before = wal_counters()
             started_at = time.time()
             headline_before, named_before = points_stored(owner_id)
             time.sleep(plan.window_seconds)
             headline_after, named_after = points_stored(owner_id)
             run.seconds = time.time() - started_at
-            busy_after, _ = machine_busy_seconds()
+            run.wal = counters_delta(wal_before, wal_counters())
             run.load_average = os.getloadavg()
-            cpu = poller.cpu_window()
             (
                 run.worker_cpu,
                 run.backend_cpu,
                 run.poller_cpu,
                 run.worker_waits,
                 run.backend_waits,
-            ) = cpu
-            run.machine_busy = busy_after - busy_before
+            ) = poller.cpu_window()
+            run.machine_busy = machine_busy_seconds()[0] - busy_before
             run.headline = headline_after - headline_before
             run.named = named_after - named_before
             clock.stop()  # no new ticks; the sent ones may finish within DRAIN_SECONDS
@@ -622,6 +623,48 @@ def measure(
     for process in processes:
         run.chunk_seconds += [float(s) for s in CHUNK_DONE.findall(process.log())]
     return run
+
+
+def wal_counters() -> dict[str, float]:
+    """The server's WAL and checkpoint counters (PostgreSQL 14 to 16; empty elsewhere): what
+    the writes cost the disk beyond their rows. Server-wide, so other clients count too."""
+    from django.db import DatabaseError, connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT wal_bytes, wal_fpi FROM pg_stat_wal")
+            wal_bytes, full_page_images = cursor.fetchone()
+            cursor.execute(
+                "SELECT checkpoints_timed, checkpoints_req, buffers_backend FROM pg_stat_bgwriter"
+            )
+            timed, requested, backend_writes = cursor.fetchone()
+    except DatabaseError:
+        return {}
+    return {
+        "wal_bytes": float(wal_bytes),
+        "full_page_images": float(full_page_images),
+        "checkpoints_timed": float(timed),
+        "checkpoints_requested": float(requested),
+        "backend_buffer_writes": float(backend_writes),
+    }
+
+
+def counters_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before if name in after}
+
+
+def server_settings() -> str:
+    """The PostgreSQL settings that bound a write load, as 'name=value' pairs."""
+    from django.db import connection
+
+    names = ("shared_buffers", "max_wal_size", "checkpoint_timeout", "synchronous_commit")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)"
+            " ORDER BY name",
+            [list(names)],
+        )
+        return ", ".join(f"{name}={value}" for name, value in cursor.fetchall())
 
 
 # --- the figure -------------------------------------------------------------------------------
@@ -782,6 +825,19 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
             f"{os.cpu_count()} cores busy; load "
             f"{', '.join(f'{v:.2f}' for v in s['load_average'])}"
         )
+    for workers, run in runs.items():
+        if run.wal and run.seconds:
+            wal = run.wal
+            notes.append(
+                f"{workers} worker(s), the server over the window: WAL "
+                f"{wal['wal_bytes'] / run.seconds / 1e6:.1f} MB/s "
+                f"({wal['wal_bytes'] / max(run.headline + run.named, 1):.0f} bytes per point "
+                f"written), {wal['full_page_images']:,.0f} full-page images, checkpoints "
+                f"{wal['checkpoints_timed'] + wal['checkpoints_requested']:.0f} "
+                f"({wal['checkpoints_requested']:.0f} forced by WAL volume), "
+                f"{wal['backend_buffer_writes']:,.0f} buffers written by backends themselves"
+            )
+    notes.append(f"PostgreSQL settings: {server_settings()}")
     notes.append(
         "on disk, with indexes and summaries: "
         + ", ".join(
