@@ -38,9 +38,8 @@ TARGET = f"efficiency >= {TARGET_EFFICIENCY}, each tick < 1 s"
 # A Redis database the figure has to itself: it is flushed before and after each run.
 REDIS_URL = os.environ.get("TRAINMON_BENCH_SCALING_REDIS", "redis://127.0.0.1:6379/9")
 # The resolution of "when did this tick's last write land". Each poll scans the jobs' rows
-# (25-65 ms under this machine's load): its backend's CPU is reported apart, not as the tick's.
-# Each poll scans the 10,000 jobs (~40 ms of a backend under the tick's writes): often enough
-# to tell whether a tick landed inside its second, rarely enough not to crowd the workers.
+# (25-65 ms under this machine's load; its backend's CPU is reported apart, not as the
+# tick's): every 0.2 s that was a sixth of a core, crowding the workers it measures.
 POLL_SECONDS = 0.5
 CPU_SAMPLE_SECONDS = 1.0
 WORKER_READY_SECONDS = 60.0
