@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Query, Router
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import BaseModel, Field
@@ -44,7 +44,13 @@ from metrics.points import MetricBatch, NamedBatch
 from metrics.selectors import metric_key_list, metrics_after, named_series_downsampled
 from metrics.series import MIN_DOWNSAMPLED_POINTS, SERIES_MAX_POINTS
 from metrics.services import KeyLimitExceeded, metric_batches_write
-from trainmon.api_bodies import BODY_LOC, json_body, json_body_schema, python_body
+from trainmon.api_bodies import (
+    BODY_LOC,
+    json_body,
+    json_body_schema,
+    json_response,
+    python_body,
+)
 from trainmon.api_errors import (
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
@@ -154,9 +160,7 @@ class SeriesQuery(BaseModel):
     response=responses({200: SeriesOut | NamedSeriesSetOut}),
     url_name="metrics_read",
 )
-def read_metrics(
-    request: ApiRequest, job_id: int, query: Query[SeriesQuery]
-) -> SeriesOut | NamedSeriesSetOut:
+def read_metrics(request: ApiRequest, job_id: int, query: Query[SeriesQuery]) -> HttpResponse:
     """The job's points after `after`, at most `max_points` per series (downsampled if more).
 
     Without `keys`: the headline series (loss, accuracy, learning rate). With
@@ -166,7 +170,8 @@ def read_metrics(
     if query.keys is None:
         # The API's answers carry no times: the summary need not look them up.
         series = metrics_after(job, query.after, limit=query.max_points, times=False)
-        return SeriesOut(**series.columns(), downsampled=series.downsampled)
+        # Up to 10,000 points x 4 columns: rendered by pydantic (api_bodies.py), not ninja.
+        return json_response(SeriesOut(**series.columns(), downsampled=series.downsampled))
     names = _key_names(query.keys)
     keys = [key for key in metric_key_list(job=job) if key.name in names]
     out = {}
@@ -181,7 +186,7 @@ def read_metrics(
             downsampled=named.downsampled,
             last_step=named.last_step,
         )
-    return NamedSeriesSetOut(keys=out)
+    return json_response(NamedSeriesSetOut(keys=out))
 
 
 @router.get("/jobs/{int:job_id}/keys/", response=responses({200: KeysOut}), url_name="keys")

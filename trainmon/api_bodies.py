@@ -1,10 +1,15 @@
-"""JSON bodies validated by pydantic-core straight from the request's bytes.
+"""Big JSON bodies: requests validated, responses rendered by pydantic-core.
 
 Ninja's body parameter runs json.loads, then validates the dicts: for a 10,000-point batch
 that took twice the time of `model_validate_json`, and the 10,000 dicts kept the garbage
 collector busy. An endpoint that takes a big body calls `json_body(request, Model)` instead
 and passes `openapi_extra=json_body_schema(Model)`, so the OpenAPI document still describes
 the body (TrainmonAPI in trainmon/api.py adds the model's schema to the components).
+
+`json_response(model)` renders an answer as pydantic does (`model_dump_json`), for big
+answers: ninja's renderer (json.dumps with its encoder, after validating the answer again)
+took 3 ms for 2,000 points x 4 columns, pydantic 0.25 ms. Only for answers without dates:
+ninja's encoder writes those its own way (milliseconds).
 
 A body the fast path refuses is parsed again as ninja does (`python_body`): the errors, their
 messages and locations are then exactly those ninja gave, for the handlers in
@@ -17,7 +22,7 @@ import json
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.openapi.schema import REF_TEMPLATE
@@ -25,7 +30,7 @@ from ninja.schema import NinjaGenerateJsonSchema
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from trainmon.api_errors import HTTP_BAD_REQUEST
+from trainmon.api_errors import HTTP_BAD_REQUEST, JSON_CONTENT_TYPE
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -85,3 +90,8 @@ def documented_schemas() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema
     return schemas
+
+
+def json_response(body: BaseModel) -> HttpResponse:
+    """`body` as a 200 JSON answer, rendered by pydantic-core (non-finite floats as null)."""
+    return HttpResponse(body.model_dump_json(), content_type=JSON_CONTENT_TYPE)

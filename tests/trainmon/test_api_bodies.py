@@ -9,8 +9,8 @@ from django.test import RequestFactory
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
-from metrics.api_schemas import MetricsIn, metrics_in_for, non_finite
-from trainmon.api_bodies import json_body, python_body
+from metrics.api_schemas import MetricsIn, SeriesOut, metrics_in_for, non_finite
+from trainmon.api_bodies import json_body, json_response, python_body
 
 Body = metrics_in_for(3)
 
@@ -112,3 +112,27 @@ def test_non_finite_strings_stay_strings_from_json_and_read_as_floats():
     assert point.loss is not None
     assert math.isnan(non_finite(point.loss))
     assert non_finite(point.metrics["a"]) == -math.inf
+
+
+def test_json_response_renders_as_ninja_did_with_null_for_non_finite_floats():
+    body = SeriesOut(
+        steps=[0, 5],
+        loss=[1.5, 1e-05],
+        accuracy=[None, 0.5],
+        learning_rate=[math.nan, 0.1],
+        total=2,
+        downsampled=False,
+        last_step=5,
+    )
+    response = json_response(body)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(response.content) == {
+        "steps": [0, 5],
+        "loss": [1.5, 1e-05],
+        "accuracy": [None, 0.5],
+        "learning_rate": [None, 0.1],
+        "total": 2,
+        "downsampled": False,
+        "last_step": 5,
+    }
