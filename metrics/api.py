@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Query, Router
+from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import BaseModel, Field
 
 from jobs.api import job_reportable
@@ -34,12 +36,21 @@ from metrics.api_schemas import (
     NamedSeriesSetOut,
     PointIn,
     SeriesOut,
+    metrics_in_for,
+    non_finite,
 )
 from metrics.models import MetricKey
 from metrics.points import MetricBatch, NamedBatch
 from metrics.selectors import metric_key_list, metrics_after, named_series_downsampled
 from metrics.series import MIN_DOWNSAMPLED_POINTS, SERIES_MAX_POINTS
 from metrics.services import KeyLimitExceeded, metric_batches_write
+from trainmon.api_bodies import (
+    BODY_LOC,
+    json_body,
+    json_body_schema,
+    json_response,
+    python_body,
+)
 from trainmon.api_errors import (
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
@@ -62,8 +73,9 @@ router = Router(tags=["metrics"])
     "/jobs/{int:job_id}/metrics/",
     response=responses({200: MetricsOut}, HTTP_CONFLICT, HTTP_PAYLOAD_TOO_LARGE),
     url_name="metrics_write",
+    openapi_extra=json_body_schema(MetricsIn),
 )
-def write_metrics(request: ApiRequest, job_id: int, payload: MetricsIn) -> MetricsOut:
+def write_metrics(request: ApiRequest, job_id: int) -> MetricsOut:
     """Store a batch of points, all or nothing; safe to retry.
 
     Steps already stored are skipped and counted as duplicates (per key for named metrics). A
@@ -73,7 +85,12 @@ def write_metrics(request: ApiRequest, job_id: int, payload: MetricsIn) -> Metri
     answers 409.
     """
     job = job_reportable(job_get_owned(user=request.auth, job_id=job_id))
-    batch, named = _batch_for(job, payload.points)
+    batch, named = _batch_for(job, _payload(request, json_body).points)
+    if not (np.isfinite(batch.losses).all() and np.isfinite(named.values).all()):
+        # From JSON, pydantic reads an integer too big for a float (a loss of 10**400) as
+        # infinity; json.loads and model_validate refuse it, as the API always has. Diverged
+        # batches are rare: parse this one again that way.
+        batch, named = _batch_for(job, _payload(request, python_body).points)
     try:
         with transaction.atomic():
             locked = jobs_lock([job.pk])
@@ -100,6 +117,28 @@ def write_metrics(request: ApiRequest, job_id: int, payload: MetricsIn) -> Metri
     )
 
 
+def _payload(
+    request: ApiRequest, parse: Callable[[HttpRequest, type[MetricsIn]], MetricsIn]
+) -> MetricsIn:
+    """The body, by json_body (fast) or python_body (as ninja); 413 past the points limit."""
+    limit = settings.TRAINMON_API_MAX_POINTS
+    try:
+        return parse(request, metrics_in_for(limit))
+    except NinjaValidationError as error:
+        too_long = next((e for e in error.errors if e["loc"] == _POINTS_LOC), None)
+        if too_long is None or too_long["type"] != "too_long":
+            raise
+        count = too_long["ctx"]["actual_length"]
+        raise ApiError(
+            HTTP_PAYLOAD_TOO_LARGE,
+            f"A batch holds at most {limit} points; this one has {count}.",
+            {"limit": limit, "count": count},
+        ) from None
+
+
+_POINTS_LOC = (*BODY_LOC, "points")
+
+
 class SeriesQuery(BaseModel):
     after: int = Field(-1, ge=-1, le=MAX_STEP, description="Only points with a larger step.")
     max_points: int = Field(
@@ -121,9 +160,7 @@ class SeriesQuery(BaseModel):
     response=responses({200: SeriesOut | NamedSeriesSetOut}),
     url_name="metrics_read",
 )
-def read_metrics(
-    request: ApiRequest, job_id: int, query: Query[SeriesQuery]
-) -> SeriesOut | NamedSeriesSetOut:
+def read_metrics(request: ApiRequest, job_id: int, query: Query[SeriesQuery]) -> HttpResponse:
     """The job's points after `after`, at most `max_points` per series (downsampled if more).
 
     Without `keys`: the headline series (loss, accuracy, learning rate). With
@@ -133,7 +170,8 @@ def read_metrics(
     if query.keys is None:
         # The API's answers carry no times: the summary need not look them up.
         series = metrics_after(job, query.after, limit=query.max_points, times=False)
-        return SeriesOut(**series.columns(), downsampled=series.downsampled)
+        # Up to 10,000 points x 4 columns: rendered by pydantic (api_bodies.py), not ninja.
+        return json_response(SeriesOut(**series.columns(), downsampled=series.downsampled))
     names = _key_names(query.keys)
     keys = [key for key in metric_key_list(job=job) if key.name in names]
     out = {}
@@ -148,7 +186,7 @@ def read_metrics(
             downsampled=named.downsampled,
             last_step=named.last_step,
         )
-    return NamedSeriesSetOut(keys=out)
+    return json_response(NamedSeriesSetOut(keys=out))
 
 
 @router.get("/jobs/{int:job_id}/keys/", response=responses({200: KeysOut}), url_name="keys")
@@ -232,7 +270,9 @@ def _batch_for(job: TrainingJob, points: Sequence[PointIn]) -> tuple[MetricBatch
     return MetricBatch(
         steps=steps[order],
         epochs=epochs[order],
-        losses=np.fromiter((p.loss for p in kept), dtype=np.float64, count=len(kept)),
+        losses=np.fromiter(
+            (non_finite(p.loss) for p in kept if p.loss is not None), np.float64, len(kept)
+        ),
         accuracies=np.fromiter(
             (nan if p.accuracy is None else p.accuracy for p in kept), np.float64, len(kept)
         ),
@@ -273,7 +313,7 @@ def _named_batch(points: Sequence[PointIn]) -> tuple[NamedBatch, list[dict[str, 
         for name, value in point.metrics.items():
             key_index.append(index_of.setdefault(name, len(index_of)))
             steps.append(point.step)
-            values.append(value)
+            values.append(non_finite(value))
             times.append(when)
             owners.append(position)
     names = tuple(index_of)

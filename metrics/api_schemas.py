@@ -7,27 +7,27 @@ job's bodies are jobs/api_schemas.py.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated
 
-from django.conf import settings
 from ninja import Schema
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
     StrictFloat,
     StrictInt,
     StringConstraints,
     WithJsonSchema,
-    field_validator,
+    create_model,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, core_schema
 
 from jobs.api_schemas import JobOut
 from metrics.points import KEY_NAME_RE
-from trainmon.api_errors import TOO_MANY_POINTS
 
 # Databases store steps as signed 64-bit and epochs as signed 32-bit integers.
 MAX_STEP = 2**63 - 1
@@ -42,21 +42,54 @@ MAX_TIMESTAMP = 253_402_300_799.0
 # --- points -------------------------------------------------------------------------------------
 
 
-def _loss_from_string(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return NON_FINITE_LOSSES[value]
-        except KeyError:
-            raise PydanticCustomError(
-                "loss_string",
-                'A loss must be a number, or one of the strings "NaN", "Infinity", "-Infinity".',
-            ) from None
-    return value
+def _number_or_non_finite(error_type: str, message: str) -> GetPydanticSchema:
+    """A float, or one of NON_FINITE_LOSSES' strings (refused otherwise with `message`).
+
+    From JSON (model_validate_json) the check is one union inside pydantic-core and the
+    strings stay strings: a Python validator would run once per point and make pydantic build
+    Python objects from the JSON first, which made model_validate_json no faster than
+    json.loads. From Python (model_validate) the strings become floats in a validator, as
+    before; that path gives the API's error messages (trainmon/api_bodies.py).
+    """
+
+    def to_float(value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return NON_FINITE_LOSSES[value]
+            except KeyError:
+                raise PydanticCustomError(error_type, message) from None
+        return value
+
+    def schema(source: object, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.json_or_python_schema(
+            json_schema=core_schema.union_schema(
+                [
+                    core_schema.float_schema(strict=True),
+                    core_schema.literal_schema(list(NON_FINITE_LOSSES)),
+                ],
+                custom_error_type=error_type,
+                custom_error_message=message,
+            ),
+            python_schema=core_schema.no_info_before_validator_function(
+                to_float, core_schema.float_schema(strict=True)
+            ),
+        )
+
+    return GetPydanticSchema(schema)
 
 
+def non_finite(value: float | str) -> float:
+    """A Loss or NamedValue as a float: its string spellings as NaN or an infinity."""
+    return NON_FINITE_LOSSES[value] if isinstance(value, str) else value
+
+
+# From JSON, left as the strings "NaN", "Infinity", "-Infinity": read with non_finite().
 Loss = Annotated[
-    StrictFloat,
-    BeforeValidator(_loss_from_string),
+    float | str,
+    _number_or_non_finite(
+        "loss_string",
+        'A loss must be a number, or one of the strings "NaN", "Infinity", "-Infinity".',
+    ),
     WithJsonSchema(
         {
             "anyOf": [
@@ -68,23 +101,12 @@ Loss = Annotated[
         }
     ),
 ]
-
-
-def _value_from_string(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return NON_FINITE_LOSSES[value]
-        except KeyError:
-            raise PydanticCustomError(
-                "value_string",
-                'A value must be a number, or one of the strings "NaN", "Infinity", "-Infinity".',
-            ) from None
-    return value
-
-
 NamedValue = Annotated[
-    StrictFloat,
-    BeforeValidator(_value_from_string),
+    float | str,
+    _number_or_non_finite(
+        "value_string",
+        'A value must be a number, or one of the strings "NaN", "Infinity", "-Infinity".',
+    ),
     WithJsonSchema(
         {
             "anyOf": [
@@ -130,26 +152,31 @@ class PointIn(BaseModel):
     )
 
 
+POINTS_DESCRIPTION = (
+    "At most TRAINMON_API_MAX_POINTS (10,000) points; steps unique. Stored all or nothing; "
+    "steps already stored are skipped and counted as duplicates."
+)
+
+
+# The body of POST .../metrics/ as documented; the endpoint validates with metrics_in_for's
+# subclass, which adds the size limit.
 class MetricsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    points: list[PointIn] = Field(
-        description="At most TRAINMON_API_MAX_POINTS (10,000) points; steps unique. Stored all "
-        "or nothing; steps already stored are skipped and counted as duplicates.",
-    )
+    points: list[PointIn] = Field(description=POINTS_DESCRIPTION)
 
-    @field_validator("points", mode="before")
-    @classmethod
-    def _at_most_max_points(cls, value: object) -> object:
-        # Checked before the points themselves: an oversized batch is refused as a whole (413).
-        limit = settings.TRAINMON_API_MAX_POINTS
-        if isinstance(value, list) and len(value) > limit:
-            raise PydanticCustomError(
-                TOO_MANY_POINTS,
-                "A batch holds at most {limit} points; this one has {count}.",
-                {"limit": limit, "count": len(value)},
-            )
-        return value
+
+@functools.cache
+def metrics_in_for(limit: int) -> type[MetricsIn]:
+    """MetricsIn refusing more than `limit` points (error type "too_long" at ("points",)).
+
+    pydantic-core counts the points before validating them, so an oversized batch is refused
+    as a whole; a Python validator would do the same but slow down model_validate_json. The
+    limit is a setting (tests change it), hence a class per value, named MetricsIn as the
+    errors quote it.
+    """
+    points = (list[PointIn], Field(max_length=limit, description=POINTS_DESCRIPTION))
+    return create_model("MetricsIn", __base__=MetricsIn, points=points)
 
 
 class MetricsOut(Schema):

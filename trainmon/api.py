@@ -18,11 +18,12 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, URLResolver, re_path, reverse
 from django.views.decorators.csrf import csrf_exempt
 from ninja import NinjaAPI, Swagger
+from ninja.openapi.schema import OpenAPISchema
 
 from accounts.api import BearerToken
 from jobs.api import router as jobs_router
 from metrics.api import router as metrics_router
-from trainmon import api_errors
+from trainmon import api_bodies, api_errors
 from trainmon.api_errors import HTTP_METHOD_NOT_ALLOWED, HTTP_NOT_FOUND, error_response
 
 
@@ -44,6 +45,14 @@ class TrainmonAPI(NinjaAPI):
             wrapped.append(URLPattern(pattern.pattern, view, pattern.default_args, pattern.name))
         wrapped.append(re_path(r"", _unknown_endpoint, name="unknown"))
         return wrapped, app_name, namespace
+
+    def get_openapi_schema(
+        self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None
+    ) -> OpenAPISchema:
+        """Ninja's document, with the bodies the views validate themselves (api_bodies.py)."""
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        schema["components"]["schemas"].update(api_bodies.documented_schemas())
+        return schema
 
 
 def _json_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

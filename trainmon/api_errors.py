@@ -34,8 +34,6 @@ HTTP_SERVER_ERROR = 500
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # as ninja's own replies
 # An error reply lists at most this many problems; the sentence gives the full count.
 MAX_LISTED_ERRORS = 50
-# A pydantic error of this type is a batch over the size limit: 413, not 400.
-TOO_MANY_POINTS = "too_many_points"
 ERRORS = {HTTP_BAD_REQUEST, HTTP_UNAUTHORIZED, HTTP_NOT_FOUND}
 
 
@@ -124,9 +122,6 @@ def _request_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpRespon
 
 
 def _invalid(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
-    too_many = next((e for e in exc.errors if e.get("type") == TOO_MANY_POINTS), None)
-    if too_many is not None:
-        return error_response(HTTP_PAYLOAD_TOO_LARGE, too_many["msg"], too_many.get("ctx"))
     problems = [_problem(error) for error in exc.errors]
     bad_points = {p["index"] for p in problems if "index" in p}
     if bad_points:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import http.client
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -64,3 +66,12 @@ def test_forwarded_https_is_trusted_only_behind_a_proxy(tmp_path: Path, behind_p
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_a_worker_freezes_what_it_loaded_at_start():
+    config = runpy.run_path(str(settings.BASE_DIR / "gunicorn.conf.py"))
+    try:
+        config["post_worker_init"](None)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
