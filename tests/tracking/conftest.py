@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,3 +52,11 @@ def tracking(live_server, monkeypatch, transactional_db) -> Iterator[Tracking]:
     from mlflow.tracking import fluent
 
     fluent._active_experiment_id = None
+    # The client caches its HTTP sessions, whose keep-alive connections hold live_server's
+    # request threads open, each with a database connection: with them, the test database
+    # could not be dropped at the end ("being accessed by other users"). Dropping the cache
+    # closes the sockets, and the threads close their connections.
+    from mlflow.utils import request_utils
+
+    request_utils._cached_get_request_session.cache_clear()
+    gc.collect()  # a session's adapters and pools refer to each other: freed by the collector
