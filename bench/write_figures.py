@@ -25,26 +25,14 @@ from django.db import connection, connections, transaction
 from bench.support import Figure
 from metrics import pgcopy
 from metrics.points import MetricBatch
+from metrics.services import NAMED_POINT_COLUMNS, POINT_COLUMNS
 
 INDEXED_TABLE = "bench_indexed_metric"
 INDEXED_NAMED_TABLE = "bench_indexed_named"
-# The data columns of metrics_trainingmetric and metrics_namedmetric, each with its table's
-# unique index (the one the write path relies on) and nothing else.
-INDEXED_COLUMNS = (
-    ("job_id", "bigint"),
-    ("epoch", "integer"),
-    ("step", "bigint"),
-    ("loss", "double precision"),
-    ("accuracy", "double precision"),
-    ("learning_rate", "double precision"),
-    ("created_at", "timestamp with time zone"),
-)
-INDEXED_NAMED_COLUMNS = (
-    ("key_id", "bigint"),
-    ("step", "bigint"),
-    ("value", "double precision"),
-    ("reported_at", "timestamp with time zone"),
-)
+# The data columns of metrics_trainingmetric and metrics_namedmetric, each table with the
+# unique index the write path relies on and nothing else.
+INDEXED_COLUMNS = POINT_COLUMNS
+INDEXED_NAMED_COLUMNS = NAMED_POINT_COLUMNS
 _INDEXES = ((INDEXED_TABLE, "job_id, step"), (INDEXED_NAMED_TABLE, "key_id, step"))
 
 # The named rows of a write as (key id, step, value) columns.

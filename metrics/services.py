@@ -184,10 +184,10 @@ def _optional(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-_COLUMNS = "job_id, epoch, step, loss, accuracy, learning_rate, created_at"
 # PostgreSQL copies the points straight into the table when none of them exists yet: the
-# table's own column types (binary COPY takes no casts).
-_POINT_COLUMNS = (
+# table's own column types (binary COPY takes no casts). The bench's baselines copy into
+# tables of these columns too.
+POINT_COLUMNS = (
     ("job_id", "bigint"),
     ("epoch", "integer"),
     ("step", "bigint"),
@@ -196,6 +196,7 @@ _POINT_COLUMNS = (
     ("learning_rate", "double precision"),
     ("created_at", "timestamp with time zone"),
 )
+_COLUMNS = ", ".join(name for name, _ in POINT_COLUMNS)
 # PostgreSQL stages the points by binary COPY (NaN, "not reported", travels as NULL).
 _STAGED_POINTS = (
     ("job_id", "bigint"),
@@ -226,7 +227,7 @@ def _insert_points(
     table = TrainingMetric._meta.db_table
     with connection.cursor() as cursor:
         micros = np.full(len(job_ids), pgcopy.timestamp_micros(now), dtype=np.int64)
-        if _copied(cursor, table, _POINT_COLUMNS, [*columns, micros]):
+        if _copied(cursor, table, POINT_COLUMNS, [*columns, micros]):
             return batches
         source, params = staged_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
         created = _insert_new(
@@ -487,7 +488,10 @@ def _insert_named(points: _NamedPoints, now: datetime) -> _KeyRuns:
     with connection.cursor() as cursor:
         micros = _timestamp_micros(points.times)
         if micros is not None and _copied(
-            cursor, table, _NAMED_COLUMNS, [points.key_ids, points.steps, points.values, micros]
+            cursor,
+            table,
+            NAMED_POINT_COLUMNS,
+            [points.key_ids, points.steps, points.values, micros],
         ):
             created = None
         else:
@@ -522,8 +526,8 @@ def _insert_named(points: _NamedPoints, now: datetime) -> _KeyRuns:
     return runs
 
 
-# The named points' table columns, for the direct COPY (see `_copied`).
-_NAMED_COLUMNS = (
+# The named points' table columns, for the direct COPY (see `_copied`) and the bench.
+NAMED_POINT_COLUMNS = (
     ("key_id", "bigint"),
     ("step", "bigint"),
     ("value", "double precision"),
