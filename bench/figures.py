@@ -88,6 +88,37 @@ BARE_TABLE = "bench_bare_metric"
 BARE_COLUMNS = write_figures.INDEXED_COLUMNS
 
 
+def running_simulated_jobs(
+    owner: Any, count: int, *, steps_per_tick: int, epochs: int, name: str
+) -> list[int]:
+    """Ids of `count` new running simulated jobs of `epochs` x 100 steps, named
+    `name-<index>`, created in bulk (the bench's tick figures advance them)."""
+    now = timezone.now()
+    steps_per_epoch = 100
+    jobs = TrainingJob.objects.bulk_create(
+        (
+            TrainingJob(
+                owner=owner,
+                name=f"{name}-{index:05d}",
+                model_name="resnet50",
+                dataset="imagenet",
+                status=TrainingJob.Status.RUNNING,
+                total_epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                steps_per_tick=steps_per_tick,
+                decay_rate=5.0 / (epochs * steps_per_epoch),
+                seed=index,
+                warmup_steps=500,
+                started_at=now,
+                created_at=now,
+            )
+            for index in range(count)
+        ),
+        batch_size=2000,
+    )
+    return sorted(job.pk for job in jobs)
+
+
 # --- data -------------------------------------------------------------------------------------
 
 
@@ -110,27 +141,9 @@ class Data:
         )
 
     def _simulated_jobs(self, owner: Any, count: int) -> list[int]:
-        now = timezone.now()
-        steps_per_epoch, epochs = 100, 100
-        jobs = TrainingJob.objects.bulk_create(
-            TrainingJob(
-                owner=owner,
-                name=f"{owner.username}-{index:04d}",
-                model_name="resnet50",
-                dataset="imagenet",
-                status=TrainingJob.Status.RUNNING,
-                total_epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                steps_per_tick=self.plan.tick_steps,
-                decay_rate=5.0 / (epochs * steps_per_epoch),
-                seed=index,
-                warmup_steps=500,
-                started_at=now,
-                created_at=now,
-            )
-            for index in range(count)
+        return running_simulated_jobs(
+            owner, count, steps_per_tick=self.plan.tick_steps, epochs=100, name=owner.username
         )
-        return sorted(job.pk for job in jobs)
 
     def _external_job(self, owner: Any, name: str, steps: int) -> TrainingJob:
         steps_per_epoch = 10_000

@@ -254,36 +254,15 @@ def process_tree(process: Process) -> list[int]:
 def create_jobs(plan: ScalingPlan) -> tuple[int, list[int]]:
     """(owner id, ids of `plan.jobs` running simulated jobs, `plan.steps_per_tick` each)."""
     from django.contrib.auth import get_user_model
-    from django.utils import timezone
 
-    from jobs.models import TrainingJob
+    from bench.figures import running_simulated_jobs
 
     owner = get_user_model().objects.create_user("bench-scale", password=None)
-    now = timezone.now()
-    steps_per_epoch = 100
-    epochs = math.ceil(plan.job_steps / steps_per_epoch)
-    jobs = TrainingJob.objects.bulk_create(
-        (
-            TrainingJob(
-                owner=owner,
-                name=f"bench-scale-{index:05d}",
-                model_name="resnet50",
-                dataset="imagenet",
-                status=TrainingJob.Status.RUNNING,
-                total_epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                steps_per_tick=plan.steps_per_tick,
-                decay_rate=5.0 / (epochs * steps_per_epoch),
-                seed=index,
-                warmup_steps=500,
-                started_at=now,
-                created_at=now,
-            )
-            for index in range(plan.jobs)
-        ),
-        batch_size=2000,
+    epochs = math.ceil(plan.job_steps / 100)
+    job_ids = running_simulated_jobs(
+        owner, plan.jobs, steps_per_tick=plan.steps_per_tick, epochs=epochs, name="bench-scale"
     )
-    return owner.pk, sorted(job.pk for job in jobs)
+    return owner.pk, job_ids
 
 
 @contextmanager
