@@ -427,7 +427,9 @@ def test_a_run_that_ends_while_the_server_is_down_is_finished_by_resend(
     assert (job.status, job.metrics.count()) == (Status.COMPLETED, 31)
 
 
-def test_resend_says_so_when_the_server_is_still_down(run_args, token, capsys):
+def test_resend_says_so_when_the_server_is_still_down(run_args, token, capsys, monkeypatch):
+    # The CLI retries five times with backoff from 0.5 s: 15 s of waiting, capped here.
+    monkeypatch.setattr(trainmon_client, "MAX_BACKOFF_SECONDS", 0.05)
     run = Run(**run_args, close_timeout=0.1)
     run.start()
     run.base_url = f"http://127.0.0.1:{closed_port()}"

@@ -28,7 +28,7 @@ from tests.support.processes import running_processes
 from tests.support.reliability import current_slot, history_problems, wait_for_ticks_after
 
 TICK_SECONDS = 0.5
-OUTAGE_SECONDS = 10.0
+OUTAGE_SECONDS = 6.0
 REQUEST_EVERY_SECONDS = 1.0
 # Bounds, not speed requirements: the worker's reconnect back-off is a few seconds.
 START_TIMEOUT_SECONDS = 30.0

@@ -20,11 +20,11 @@ from tests.support.processes import running_processes
 from tests.support.reliability import history_problems, steps_of
 
 TICK_SECONDS = 0.5
-RUN_SECONDS = 30
+RUN_SECONDS = 16
 CHUNK_SIZE = 20  # 50 jobs: three advance_jobs subtasks per tick
 TOGGLE_EVERY_SECONDS = 2.0
-CANCEL_AFTER_SECONDS = 10.0
-# Long jobs cannot finish in RUN_SECONDS (at most 60 ticks of 25 steps); short ones finish
+CANCEL_AFTER_SECONDS = 6.0
+# Long jobs cannot finish in RUN_SECONDS (at most 32 ticks of 25 steps); short ones finish
 # within a few ticks, the last tick a partial one (7 does not divide their lengths).
 LONG_JOBS, LONG_EPOCHS, LONG_STEPS_PER_EPOCH = 44, 50, 100
 SHORT_JOBS, SHORT_EPOCHS, SHORT_STEPS_PER_TICK = 6, 3, 7
