@@ -825,7 +825,7 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
         if shape == "points":  # the older shape: its total and parsing, for comparison
             lines = [line for line in lines if "total" in line or "pydantic" in line]
         figure.notes += [f"API breakdown ({shape}, in process): {line}" for line in lines]
-        figure.extra[f"breakdown_{shape}"] = profile.as_json()
+        figure.extra["breakdown" if shape == "columns" else "breakdown_rows"] = profile.as_json()
     return figure
 
 
