@@ -404,6 +404,20 @@ def test_a_server_without_columns_gets_rows_and_nothing_is_lost(run_args, token,
     assert (run.created, run.refused) == (12, 0)
 
 
+def test_resend_to_a_server_without_columns_sends_rows(run_args, token, monkeypatch, tmp_path):
+    run = Run(**run_args)
+    run.start()
+    run.close()
+    path = tmp_path / "unsent.jsonl"
+    lines = [{"trainmon_unsent": 1, "base_url": run.base_url, "job_id": run.job_id}]
+    lines += [{"point": {"step": step, "loss": 1.0, "timestamp": 1e9}} for step in range(3)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    bodies = sent_bodies(monkeypatch, older_server=True)
+    totals = resend(path, token)
+    assert [next(iter(body)) for body in bodies] == ["columns", "points"]
+    assert (totals["points"], totals["created"]) == (3, 3)
+
+
 def test_the_timestamp_is_taken_when_logged_not_when_sent(run_args):
     with Run(**run_args) as run:
         run.log(0, metric=1.0, timestamp=1_700_000_000.0)
