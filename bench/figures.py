@@ -753,6 +753,8 @@ def dashboard_figure(plan: Plan, data: Data, port: int) -> Figure:
 
 
 def api_figure(plan: Plan, data: Data, port: int) -> Figure:
+    """10,000-point batches over HTTP as the client library sends them (columns), against a
+    binary COPY of the same rows; the same points as rows (the older shape) alongside."""
     from accounts.services import api_token_create
 
     figure = Figure("api_ingest_points_per_s", "points/s", "ratio >= 0.2")
@@ -762,31 +764,31 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
         job.initial_loss, job.final_loss, job.decay_rate, seed=job.seed, warmup_steps=1000
     )
     size = plan.api_batch
+    # Columns take steps from 0, rows from `rows_start`: both shapes write new points.
+    rows_start = size * (plan.api_repeats + 1)
+    length = (2 * rows_start, job.simulation_length[1])
     client = Http(port, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     path = f"/api/v1/jobs/{job.pk}/metrics/"
     _bare_table()
     write_figures.indexed_tables()
     binary_copy_samples: list[float] = []
     indexed_samples: list[float] = []
+    rows_samples: list[float] = []
+    bodies: dict[str, bytes] = {}
     for index in range(plan.api_repeats + 1):
-        batch = simulator.generate_metrics_batch(index * size, size, *job.simulation_length)
-        body = json.dumps(
-            {
-                "points": [
-                    {"step": s, "epoch": e, "loss": lo, "accuracy": a, "learning_rate": r}
-                    for s, e, lo, a, r in _point_rows(batch)
-                ]
-            }
-        ).encode()
-        started = time.perf_counter()
-        status, _, answer = client.request("POST", path, body)
-        seconds = time.perf_counter() - started
-        if status != 200 or json.loads(answer)["created"] != size:
-            raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
+        batch = simulator.generate_metrics_batch(index * size, size, *length)
+        rows_batch = simulator.generate_metrics_batch(rows_start + index * size, size, *length)
+        bodies = {
+            "columns": write_figures.api_body(batch, "columns"),
+            "points": write_figures.api_body(rows_batch, "points"),
+        }
+        seconds = _post_new_points(client, path, bodies["columns"], size)
+        rows_seconds = _post_new_points(client, path, bodies["points"], size)
         if index == 0:
             held = write_figures.indexed_seed([job.pk])
             continue  # warm-up
         figure.samples.append(size / seconds)
+        rows_samples.append(size / rows_seconds)
         indexed_samples.append(
             size / write_figures.copy_indexed_baseline([(job.pk, batch)], timezone.now())
         )
@@ -796,23 +798,45 @@ def api_figure(plan: Plan, data: Data, port: int) -> Figure:
         binary_copy_samples.append(size / copy_binary_baseline([(job.pk, batch)], timezone.now()))
     client.close()
     figure.notes += [
-        f"POST of {size:,}-point JSON batches (~{len(body) / 1e6:.1f} MB) over HTTP to gunicorn "
-        "as in the Procfile, one client, keep-alive, Bearer token",
+        f"POST of {size:,}-point JSON batches as columns, as clients/trainmon_client.py sends "
+        f"them (~{len(bodies['columns']) / 1e6:.1f} MB; as rows ~"
+        f"{len(bodies['points']) / 1e6:.1f} MB) over HTTP to gunicorn as in the Procfile, one "
+        "client, keep-alive, Bearer token",
         "baseline: psycopg 3 COPY (write_row per row) of the same rows into the bare table, "
         "+ commit",
     ]
     _compare_with_binary_copy(figure, binary_copy_samples)
     write_figures.use_indexed_baseline(figure, indexed_samples, 0.35)
-    figure.notes.append(
-        f"the indexed table held the job's {held[0]:,} warm-up rows before the first repeat"
-    )
-    first_step = size * (plan.api_repeats + 1)
-    profile = write_figures.api_profile(
-        data.big_user, job, simulator=simulator, first_step=first_step, size=size
-    )
-    figure.notes += [f"API breakdown (in process): {line}" for line in profile.lines(size)]
-    figure.extra["breakdown"] = profile.as_json()
+    rows = statistics.median(rows_samples)
+    rows_ratio = rows / figure.baseline if figure.baseline else None
+    figure.extra["api_ingest_points_per_s_rows"] = {"median": rows, "ratio": rows_ratio}
+    figure.notes += [
+        f'the same points as rows ({{"points": [...]}}, the older shape, posted alternately '
+        f"with the columns): {rows:,.0f} points/s, ratio {rows_ratio or 0:.3f}",
+        f"the indexed table held the job's {held[0]:,} warm-up rows before the first repeat",
+    ]
+    first_step = 2 * rows_start
+    for shape in ("columns", "points"):
+        profile = write_figures.api_profile(
+            data.big_user, job, simulator=simulator, first_step=first_step, size=size, shape=shape
+        )
+        first_step += size * (write_figures.PROFILE_REPEATS + 1)
+        lines = profile.lines(size)
+        if shape == "points":  # the older shape: its total and parsing, for comparison
+            lines = [line for line in lines if "total" in line or "pydantic" in line]
+        figure.notes += [f"API breakdown ({shape}, in process): {line}" for line in lines]
+        figure.extra["breakdown" if shape == "columns" else "breakdown_rows"] = profile.as_json()
     return figure
+
+
+def _post_new_points(client: Http, path: str, body: bytes, size: int) -> float:
+    """Seconds to POST a batch of `size` new points; RuntimeError unless all are stored."""
+    started = time.perf_counter()
+    status, _, answer = client.request("POST", path, body)
+    seconds = time.perf_counter() - started
+    if status != 200 or json.loads(answer)["created"] != size:
+        raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
+    return seconds
 
 
 def export_figure(plan: Plan, data: Data, env: dict[str, str]) -> Figure:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
 import statistics
 import time
@@ -287,26 +289,63 @@ class WriteProfile:
         )
 
 
+# In-process POSTs api_profile times (after one warm-up).
+PROFILE_REPEATS = 5
+
+
+def api_body(batch: MetricBatch, shape: str) -> bytes:
+    """A POST .../metrics/ body of the batch's points: "columns" as clients/trainmon_client.py
+    sends them, or "points" (rows, the older shape)."""
+    # The client's own encoding, so the figure measures what it sends. Imported by name:
+    # mypy checks clients/trainmon_client.py as the top-level module users copy it as.
+    client = importlib.import_module("clients.trainmon_client")
+    points = [
+        {"step": s, "epoch": e, "loss": lo, "accuracy": a, "learning_rate": r}
+        for s, e, lo, a, r in zip(
+            batch.steps.tolist(),
+            batch.epochs.tolist(),
+            batch.losses.tolist(),
+            batch.accuracies.tolist(),
+            batch.learning_rates.tolist(),
+            strict=True,
+        )
+    ]
+    body = {"columns": client._columns(points)} if shape == "columns" else {"points": points}
+    return json.dumps(body, allow_nan=False).encode()
+
+
 def api_profile(
-    user: Any, job: Any, *, simulator: Any, first_step: int, size: int, repeats: int = 5
+    user: Any,
+    job: Any,
+    *,
+    simulator: Any,
+    first_step: int,
+    size: int,
+    shape: str = "columns",
+    repeats: int = PROFILE_REPEATS,
 ) -> WriteProfile:
     """Where one API batch's time goes: `repeats` POSTs of `size` new points from
-    `first_step` on, through Django's test client in this process (the whole middleware and
-    ninja stack, no HTTP), one part per statement, plus the request's own Python."""
-    import json
-
+    `first_step` on, in `shape` (see api_body), through Django's test client in this process
+    (the whole middleware and ninja stack, no HTTP), one part per statement, plus the
+    request's own Python."""
     from django.conf import settings
     from django.test import Client
 
     from accounts.services import api_token_create
     from metrics import api
-    from metrics.api_schemas import metrics_in_for
+    from metrics.api_schemas import metrics_body_for
 
     _, token = api_token_create(user=user, name="bench-profile")
     client = Client(SERVER_NAME="localhost")
     headers = {"Authorization": f"Bearer {token}"}
     path = f"/api/v1/jobs/{job.pk}/metrics/"
-    profile = WriteProfile([(api, "_batch_for", "request: points to numpy arrays, checks")])
+    # metrics/api.py calls these by its own names for them: wrapped there.
+    profile = WriteProfile(
+        [
+            (api, "batches_from_columns", "request: columns to numpy arrays, checks"),
+            (api, "batches_from_points", "request: points to numpy arrays, checks"),
+        ]
+    )
     for index in range(repeats + 1):
         # Past the job's declared length (a hint, never a limit), so the simulator is told
         # a longer run.
@@ -315,21 +354,7 @@ def api_profile(
         batch = simulator.generate_metrics_batch(
             first_step + index * size, size, last, steps_per_epoch
         )
-        body = json.dumps(
-            {
-                "points": [
-                    {"step": s, "epoch": e, "loss": lo, "accuracy": a, "learning_rate": r}
-                    for s, e, lo, a, r in zip(
-                        batch.steps.tolist(),
-                        batch.epochs.tolist(),
-                        batch.losses.tolist(),
-                        batch.accuracies.tolist(),
-                        batch.learning_rates.tolist(),
-                        strict=True,
-                    )
-                ]
-            }
-        )
+        body = api_body(batch, shape)
         if index == 0:
             client.post(path, body, content_type="application/json", headers=headers)
             continue  # warm-up
@@ -339,8 +364,8 @@ def api_profile(
             raise RuntimeError(f"POST {path} answered {answer.status_code}: {answer.content!r}")
         # As the endpoint parses the body (trainmon/api_bodies.py json_body).
         started = time.perf_counter()
-        metrics_in_for(settings.TRAINMON_API_MAX_POINTS).model_validate_json(body)
-        profile.within_python["pydantic MetricsIn.model_validate_json of the body"].append(
+        metrics_body_for(settings.TRAINMON_API_MAX_POINTS).model_validate_json(body)
+        profile.within_python["pydantic model_validate_json of the body"].append(
             time.perf_counter() - started
         )
     return profile

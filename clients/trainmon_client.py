@@ -17,7 +17,8 @@ Any keyword beyond the headline `loss`, `accuracy` and `learning_rate` is a name
 (letters, digits, `_ - . / :` and space; NaN and infinities are stored and drawn as gaps).
 
 `log()` only appends to a buffer; a background thread sends it in batches (every `batch_size`
-points or `flush_interval` seconds). Network errors, 5xx and 429 answers are retried with
+points or `flush_interval` seconds), as columns (`{"columns": {"step": [...], "loss": [...]}}`;
+as rows to a server that predates them). Network errors, 5xx and 429 answers are retried with
 exponential backoff (at most 30 s apart) for as long as the run is open: the server ignores
 steps it already has, so a retried batch never counts twice. Training never waits on the
 server: when the buffer (`buffer_size` points) is full, `log()` waits at most `block_seconds`
@@ -105,6 +106,8 @@ class _Api:
         self.token = token
         self.timeout = timeout
         self.backoff = backoff
+        # Points go as columns, smaller and faster for the server than one object a point.
+        self.columns = True
 
     def call(
         self,
@@ -176,6 +179,25 @@ class _Api:
 
     def delay(self, attempt: int) -> float:
         return float(min(self.backoff * 2 ** min(attempt, 30), MAX_BACKOFF_SECONDS))
+
+    def points_body(self, points: list[dict[str, Any]]) -> dict[str, Any]:
+        """The body of POST .../metrics/: columns, or rows for a server that predates them."""
+        return {"columns": _columns(points)} if self.columns else {"points": points}
+
+    def refuses_columns(self, error: TrainmonError) -> bool:
+        """Whether `error` is a server without column bodies refusing one; if so, send rows
+        from now on (the refused batch was not stored: send it again)."""
+        details = error.details if isinstance(error.details, list) else []
+        older = self.columns and any(
+            isinstance(detail, dict)
+            and detail.get("field") == "columns"
+            and "Extra inputs" in str(detail.get("message"))
+            for detail in details
+        )
+        if older:
+            self.columns = False
+            logger.warning("trainmon: %s takes points as rows only", self.base_url)
+        return older
 
 
 class Run:
@@ -604,10 +626,12 @@ class Run:
                 reply = self._api.call(
                     "POST",
                     f"/jobs/{self.job_id}/metrics/",
-                    {"points": _unique_steps(batch)},
+                    self._api.points_body(_unique_steps(batch)),
                     timeout=None if remaining is None else min(self.timeout, remaining),
                 )
             except TrainmonError as error:
+                if self._api.refuses_columns(error):
+                    continue
                 if error.status == HTTP_PAYLOAD_TOO_LARGE and len(batch) > 1:
                     # Too big a body for the server (many metrics per point): halve it.
                     middle = len(batch) // 2
@@ -732,9 +756,7 @@ def resend(
         ("points", "created", "duplicates", "named_created", "named_duplicates"), 0
     )
     for batch in _batches(_unique_steps(points), batch_size):
-        reply = api.request(
-            "POST", f"/jobs/{job_id}/metrics/", {"points": batch}, max_retries=max_retries
-        )
+        reply = _post_points(api, f"/jobs/{job_id}/metrics/", batch, max_retries=max_retries)
         totals["points"] += len(batch)
         for key in ("created", "duplicates", "named_created", "named_duplicates"):
             totals[key] += reply.get(key, 0)
@@ -745,6 +767,35 @@ def resend(
             if error.status != HTTP_CONFLICT:  # already finished: nothing left to do
                 raise
     return totals
+
+
+def _post_points(
+    api: _Api, path: str, points: list[dict[str, Any]], *, max_retries: int
+) -> dict[str, Any]:
+    try:
+        return api.request("POST", path, api.points_body(points), max_retries=max_retries)
+    except TrainmonError as error:
+        if not api.refuses_columns(error):
+            raise
+    return api.request("POST", path, api.points_body(points), max_retries=max_retries)
+
+
+def _columns(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Points (as `_point` makes them) as the server's column body: one list per field, null
+    where a point leaves the field out; a field no point has is left out."""
+    count = len(points)
+    columns: dict[str, Any] = {"step": [point["step"] for point in points]}
+    for field in ("epoch", "loss", "accuracy", "learning_rate", "timestamp"):
+        values = [point.get(field) for point in points]
+        if any(value is not None for value in values):
+            columns[field] = values
+    metrics: dict[str, list[Any]] = {}
+    for index, point in enumerate(points):
+        for name, value in point.get("metrics", {}).items():
+            metrics.setdefault(name, [None] * count)[index] = value
+    if metrics:
+        columns["metrics"] = metrics
+    return columns
 
 
 def _unique_steps(points: list[dict[str, Any]]) -> list[dict[str, Any]]:

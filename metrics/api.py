@@ -2,15 +2,14 @@
 
 Mounted on the one NinjaAPI in trainmon/api.py (authentication: accounts/api.py, errors:
 trainmon/api_errors.py); the job endpoints are jobs/api.py. Bodies are in
-metrics/api_schemas.py.
+metrics/api_schemas.py; a batch, as rows or as columns, becomes arrays in
+metrics/api_batches.py.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 from django.conf import settings
@@ -25,19 +24,19 @@ from jobs.api_schemas import JobOut
 from jobs.models import TrainingJob
 from jobs.selectors import job_get_owned
 from jobs.services import jobs_lock
+from metrics.api_batches import batches_from_columns, batches_from_points
 from metrics.api_schemas import (
-    MAX_EPOCH,
     MAX_STEP,
     KeyOut,
     KeysOut,
+    MetricColumnsIn,
+    MetricsBody,
     MetricsIn,
     MetricsOut,
     NamedSeriesOut,
     NamedSeriesSetOut,
-    PointIn,
     SeriesOut,
-    metrics_in_for,
-    non_finite,
+    metrics_body_for,
 )
 from metrics.models import MetricKey
 from metrics.points import MetricBatch, NamedBatch
@@ -56,7 +55,6 @@ from trainmon.api_errors import (
     HTTP_CONFLICT,
     HTTP_PAYLOAD_TOO_LARGE,
     ApiError,
-    bounded,
     responses,
 )
 from trainmon.http import ApiRequest
@@ -68,15 +66,42 @@ KEYS_PER_READ = 100
 
 router = Router(tags=["metrics"])
 
+# The write's body in both shapes, for the docs: the same two points.
+WRITE_EXAMPLES = {
+    "columns": {
+        "summary": "columns (faster)",
+        "value": {
+            "columns": {
+                "step": [0, 1],
+                "loss": [2.31, 2.12],
+                "accuracy": [0.1, None],
+                "metrics": {"val_loss": [None, 2.2], "val/acc": [None, "NaN"]},
+            }
+        },
+    },
+    "points": {
+        "summary": "points",
+        "value": {
+            "points": [
+                {"step": 0, "loss": 2.31, "accuracy": 0.1},
+                {"step": 1, "loss": 2.12, "metrics": {"val_loss": 2.2, "val/acc": "NaN"}},
+            ]
+        },
+    },
+}
+
 
 @router.post(
     "/jobs/{int:job_id}/metrics/",
     response=responses({200: MetricsOut}, HTTP_CONFLICT, HTTP_PAYLOAD_TOO_LARGE),
     url_name="metrics_write",
-    openapi_extra=json_body_schema(MetricsIn),
+    openapi_extra=json_body_schema(MetricsIn, MetricColumnsIn, examples=WRITE_EXAMPLES),
 )
 def write_metrics(request: ApiRequest, job_id: int) -> MetricsOut:
     """Store a batch of points, all or nothing; safe to retry.
+
+    The points come as rows (`{"points": [{"step": 0, "loss": 2.3}, ...]}`) or as columns
+    (`{"columns": {"step": [0, ...], "loss": [2.3, ...]}}`, faster), with the same rules.
 
     Steps already stored are skipped and counted as duplicates (per key for named metrics). A
     NaN or infinite loss, or one beyond ±1e100, fails the job at that step; the headline points
@@ -85,12 +110,12 @@ def write_metrics(request: ApiRequest, job_id: int) -> MetricsOut:
     answers 409.
     """
     job = job_reportable(job_get_owned(user=request.auth, job_id=job_id))
-    batch, named = _batch_for(job, _payload(request, json_body).points)
+    batch, named = _batches(job, _payload(request, json_body))
     if not (np.isfinite(batch.losses).all() and np.isfinite(named.values).all()):
         # From JSON, pydantic reads an integer too big for a float (a loss of 10**400) as
         # infinity; json.loads and model_validate refuse it, as the API always has. Diverged
         # batches are rare: parse this one again that way.
-        batch, named = _batch_for(job, _payload(request, python_body).points)
+        batch, named = _batches(job, _payload(request, python_body))
     try:
         with transaction.atomic():
             locked = jobs_lock([job.pk])
@@ -117,15 +142,21 @@ def write_metrics(request: ApiRequest, job_id: int) -> MetricsOut:
     )
 
 
+def _batches(job: TrainingJob, body: MetricsBody) -> tuple[MetricBatch, NamedBatch]:
+    if body.columns is not None:
+        return batches_from_columns(job, body.columns)
+    return batches_from_points(job, body.points or [])
+
+
 def _payload(
-    request: ApiRequest, parse: Callable[[HttpRequest, type[MetricsIn]], MetricsIn]
-) -> MetricsIn:
+    request: ApiRequest, parse: Callable[[HttpRequest, type[MetricsBody]], MetricsBody]
+) -> MetricsBody:
     """The body, by json_body (fast) or python_body (as ninja); 413 past the points limit."""
     limit = settings.TRAINMON_API_MAX_POINTS
     try:
-        return parse(request, metrics_in_for(limit))
+        return parse(request, metrics_body_for(limit))
     except NinjaValidationError as error:
-        too_long = next((e for e in error.errors if e["loc"] == _POINTS_LOC), None)
+        too_long = next((e for e in error.errors if e["loc"] in _COUNTED_LOCS), None)
         if too_long is None or too_long["type"] != "too_long":
             raise
         count = too_long["ctx"]["actual_length"]
@@ -136,7 +167,8 @@ def _payload(
         ) from None
 
 
-_POINTS_LOC = (*BODY_LOC, "points")
+# Where a batch's point count is checked: the points, or the step column.
+_COUNTED_LOCS = ((*BODY_LOC, "points"), (*BODY_LOC, "columns", "step"))
 
 
 class SeriesQuery(BaseModel):
@@ -222,125 +254,3 @@ def _key_names(text: str) -> set[str]:
             [{"field": "keys", "message": "too many keys"}],
         )
     return names
-
-
-def _batch_for(job: TrainingJob, points: Sequence[PointIn]) -> tuple[MetricBatch, NamedBatch]:
-    """The headline points as a MetricBatch sorted by step, and the named values as a
-    NamedBatch; or ApiError 400 naming the bad points."""
-    count = len(points)
-    steps = np.fromiter((p.step for p in points), dtype=np.int64, count=count)
-    epochs = np.fromiter((_epoch(job, p) for p in points), dtype=np.int64, count=count)
-    headline = np.fromiter((p.loss is not None for p in points), dtype=bool, count=count)
-    # No check against the job's declared length: it is a hint, never a limit (a script
-    # numbering steps from 1, or one that trains longer than it said, loses nothing).
-    problems: list[dict[str, Any]] = []
-    for position, point in enumerate(points):
-        if point.loss is None:
-            if point.accuracy is not None or point.learning_rate is not None:
-                field = "accuracy" if point.accuracy is not None else "learning_rate"
-                problems.append(
-                    _point_problem(
-                        position,
-                        field,
-                        "Accuracy and learning rate belong to the headline point: send a loss "
-                        "too, or send them in metrics.",
-                    )
-                )
-            elif not point.metrics:
-                problems.append(
-                    _point_problem(position, "loss", "A point needs a loss or metrics.")
-                )
-    headline_index = np.flatnonzero(headline)
-    order = headline_index[np.argsort(steps[headline_index], kind="stable")]
-    repeated = order[1:][steps[order][1:] == steps[order][:-1]]
-    for index in np.sort(repeated):
-        problems.append(
-            _point_problem(index, "step", f"Step {steps[index]} appears twice in the batch.")
-        )
-    named, repeated_keys = _named_batch(points)
-    problems.extend(repeated_keys)
-    if problems:
-        problems.sort(key=lambda problem: problem["index"])
-        bad = len({problem["index"] for problem in problems})
-        raise ApiError(
-            HTTP_BAD_REQUEST, f"{bad} invalid point(s): nothing was stored.", bounded(problems)
-        )
-    nan = float("nan")
-    kept = [points[index] for index in order]
-    return MetricBatch(
-        steps=steps[order],
-        epochs=epochs[order],
-        losses=np.fromiter(
-            (non_finite(p.loss) for p in kept if p.loss is not None), np.float64, len(kept)
-        ),
-        accuracies=np.fromiter(
-            (nan if p.accuracy is None else p.accuracy for p in kept), np.float64, len(kept)
-        ),
-        learning_rates=np.fromiter(
-            (nan if p.learning_rate is None else p.learning_rate for p in kept),
-            np.float64,
-            len(kept),
-        ),
-    ), named
-
-
-def _epoch(job: TrainingJob, point: PointIn) -> int:
-    """The point's epoch; left out, derived from the step where the job has a length.
-
-    An open-ended job's points without an epoch count as epoch 1: the stored column needs
-    one, and the step is what the charts show.
-    """
-    if point.epoch is not None:
-        return point.epoch
-    if job.steps_per_epoch:
-        return min(point.step // job.steps_per_epoch + 1, MAX_EPOCH)
-    return 1
-
-
-def _named_batch(points: Sequence[PointIn]) -> tuple[NamedBatch, list[dict[str, Any]]]:
-    """The points' named values, and a problem for each (key, step) given twice."""
-    index_of: dict[str, int] = {}
-    key_index: list[int] = []
-    steps: list[int] = []
-    values: list[float] = []
-    times: list[float] = []
-    owners: list[int] = []
-    now = time.time()
-    for position, point in enumerate(points):
-        if not point.metrics:
-            continue
-        when = now if point.timestamp is None else point.timestamp
-        for name, value in point.metrics.items():
-            key_index.append(index_of.setdefault(name, len(index_of)))
-            steps.append(point.step)
-            values.append(non_finite(value))
-            times.append(when)
-            owners.append(position)
-    names = tuple(index_of)
-    batch = NamedBatch(
-        names=names,
-        key_index=np.asarray(key_index, dtype=np.int64),
-        steps=np.asarray(steps, dtype=np.int64),
-        values=np.asarray(values, dtype=np.float64),
-        times=np.asarray(times, dtype=np.float64),
-    )
-    problems = []
-    if len(steps) > 1:
-        order = np.lexsort((batch.steps, batch.key_index))
-        same = (batch.key_index[order][1:] == batch.key_index[order][:-1]) & (
-            batch.steps[order][1:] == batch.steps[order][:-1]
-        )
-        for entry in np.sort(order[1:][same]):
-            name = names[batch.key_index[entry]]
-            problems.append(
-                _point_problem(
-                    owners[entry],
-                    f"metrics.{name}",
-                    f"Key {name!r} has step {steps[entry]} twice in the batch.",
-                )
-            )
-    return batch, problems
-
-
-def _point_problem(index: int | np.integer[Any], field: str, message: str) -> dict[str, Any]:
-    return {"field": f"points[{index}].{field}", "index": int(index), "message": message}

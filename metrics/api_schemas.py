@@ -3,13 +3,17 @@
 Inputs are strict: a step is a JSON integer, not "5" or 5.0 or true, and unknown keys are
 errors, so a typo such as "acc" for "accuracy" is reported instead of silently dropped. The
 job's bodies are jobs/api_schemas.py.
+
+A batch comes in one of two shapes with the same fields and rules: rows (`MetricsIn`, a list
+of `PointIn`) or columns (`MetricColumnsIn`, one list per field: `PointColumnsIn`). The
+column shape validates as a few lists inside pydantic-core, with no object per point.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Annotated
+from typing import Annotated, Self
 
 from ninja import Schema
 from pydantic import (
@@ -23,6 +27,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     create_model,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError, core_schema
 
@@ -119,6 +124,17 @@ NamedValue = Annotated[
     ),
 ]
 KeyName = Annotated[str, StringConstraints(pattern=KEY_NAME_RE)]
+# A point's fields, for both shapes of a batch.
+Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
+Epoch = Annotated[StrictInt, Field(ge=1, le=MAX_EPOCH)]
+Accuracy = Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)]
+LearningRate = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
+Timestamp = Annotated[StrictFloat, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
+
+
+STEP_DESCRIPTION = "0-based or 1-based: both work."
+EPOCH_DESCRIPTION = "1-based; derived from the step when left out and the job has a length."
+TIMESTAMP_DESCRIPTION = "When the point was measured, unix seconds (default: when it arrives)."
 
 
 class PointIn(BaseModel):
@@ -126,30 +142,19 @@ class PointIn(BaseModel):
     # Schema's ORM-attribute support costs time on every one.
     model_config = ConfigDict(extra="forbid")
 
-    step: StrictInt = Field(ge=0, le=MAX_STEP, description="0-based or 1-based: both work.")
-    epoch: StrictInt | None = Field(
-        None,
-        ge=1,
-        le=MAX_EPOCH,
-        description="1-based; derived from the step when left out and the job has a length.",
-    )
+    step: Step = Field(description=STEP_DESCRIPTION)
+    epoch: Epoch | None = Field(None, description=EPOCH_DESCRIPTION)
     loss: Loss | None = Field(
         None, description="The headline loss; a point without it writes only its metrics."
     )
-    accuracy: StrictFloat | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-    learning_rate: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
+    accuracy: Accuracy | None = None
+    learning_rate: LearningRate | None = None
     metrics: dict[KeyName, NamedValue] | None = Field(
         None,
         description='Named series at this step, e.g. {"val_loss": 0.41, "train/grad_norm": '
         "1.7}. Names: letters, digits, _ - . / : and space, at most 250 characters.",
     )
-    timestamp: StrictFloat | None = Field(
-        None,
-        ge=0,
-        le=MAX_TIMESTAMP,
-        allow_inf_nan=False,
-        description="When the point was measured, unix seconds (default: when it arrives).",
-    )
+    timestamp: Timestamp | None = Field(None, description=TIMESTAMP_DESCRIPTION)
 
 
 POINTS_DESCRIPTION = (
@@ -158,25 +163,90 @@ POINTS_DESCRIPTION = (
 )
 
 
-# The body of POST .../metrics/ as documented; the endpoint validates with metrics_in_for's
-# subclass, which adds the size limit.
+# The bodies of POST .../metrics/ as documented; the endpoint validates with
+# metrics_body_for's model, which takes either and adds the size limit.
 class MetricsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     points: list[PointIn] = Field(description=POINTS_DESCRIPTION)
 
 
+class PointColumnsIn(BaseModel):
+    """A batch as columns: element i of every list belongs to point i.
+
+    The same fields and rules as PointIn; null stands for a field the point leaves out. A
+    column left out is null throughout.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: list[Step] = Field(description=f"One per point: the batch's length. {STEP_DESCRIPTION}")
+    epoch: list[Epoch | None] | None = Field(None, description=EPOCH_DESCRIPTION)
+    loss: list[Loss | None] | None = Field(
+        None, description="The headline loss; null: the point writes only its metrics."
+    )
+    accuracy: list[Accuracy | None] | None = None
+    learning_rate: list[LearningRate | None] | None = None
+    metrics: dict[KeyName, list[NamedValue | None]] | None = Field(
+        None,
+        description='Named series, one list per name, e.g. {"val_loss": [null, 0.41]}; null: '
+        "no value at that point. Names: letters, digits, _ - . / : and space, at most 250 "
+        "characters.",
+    )
+    timestamp: list[Timestamp | None] | None = Field(None, description=TIMESTAMP_DESCRIPTION)
+
+
+COLUMNS_DESCRIPTION = (
+    "The points as columns, every list as long as `step`: the shape GET .../metrics/ answers "
+    "in, and the fastest to send and to validate. The same limit and rules as `points`."
+)
+
+
+class MetricColumnsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    columns: PointColumnsIn = Field(description=COLUMNS_DESCRIPTION)
+
+
+class MetricsBody(BaseModel):
+    """What the endpoint validates: a MetricsIn or a MetricColumnsIn, exactly one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[PointIn] | None = None
+    columns: PointColumnsIn | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Self:
+        if (self.points is None) == (self.columns is None):
+            raise PydanticCustomError(
+                "one_shape",
+                'Send "points" (a list of points) or "columns" (a list per field): one of the two.',
+            )
+        return self
+
+
 @functools.cache
-def metrics_in_for(limit: int) -> type[MetricsIn]:
-    """MetricsIn refusing more than `limit` points (error type "too_long" at ("points",)).
+def metrics_body_for(limit: int) -> type[MetricsBody]:
+    """MetricsBody refusing more than `limit` points (error type "too_long" at ("points",)
+    or ("columns", "step")).
 
     pydantic-core counts the points before validating them, so an oversized batch is refused
     as a whole; a Python validator would do the same but slow down model_validate_json. The
-    limit is a setting (tests change it), hence a class per value, named MetricsIn as the
-    errors quote it.
+    limit is a setting (tests change it), hence a class per value. The other columns need no
+    limit of their own: they must be as long as `step`, and the body size is bounded.
     """
-    points = (list[PointIn], Field(max_length=limit, description=POINTS_DESCRIPTION))
-    return create_model("MetricsIn", __base__=MetricsIn, points=points)
+    columns = create_model(
+        "PointColumnsIn",
+        __base__=PointColumnsIn,
+        step=(list[Step], Field(max_length=limit)),
+    )
+    return create_model(
+        "MetricsBody",
+        __base__=MetricsBody,
+        points=(list[PointIn] | None, Field(None, max_length=limit)),
+        columns=(columns | None, None),
+    )
 
 
 class MetricsOut(Schema):

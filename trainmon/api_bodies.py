@@ -3,8 +3,9 @@
 Ninja's body parameter runs json.loads, then validates the dicts: for a 10,000-point batch
 that took twice the time of `model_validate_json`, and the 10,000 dicts kept the garbage
 collector busy. An endpoint that takes a big body calls `json_body(request, Model)` instead
-and passes `openapi_extra=json_body_schema(Model)`, so the OpenAPI document still describes
-the body (TrainmonAPI in trainmon/api.py adds the model's schema to the components).
+and passes `openapi_extra=json_body_schema(Documented, ...)`, so the OpenAPI document still
+describes the body, in each shape Model takes (TrainmonAPI in trainmon/api.py adds the
+models' schemas to the components).
 
 `json_response(model)` renders an answer as pydantic does (`model_dump_json`), for big
 answers: ninja's renderer (json.dumps with its encoder, after validating the answer again)
@@ -73,11 +74,19 @@ def python_body(request: HttpRequest, model: type[M]) -> M:
         raise NinjaValidationError([{**e, "loc": (*BODY_LOC, *e["loc"])} for e in errors]) from None
 
 
-def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """An operation's `openapi_extra`: the required JSON request body `model`."""
-    DOCUMENTED[model.__name__] = model
-    schema = {"$ref": REF_TEMPLATE.format(model=model.__name__)}
-    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
+def json_body_schema(
+    *models: type[BaseModel], examples: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An operation's `openapi_extra`: a required JSON request body, one of `models`, with
+    named `examples` (OpenAPI Example objects) if given."""
+    refs = []
+    for model in models:
+        DOCUMENTED[model.__name__] = model
+        refs.append({"$ref": REF_TEMPLATE.format(model=model.__name__)})
+    media: dict[str, Any] = {"schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}
+    if examples:
+        media["examples"] = examples
+    return {"requestBody": {"content": {"application/json": media}, "required": True}}
 
 
 def documented_schemas() -> dict[str, Any]:

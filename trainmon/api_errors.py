@@ -42,7 +42,8 @@ class ErrorOut(Schema):
     details: Any = Field(
         None,
         description="For invalid input, a list of {field, message} objects (with `index` for "
-        "a bad point), at most 50; otherwise null or an object.",
+        "a bad point, whether sent as a row or as a column), at most 50; otherwise null or "
+        "an object.",
     )
 
 
@@ -132,11 +133,14 @@ def _invalid(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
 
 
 def _problem(error: dict[str, Any]) -> dict[str, Any]:
-    # loc is (source, [param name,] field, ...): ("body", "payload", "points", 3, "loss").
+    # loc is (source, [param name,] field, ...): ("body", "payload", "points", 3, "loss"), or
+    # for a batch sent as columns ("body", "payload", "columns", "loss", 3).
     loc = [part for part in error.get("loc", ()) if part not in {"body", "payload", "query"}]
     problem: dict[str, Any] = {"field": _dotted(loc), "message": error.get("msg", "Invalid.")}
     if len(loc) >= 2 and loc[0] == "points" and isinstance(loc[1], int):
         problem["index"] = loc[1]
+    elif len(loc) >= 3 and loc[0] == "columns" and isinstance(loc[-1], int):
+        problem["index"] = loc[-1]
     return problem
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import socket
 import sys
@@ -217,10 +218,10 @@ def test_invalid_points_raise_with_the_servers_details(run_args):
         run.log(5, loss=1.0, accuracy=1.5)  # an accuracy is from 0 to 1
         run.flush()
     assert error.value.status == 400
-    assert error.value.details[0]["field"] == "points[0].accuracy"
+    assert error.value.details[0]["field"] == "columns.accuracy[0]"
     job = TrainingJob.objects.get(pk=run.job_id)
     assert job.status == Status.FAILED
-    assert "points[0].accuracy" not in job.failure_reason
+    assert "columns.accuracy[0]" not in job.failure_reason
     assert "HTTP 400" in job.failure_reason
     assert run.refused == 1
 
@@ -330,6 +331,91 @@ def test_named_metrics_travel_beside_the_loss_or_alone(run_args):
     assert set(values["val/acc"]) == {9, 19}  # NaN is stored (as NULL), the job went on
     assert values["accuracy"] == {20: 0.75}
     assert (run.created, run.named_created) == (20, 20 + 20 + 2 + 2 + 1)
+
+
+def sent_bodies(monkeypatch, older_server: bool = False) -> list[dict]:
+    """The bodies of the client's POSTs of points, in order, as the server got them. An
+    older server refuses column bodies as it did: 400, "columns" an unknown field."""
+    real_urlopen = trainmon_client.urlopen
+    bodies: list[dict] = []
+
+    def recording(request, timeout):
+        if request.full_url.endswith("/metrics/"):
+            body = json.loads(request.data)
+            bodies.append(body)
+            if older_server and "columns" in body:
+                refusal = {
+                    "error": "Invalid request: 2 problem(s).",
+                    "details": [
+                        {"field": "points", "message": "Field required"},
+                        {"field": "columns", "message": "Extra inputs are not permitted"},
+                    ],
+                }
+                raise urllib.error.HTTPError(
+                    request.full_url,
+                    400,
+                    "Bad Request",
+                    {},
+                    io.BytesIO(json.dumps(refusal).encode()),
+                )
+        return real_urlopen(request, timeout=timeout)
+
+    monkeypatch.setattr(trainmon_client, "urlopen", recording)
+    return bodies
+
+
+def test_points_travel_as_columns(run_args, monkeypatch):
+    bodies = sent_bodies(monkeypatch)
+    with Run(**run_args, batch_size=4) as run:
+        run.log(0, loss=2.0, accuracy=0.5, val_loss=1.0, timestamp=1_700_000_000.0)
+        run.log(1, loss=1.5, timestamp=1_700_000_001.0)
+        run.log(1, **{"val/acc": float("nan")}, timestamp=1_700_000_002.0)  # merged into step 1
+        run.log(2, loss=float("inf"), epoch=1, timestamp=1_700_000_003.0)
+    assert bodies == [
+        {
+            "columns": {
+                "step": [0, 1, 2],
+                "epoch": [1, 1, 1],
+                "loss": [2.0, 1.5, "Infinity"],
+                "accuracy": [0.5, None, None],
+                "timestamp": [1_700_000_000.0, 1_700_000_002.0, 1_700_000_003.0],
+                "metrics": {"val_loss": [1.0, None, None], "val/acc": [None, "NaN", None]},
+            }
+        }
+    ]
+    job = TrainingJob.objects.get(pk=run.job_id)
+    assert (job.status, job.failure_reason) == (Status.FAILED, "loss diverged at step 2")
+    assert (run.created, run.named_created) == (2, 2)
+
+
+def test_a_server_without_columns_gets_rows_and_nothing_is_lost(run_args, token, monkeypatch):
+    bodies = sent_bodies(monkeypatch, older_server=True)
+    with Run(**run_args, batch_size=5) as run:
+        for step in range(12):
+            run.log(step, loss=1.0, val_loss=0.5)
+    # Refused once as columns, then rows from there on.
+    assert [next(iter(body)) for body in bodies] == ["columns", "points", "points", "points"]
+    job = TrainingJob.objects.get(pk=run.job_id)
+    assert (job.status, job.metrics.count(), len(named(job.pk)["val_loss"])) == (
+        Status.COMPLETED,
+        12,
+        12,
+    )
+    assert (run.created, run.refused) == (12, 0)
+
+
+def test_resend_to_a_server_without_columns_sends_rows(run_args, token, monkeypatch, tmp_path):
+    run = Run(**run_args)
+    run.start()
+    run.close()
+    path = tmp_path / "unsent.jsonl"
+    lines = [{"trainmon_unsent": 1, "base_url": run.base_url, "job_id": run.job_id}]
+    lines += [{"point": {"step": step, "loss": 1.0, "timestamp": 1e9}} for step in range(3)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    bodies = sent_bodies(monkeypatch, older_server=True)
+    totals = resend(path, token)
+    assert [next(iter(body)) for body in bodies] == ["columns", "points"]
+    assert (totals["points"], totals["created"]) == (3, 3)
 
 
 def test_the_timestamp_is_taken_when_logged_not_when_sent(run_args):

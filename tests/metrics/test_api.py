@@ -670,14 +670,27 @@ def test_the_openapi_schema_is_valid_and_public(client):
     # The write endpoint validates its body itself (trainmon/api_bodies.py): still documented.
     body = write["requestBody"]
     assert body["required"] is True
-    ref = body["content"]["application/json"]["schema"]["$ref"]
-    assert ref == "#/components/schemas/MetricsIn"
+    media = body["content"]["application/json"]
+    # Both shapes of a batch, with an example of each.
+    assert media["schema"] == {
+        "oneOf": [
+            {"$ref": "#/components/schemas/MetricsIn"},
+            {"$ref": "#/components/schemas/MetricColumnsIn"},
+        ]
+    }
+    assert set(media["examples"]) == {"points", "columns"}
     components = schema["components"]["schemas"]
     points = components["MetricsIn"]["properties"]["points"]
     assert points["items"] == {"$ref": "#/components/schemas/PointIn"}
     assert "TRAINMON_API_MAX_POINTS" in points["description"]
     loss = components["PointIn"]["properties"]["loss"]
     assert {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]} in loss["anyOf"][0]["anyOf"]
+    columns = components["MetricColumnsIn"]["properties"]["columns"]
+    assert columns["$ref"] == "#/components/schemas/PointColumnsIn"
+    assert set(components["PointColumnsIn"]["properties"]) == set(
+        components["PointIn"]["properties"]
+    )
+    assert components["PointColumnsIn"]["required"] == ["step"]
 
 
 @pytest.mark.parametrize("where", ["loss", "metrics"])

@@ -9,10 +9,10 @@ from django.test import RequestFactory
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
-from metrics.api_schemas import MetricsIn, SeriesOut, metrics_in_for, non_finite
+from metrics.api_schemas import MetricsBody, SeriesOut, metrics_body_for, non_finite
 from trainmon.api_bodies import json_body, json_response, python_body
 
-Body = metrics_in_for(3)
+Body = metrics_body_for(3)
 
 
 def request_with(raw: str | bytes) -> Any:
@@ -27,6 +27,8 @@ def outcome(parse: Any, raw: str | bytes) -> Any:
         return ("invalid", error.errors)
     except HttpError as error:
         return ("http", error.status_code, error.message)
+    if body.columns is not None:
+        return _plain(dict(body.columns))
     return [
         {
             **point.model_dump(exclude={"loss", "metrics"}),
@@ -34,8 +36,17 @@ def outcome(parse: Any, raw: str | bytes) -> Any:
             "metrics": point.metrics
             and {name: repr(non_finite(value)) for name, value in point.metrics.items()},
         }
-        for point in body.points
+        for point in body.points or []
     ]
+
+
+def _plain(value: Any) -> Any:
+    # A column's values as from the row shape: NaN and the infinities as floats, by repr.
+    if isinstance(value, dict):
+        return {name: _plain(inner) for name, inner in value.items()}
+    if isinstance(value, list):
+        return [_plain(inner) for inner in value]
+    return repr(non_finite(value)) if isinstance(value, float | str) else value
 
 
 BODIES = [
@@ -63,6 +74,14 @@ BODIES = [
     '{"points": [{"step": 0, "metrics": {"a": "Infinity", "b": NaN, "c": 2}}]}',
     '{"points": [{"step": 0, "metrics": {"bad\\u0000name": 1}}]}',
     '{"points": [{"step": 0, "loss": 1, "loss": 2}]}',
+    '{"points": null}',
+    '{"points": [], "columns": {"step": []}}',
+    '{"columns": {"step": [0, 1], "loss": [1.5, null], "metrics": {"a": [null, "NaN"]}}}',
+    '{"columns": {"step": [0, 1], "loss": ["NaN", -1e400], "epoch": [null, 2]}}',
+    '{"columns": {"step": [0, "1", -1], "loss": ["nan", true], "acc": []}}',
+    '{"columns": {"step": [0], "metrics": {"a": [1e400], "bad,name": [1], "c": [[1]]}}}',
+    '{"columns": {"step": [0, 1, 2, 3]}}',
+    '{"columns": {"loss": [1]}}',
 ]
 
 
@@ -88,8 +107,11 @@ def test_errors_are_located_under_the_payload():
     assert [error["loc"] for error in errors] == [("body", "payload", "points", 1, "step")]
 
 
-def test_the_points_limit_is_checked_before_the_points():
-    raw = json.dumps({"points": [{"step": "bad"}] * 4})
+@pytest.mark.parametrize(
+    "body", [{"points": [{"step": "bad"}] * 4}, {"columns": {"step": ["bad"] * 4}}]
+)
+def test_the_points_limit_is_checked_before_the_points(body):
+    raw = json.dumps(body)
     for parse in (json_body, python_body):
         assert outcome(parse, raw)[0] == "invalid"
         errors = outcome(parse, raw)[1]
@@ -98,10 +120,15 @@ def test_the_points_limit_is_checked_before_the_points():
         ]
 
 
-def test_the_limited_class_keeps_the_documented_name():
-    assert metrics_in_for(3).__name__ == "MetricsIn"
-    assert issubclass(metrics_in_for(3), MetricsIn)
-    assert metrics_in_for(3) is metrics_in_for(3)
+def test_one_limited_class_per_limit():
+    assert issubclass(metrics_body_for(3), MetricsBody)
+    assert metrics_body_for(3) is metrics_body_for(3)
+
+
+def test_a_body_takes_points_or_columns_not_both_nor_neither():
+    for raw in ("{}", '{"points": [], "columns": {"step": []}}'):
+        kind, [error] = outcome(json_body, raw)
+        assert (kind, error["loc"], error["type"]) == ("invalid", ("body", "payload"), "one_shape")
 
 
 def test_non_finite_strings_stay_strings_from_json_and_read_as_floats():
