@@ -12,7 +12,6 @@ from django.utils.safestring import SafeString
 from jobs import dashboard_rows
 from jobs.display import (
     EMPTY,
-    Progress,
     approx_duration_text,
     duration_text,
     job_progress,
@@ -72,12 +71,6 @@ def progress(job: TrainingJob) -> str:
 def live_texts(job: TrainingJob) -> dict[str, str]:
     """The job page's live texts by data-figure name (jobs.live_figures, shared with the poll)."""
     return job_live_texts(job)
-
-
-@register.filter
-def progress_of(job: TrainingJob) -> Progress:
-    """The job's progress and its wordings (label, steps_text, summary, value_text, width)."""
-    return job_progress(job)
 
 
 @register.filter
