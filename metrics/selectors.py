@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,7 +311,9 @@ class _News:
     too_many: bool = False  # a range holds more points than the poll's limit
 
 
-# The parts of _news_since's answer, in its first column.
+# The parts of _news_since's answer, in its first column. Its columns: part, key id, then a
+# range's key name, first write and whether it created the key; a point's step, figures
+# (value, or loss, accuracy and learning rate) and time.
 _RANGE, _NAMED_POINT, _HEADLINE_POINT = 0, 1, 2
 _NO_FIGURE = "CAST(NULL AS double precision)"  # typed: PostgreSQL resolves a UNION pairwise
 
@@ -333,7 +336,7 @@ def _news_since(job_id: int, cursor: int, keys: Collection[str] | None, limit: i
         asked = f"k.name IN ({', '.join(['%s'] * len(keys))})"  # at most MAX_KEYS_PER_REQUEST
         params += keys
     parts = [
-        f"""SELECT {_RANGE} AS part, key_id, name, lo AS step, hi, first_seq, is_new,
+        f"""SELECT {_RANGE} AS part, key_id, name, first_seq, is_new, CAST(NULL AS bigint),
                {_NO_FIGURE}, {_NO_FIGURE}, {_NO_FIGURE}, {_NO_FIGURE}
         FROM ranges"""
     ]
@@ -382,7 +385,7 @@ def _range_points(spec: SummarySpec, part: int, ranges_filter: str) -> str:
         # planner cannot see how few rows the ranges select). Unordered: a range past the
         # limit is only counted (the poll then says reload), and _news_of sorts the rest.
         return f"""
-            SELECT {part}, {key_id}, NULL, p.step, NULL, NULL, NULL, {", ".join(figures)}, {time}
+            SELECT {part}, {key_id}, NULL, NULL, NULL, p.step, {", ".join(figures)}, {time}
             FROM ranges r CROSS JOIN LATERAL (
                 SELECT step, {", ".join(values)}, {spec.time} FROM {table} p
                 WHERE {owner} AND p.step BETWEEN r.lo AND r.hi
@@ -393,7 +396,7 @@ def _range_points(spec: SummarySpec, part: int, ranges_filter: str) -> str:
     # SQLite has no LATERAL; it walks the (owner, step) index per range anyway.
     aliased = ", ".join(f"{figure} AS v{index}" for index, figure in enumerate(figures))
     return f"""
-        SELECT {part}, key_id, NULL, step, NULL, NULL, NULL, v0, v1, v2, time FROM (
+        SELECT {part}, key_id, NULL, NULL, NULL, step, v0, v1, v2, time FROM (
             SELECT {key_id} AS key_id, p.step, {aliased}, {time} AS time,
                    ROW_NUMBER() OVER (PARTITION BY r.key_id) AS n
             FROM ranges r JOIN {table} p ON {owner} AND p.step BETWEEN r.lo AND r.hi
@@ -403,10 +406,13 @@ def _range_points(spec: SummarySpec, part: int, ranges_filter: str) -> str:
     """
 
 
+_step_of = operator.itemgetter(0)  # steps are unique per series: the rest never compares
+
+
 def _news_of(rows: list[tuple[Any, ...]], keys: Collection[str] | None, limit: int) -> _News:
     news = _News()
     wanted = None if keys is None else set(keys)
-    for part, key_id, name, step, _hi, first_seq, is_new, *point in rows:
+    for part, key_id, name, first_seq, is_new, step, *point in rows:
         if part == _RANGE:
             news.first_seq = first_seq if news.first_seq is None else min(news.first_seq, first_seq)
             if key_id is None or name is None:
@@ -421,9 +427,9 @@ def _news_of(rows: list[tuple[Any, ...]], keys: Collection[str] | None, limit: i
             news.headline.append((step, *point))
     # The statement sorts nothing (a sort per range, and of the whole answer, cost it more
     # than sorting here: each range's points mostly come in step order already).
-    news.headline.sort()
+    news.headline.sort(key=_step_of)
     for points in news.named.values():
-        points.sort()
+        points.sort(key=_step_of)
     news.new_keys.sort()
     news.asked.sort(key=lambda ref: ref[1])
     news.too_many = len(news.headline) > limit or any(
