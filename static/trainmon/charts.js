@@ -1053,7 +1053,8 @@
         event.detail.serverResponse = "";
         applyUpdate(update);
         if (update.figures) {
-          document.dispatchEvent(new CustomEvent("trainmon:job-figures", { detail: update.figures }));
+          const figures = new CustomEvent("trainmon:job-figures", { detail: update.figures });
+          document.dispatchEvent(figures);
         }
       });
       // After a status change the answer is HTML: the partials, and the JSON in #poll-data.
