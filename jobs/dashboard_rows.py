@@ -67,27 +67,46 @@ def progress_bar(job: TrainingJob) -> SafeString:
     runs. Without a declared length the bar is indeterminate: no aria-valuenow (ARIA's way
     to say so), and a fill that sweeps while the job may still report (full once it is
     finished). Past the declared length it stays full."""
+    bar, fill = progress_bar_attrs(job)
+    return mark_safe(f"\n\n<div{_attributes(bar)}>\n  <div{_attributes(fill)}></div>\n</div>\n\n")
+
+
+Attributes = dict[str, str | None]
+
+
+def progress_bar_attrs(job: TrainingJob) -> tuple[Attributes, Attributes]:
+    """The bar's attributes and its fill's, in the order the markup writes them; None is an
+    attribute left out. The job page's poll sends these same dicts for its script to set on
+    the live bar (static/trainmon/job-figures.js), so the markup is described once."""
     p = job_progress(job)
-    status = escape(job.status)
-    name = escape(job.name)
-    fill_id = f"progress-fill-{job.pk}"
+    bar: Attributes = {
+        "class": "progress progress-past" if p.past else "progress",
+        "data-status": job.status,
+        "role": "progressbar",
+        "aria-label": f"Progress of {job.name}",
+        "aria-valuemin": None,
+        "aria-valuemax": None,
+        "aria-valuenow": None,
+        "aria-valuetext": p.value_text,
+    }
+    fill: Attributes = {"class": "progress-fill", "id": f"progress-fill-{job.pk}"}
     if p.known:
         now = job.total_steps if p.past else p.shown_step
-        return mark_safe(
-            f'\n\n<div class="progress{" progress-past" if p.past else ""}" '
-            f'data-status="{status}" role="progressbar" aria-label="Progress of {name}" '
-            f'aria-valuemin="0" aria-valuemax="{job.total_steps}" aria-valuenow="{now}" '
-            f'aria-valuetext="{escape(p.value_text)}">\n'
-            f'  <div class="progress-fill" id="{fill_id}" data-width="{p.width}"></div>\n'
-            "</div>\n\n"
-        )
-    full = ' data-width="100.00%"' if job.is_terminal else ""
-    return mark_safe(
-        f'\n\n<div class="progress progress-indeterminate" data-status="{status}" '
-        f'role="progressbar" aria-label="Progress of {name}" '
-        f'aria-valuetext="{escape(p.value_text)}">\n'
-        f'  <div class="progress-fill" id="{fill_id}"{full}></div>\n'
-        "</div>\n\n"
+        bar |= {
+            "aria-valuemin": "0",
+            "aria-valuemax": str(job.total_steps),
+            "aria-valuenow": str(now),
+        }
+        fill["data-width"] = p.width
+    else:
+        bar["class"] = "progress progress-indeterminate"
+        fill["data-width"] = "100.00%" if job.is_terminal else None
+    return bar, fill
+
+
+def _attributes(attrs: Attributes) -> str:
+    return "".join(
+        f' {name}="{escape(value)}"' for name, value in attrs.items() if value is not None
     )
 
 

@@ -35,6 +35,8 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 WEEK = 7 * DAY
 EMPTY = "—"
+# Figures below this are shown in scientific notation (learning rates).
+SCIENTIFIC_BELOW = 1e-2
 
 
 def time_ago(moment: datetime | None, *, now: datetime | None = None) -> str:  # noqa: PLR0911
@@ -67,6 +69,31 @@ def duration_label(duration: timedelta) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(round(seconds / HOUR), 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def approx_duration_text(duration: timedelta | None) -> str:
+    """An ETA as people say it: '~45 s', '~4 min', '~2 h 10 min', '~3 d 4 h'."""
+    return EMPTY if duration is None else f"~{duration_label(duration)}"
+
+
+def duration_text(duration: timedelta | None) -> str:
+    """An elapsed time: '45 s', '4 min', '2 h 10 min'."""
+    return EMPTY if duration is None else duration_label(duration)
+
+
+def percent_text(value: float | None) -> str:
+    """An accuracy in [0, 1] as a percentage: '87.5%'."""
+    return EMPTY if value is None else f"{100 * value:.1f}%"
+
+
+def sci_text(value: float | None) -> str:
+    """Learning rates: '3.0e-4' for small ones, plain digits otherwise."""
+    if value is None:
+        return EMPTY
+    if value == 0 or abs(value) >= SCIENTIFIC_BELOW:
+        return f"{value:.4g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def progress_floor(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,6 @@ from metrics.summary import (
     summary_series,
     summary_width_for,
 )
-from trainmon.bulk import json_rows
 
 
 def metrics_after(
@@ -278,120 +278,161 @@ def job_poll(
     limit: int = POLL_MAX_POINTS,
 ) -> Poll:
     """The points written to `job` since `cursor`, for the headline and the named `keys`
-    (None: every key). Up to date: no query. Otherwise three queries, however many keys: the
-    ingest log since the cursor, the headline ranges, the named ranges."""
+    (None: every key). Up to date: no query. Otherwise one statement, however many keys:
+    the ingest log since the cursor and the points of the step ranges it names."""
     check_max_points(limit)
     now = job.ingest_seq
     if cursor == now:
         return Poll(cursor=now)
     if cursor > now or cursor < 0:
         return Poll(cursor=now, reload=True)
-    changes = _changes_since(job.pk, cursor)
-    if changes is None:
+    news = _news_since(job.pk, cursor, keys, limit)
+    # The log no longer holds the write right after the cursor (pruned): what came between
+    # is unknown, and the points read with the rest are not enough.
+    if news.first_seq != cursor + 1:
         return Poll(cursor=now, reload=True)
-    headline_range, named_ranges, new_keys = changes
-    wanted = None if keys is None else set(keys)
-    named_ranges = {
-        key: ranges for key, ranges in named_ranges.items() if wanted is None or key[1] in wanted
-    }
-    headline = Series()
-    if headline_range is not None:
-        lo, hi = headline_range
-        rows = _raw_rows(HEADLINE, job.pk, after_step=lo - 1, through_step=hi, limit=limit + 1)
-        if len(rows) > limit:
-            return Poll(cursor=now, reload=True, new_keys=new_keys)
-        headline = Series.from_rows(rows)
-    named = _named_ranges(named_ranges, limit)
-    if named is None:
-        return Poll(cursor=now, reload=True, new_keys=new_keys)
-    return Poll(cursor=now, headline=headline, named=named, new_keys=new_keys)
+    if news.too_many:
+        return Poll(cursor=now, reload=True, new_keys=news.new_keys)
+    named = {name: NamedSeries.from_rows(news.named.get(key_id, [])) for key_id, name in news.asked}
+    headline = Series.from_rows(news.headline)
+    return Poll(cursor=now, headline=headline, named=named, new_keys=news.new_keys)
 
 
-_KeyRef = tuple[int, str]  # (key id, name)
+@dataclass
+class _News:
+    """What _news_since read: the first write after the cursor (None: none logged), the new
+    keys, the (key id, name) of each asked key that changed, and their points."""
+
+    first_seq: int | None = None
+    new_keys: list[str] = field(default_factory=list)
+    asked: list[tuple[int, str]] = field(default_factory=list)
+    headline: list[tuple[Any, ...]] = field(default_factory=list)
+    named: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)
+    too_many: bool = False  # a range holds more points than the poll's limit
 
 
-def _changes_since(
-    job_id: int, cursor: int
-) -> tuple[tuple[int, int] | None, dict[_KeyRef, tuple[int, int]], list[str]] | None:
-    """The step range per series written after `cursor`, and the keys created since; None
-    when the log no longer holds the write right after the cursor (pruned)."""
+# The parts of _news_since's answer, in its first column. Its columns: part, key id, then a
+# range's key name, first write and whether it created the key; a point's step, figures
+# (value, or loss, accuracy and learning rate) and time.
+_RANGE, _NAMED_POINT, _HEADLINE_POINT = 0, 1, 2
+_NO_FIGURE = "CAST(NULL AS double precision)"  # typed: PostgreSQL resolves a UNION pairwise
+
+
+def _news_since(job_id: int, cursor: int, keys: Collection[str] | None, limit: int) -> _News:
+    """The step range of every series written after `cursor` (from the ingest log) and,
+    in the same statement, the points of those ranges: the headline's and the asked keys',
+    at most limit + 1 per range. A poll with news then costs one round trip and one plan.
+
+    A key is new when a write after the cursor created it: the write that creates a key
+    stamps the key and its log row with the same time.
+    """
     log = IngestLog._meta.db_table
-    keys = MetricKey._meta.db_table
-    # A key is new when it was created by a write after the cursor: the write that creates
-    # a key stamps the key and its log row with the same time.
+    key_table = MetricKey._meta.db_table
+    params: list[Any] = [job_id, cursor, cursor + 1]
+    # Whether a range is one the poll asks the points of, decided with the ranges: a filter
+    # of their scan, so no other key's points are ever read, whatever the plan.
+    asked = "TRUE"
+    if keys:
+        asked = f"k.name IN ({', '.join(['%s'] * len(keys))})"  # at most MAX_KEYS_PER_REQUEST
+        params += keys
+    parts = [
+        f"""SELECT {_RANGE} AS part, key_id, name, first_seq, is_new, CAST(NULL AS bigint),
+               {_NO_FIGURE}, {_NO_FIGURE}, {_NO_FIGURE}, {_NO_FIGURE}
+        FROM ranges"""
+    ]
+    if keys is None or keys:
+        parts.append(_range_points(KEYS, _NAMED_POINT, "r.key_id IS NOT NULL AND r.asked"))
+        params.append(limit + 1)
+    parts.append(_range_points(HEADLINE, _HEADLINE_POINT, "r.key_id IS NULL"))
+    params += [job_id, limit + 1]
     sql = f"""
         WITH since AS (
             SELECT key_id, min_step, max_step, seq, created_at FROM {log}
             WHERE job_id = %s AND seq > %s
         ),
-        first_write AS (SELECT MIN(created_at) AS created_at FROM since WHERE seq = %s)
-        SELECT s.key_id, k.name, MIN(s.min_step), MAX(s.max_step), MIN(s.seq),
-               MAX(CASE WHEN k.created_at >= f.created_at THEN 1 ELSE 0 END)
-        FROM since s CROSS JOIN first_write f LEFT JOIN {keys} k ON k.id = s.key_id
-        GROUP BY s.key_id, k.name
+        first_write AS (SELECT MIN(created_at) AS created_at FROM since WHERE seq = %s),
+        ranges AS (
+            SELECT s.key_id, k.name, MIN(s.min_step) AS lo, MAX(s.max_step) AS hi,
+                   MIN(s.seq) AS first_seq,
+                   MAX(CASE WHEN k.created_at >= f.created_at THEN 1 ELSE 0 END) AS is_new,
+                   {asked} AS asked
+            FROM since s CROSS JOIN first_write f LEFT JOIN {key_table} k ON k.id = s.key_id
+            GROUP BY s.key_id, k.name
+        )
+        {" UNION ALL ".join(parts)}
     """
     with connection.cursor() as cursor_:
-        cursor_.execute(sql, [job_id, cursor, cursor + 1])
+        cursor_.execute(sql, params)
         rows = cursor_.fetchall()
-    if not rows or min(row[4] for row in rows) != cursor + 1:
-        return None
-    headline: tuple[int, int] | None = None
-    named: dict[_KeyRef, tuple[int, int]] = {}
-    new_keys: list[str] = []
-    for key_id, name, lo, hi, _, is_new in rows:
-        if key_id is None:
-            headline = (int(lo), int(hi))
-        elif name is not None:
-            named[(int(key_id), name)] = (int(lo), int(hi))
-            if is_new:
-                new_keys.append(name)
-    return headline, named, sorted(new_keys)
+    return _news_of(rows, keys, limit)
 
 
-def _named_ranges(
-    ranges: dict[_KeyRef, tuple[int, int]], limit: int
-) -> dict[str, NamedSeries] | None:
-    """The points of each key's step range, one query for all keys; None if a range holds
-    more than `limit` points."""
-    if not ranges:
-        return {}
-    source, params = json_rows(
-        [("key_id", "bigint"), ("lo", "bigint"), ("hi", "bigint")],
-        [(key_id, lo, hi) for (key_id, _), (lo, hi) in ranges.items()],
-    )
-    table = NamedMetric._meta.db_table
-    time = epoch_seconds_sql("p.reported_at")
+def _range_points(spec: SummarySpec, part: int, ranges_filter: str) -> str:
+    """The SELECT of one kind of points (the headline's or the named keys') in the ranges
+    `ranges_filter` keeps, in _news_since's columns. Its parameters: for the headline the
+    job's id, then the most points a range may return."""
+    table = spec.points._meta.db_table
+    values = [spec.value, *spec.carried]
+    figures = [f"p.{column}" for column in values] + ["NULL"] * (3 - len(values))
+    if spec is KEYS:
+        key_id, owner = "r.key_id", "p.key_id = r.key_id"
+    else:
+        key_id, owner = "NULL", "p.job_id = %s"
+    time = epoch_seconds_sql(f"p.{spec.time}")
     if connection.vendor == "postgresql":
-        # Per range, an index scan on (key, step) that stops after limit + 1 rows. A plain
-        # join of the ranges to the points is planned as a scan of every key's points
-        # (the planner cannot see how few rows the JSON ranges select).
-        sql = f"""
-            SELECT r.key_id, p.step, p.value, {time}
-            FROM {source} AS r
-            CROSS JOIN LATERAL (
-                SELECT step, value, reported_at FROM {table}
-                WHERE key_id = r.key_id AND step BETWEEN r.lo AND r.hi
-                ORDER BY step LIMIT %s
+        # Per range, an index scan on (owner, step) that stops after the limit. A plain join
+        # of the ranges to the points is planned as a scan of all the owner's points (the
+        # planner cannot see how few rows the ranges select). Unordered: a range past the
+        # limit is only counted (the poll then says reload), and _news_of sorts the rest.
+        return f"""
+            SELECT {part}, {key_id}, NULL, NULL, NULL, p.step, {", ".join(figures)}, {time}
+            FROM ranges r CROSS JOIN LATERAL (
+                SELECT step, {", ".join(values)}, {spec.time} FROM {table} p
+                WHERE {owner} AND p.step BETWEEN r.lo AND r.hi
+                LIMIT %s
             ) AS p
-            ORDER BY r.key_id, p.step
+            WHERE {ranges_filter}
         """
-    else:  # SQLite has no LATERAL; it walks the (key, step) index per range anyway.
-        sql = f"""
-            SELECT key_id, step, value, time FROM (
-                SELECT p.key_id, p.step, p.value, {time} AS time,
-                       ROW_NUMBER() OVER (PARTITION BY p.key_id ORDER BY p.step) AS n
-                FROM {source} AS r
-                JOIN {table} p ON p.key_id = r.key_id AND p.step BETWEEN r.lo AND r.hi
-            ) ranged
-            WHERE n <= %s
-            ORDER BY key_id, step
-        """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, limit + 1])
-        rows = cursor.fetchall()
-    by_key: dict[int, list[tuple[Any, ...]]] = {}
-    for key_id, step, value, time in rows:
-        by_key.setdefault(key_id, []).append((step, value, time))
-    if any(len(points) > limit for points in by_key.values()):
-        return None
-    return {name: NamedSeries.from_rows(by_key.get(key_id, [])) for (key_id, name) in ranges}
+    # SQLite has no LATERAL; it walks the (owner, step) index per range anyway.
+    aliased = ", ".join(f"{figure} AS v{index}" for index, figure in enumerate(figures))
+    return f"""
+        SELECT {part}, key_id, NULL, NULL, NULL, step, v0, v1, v2, time FROM (
+            SELECT {key_id} AS key_id, p.step, {aliased}, {time} AS time,
+                   ROW_NUMBER() OVER (PARTITION BY r.key_id) AS n
+            FROM ranges r JOIN {table} p ON {owner} AND p.step BETWEEN r.lo AND r.hi
+            WHERE {ranges_filter}
+        ) ranged
+        WHERE n <= %s
+    """
+
+
+_step_of = operator.itemgetter(0)  # steps are unique per series: the rest never compares
+
+
+def _news_of(rows: list[tuple[Any, ...]], keys: Collection[str] | None, limit: int) -> _News:
+    news = _News()
+    wanted = None if keys is None else set(keys)
+    for part, key_id, name, first_seq, is_new, step, *point in rows:
+        if part == _RANGE:
+            news.first_seq = first_seq if news.first_seq is None else min(news.first_seq, first_seq)
+            if key_id is None or name is None:
+                continue
+            if is_new:
+                news.new_keys.append(name)
+            if wanted is None or name in wanted:
+                news.asked.append((key_id, name))
+        elif part == _NAMED_POINT:
+            news.named.setdefault(key_id, []).append((step, point[0], point[3]))
+        else:
+            news.headline.append((step, *point))
+    # The statement sorts nothing (a sort per range, and of the whole answer, cost it more
+    # than sorting here: each range's points mostly come in step order already).
+    news.headline.sort(key=_step_of)
+    for points in news.named.values():
+        points.sort(key=_step_of)
+    news.new_keys.sort()
+    news.asked.sort(key=lambda ref: ref[1])
+    news.too_many = len(news.headline) > limit or any(
+        len(points) > limit for points in news.named.values()
+    )
+    return news

@@ -10,14 +10,20 @@ from django import template
 from django.utils.safestring import SafeString
 
 from jobs import dashboard_rows
-from jobs.display import EMPTY, Progress, duration_label, job_progress, time_ago
+from jobs.display import (
+    EMPTY,
+    approx_duration_text,
+    duration_text,
+    job_progress,
+    percent_text,
+    sci_text,
+    time_ago,
+)
+from jobs.live_figures import job_live_texts
 from jobs.models import TrainingJob
 from jobs.services import JOB_ACTIONS, JobAction, job_allowed_actions
 
 register = template.Library()
-
-# Figures below this are shown in scientific notation (learning rates).
-SCIENTIFIC_BELOW = 1e-2
 
 
 @register.filter
@@ -29,13 +35,13 @@ def ago(moment: datetime | None) -> str:
 @register.filter
 def approx_duration(duration: timedelta | None) -> str:
     """An ETA as people say it: '~45 s', '~4 min', '~2 h 10 min', '~3 d 4 h'."""
-    return EMPTY if duration is None else f"~{duration_label(duration)}"
+    return approx_duration_text(duration)
 
 
 @register.filter
 def duration(value: timedelta | None) -> str:
     """An elapsed time: '45 s', '4 min', '2 h 10 min'."""
-    return EMPTY if value is None else duration_label(value)
+    return duration_text(value)
 
 
 @register.filter
@@ -52,7 +58,7 @@ def thousands(value: int | None) -> str:
 @register.filter
 def fraction_percent(value: float | None) -> str:
     """An accuracy in [0, 1] as a percentage."""
-    return EMPTY if value is None else f"{100 * value:.1f}%"
+    return percent_text(value)
 
 
 @register.filter
@@ -62,9 +68,9 @@ def progress(job: TrainingJob) -> str:
 
 
 @register.filter
-def progress_of(job: TrainingJob) -> Progress:
-    """The job's progress and its wordings (label, steps_text, summary, value_text, width)."""
-    return job_progress(job)
+def live_texts(job: TrainingJob) -> dict[str, str]:
+    """The job page's live texts by data-figure name (jobs.live_figures, shared with the poll)."""
+    return job_live_texts(job)
 
 
 @register.filter
@@ -90,12 +96,7 @@ def progress_width(job: TrainingJob) -> str:
 @register.filter
 def sci(value: float | None) -> str:
     """Learning rates: '3.0e-4' for small ones, plain digits otherwise."""
-    if value is None:
-        return EMPTY
-    if value == 0 or abs(value) >= SCIENTIFIC_BELOW:
-        return f"{value:.4g}"
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    return sci_text(value)
 
 
 @register.filter

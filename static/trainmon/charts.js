@@ -1042,6 +1042,22 @@
           event.detail.parameters.progress_seq = progress.dataset.ingestSeq;
         }
       });
+      // A poll with news answers JSON (metrics.views.poll): the points, and the progress and
+      // stats figures, which job-figures.js places. htmx gets an empty body to swap instead, so
+      // it still does the rest (a 286 stops the polling).
+      poller.addEventListener("htmx:beforeSwap", (event) => {
+        const xhr = event.detail.xhr;
+        const type = xhr.getResponseHeader("Content-Type") || "";
+        if (!event.detail.shouldSwap || !type.startsWith("application/json")) return;
+        const update = JSON.parse(xhr.responseText);
+        event.detail.serverResponse = "";
+        applyUpdate(update);
+        if (update.figures) {
+          const figures = new CustomEvent("trainmon:job-figures", { detail: update.figures });
+          document.dispatchEvent(figures);
+        }
+      });
+      // After a status change the answer is HTML: the partials, and the JSON in #poll-data.
       poller.addEventListener("htmx:afterSwap", () => {
         const holder = document.getElementById("poll-data");
         if (!holder || !holder.textContent.trim()) return;

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from jobs import services
+from jobs.dashboard_rows import progress_bar_attrs
+from jobs.live_figures import job_live_texts
 from jobs.models import TrainingJob
 from tests.browser.support import (
     TICK_INTERVAL_SECONDS,
@@ -125,15 +127,38 @@ def test_an_up_to_date_page_gets_empty_polls_and_still_the_news(
         ):
             pass
     assert point_count(page) == 0
-    # Then points arrive: the next poll brings them and the progress.
+    assert page.locator("[data-figure=last_loss_step]").is_hidden()  # no loss yet
+    answers: list[tuple[int, str]] = []
+    page.on(
+        "response",
+        lambda response: (
+            "/poll/" in response.url
+            and answers.append((response.status, response.headers.get("content-type", "")))
+        ),
+    )
+    # Then points arrive: a poll brings them, and the cards' figures as JSON, which the page
+    # shows exactly as the server wrote them.
     ticks = ticker([job.pk])
     ticks.wait_for_ticks(1)
-    wait_for_points_above(page, 0)
-    page.wait_for_function(
-        "() => Number(document.querySelector('#job-progress [role=progressbar]')"
-        ".getAttribute('aria-valuenow')) > 0"
-    )
     ticks.stop()
+    job.refresh_from_db()
+    page.wait_for_function(
+        "seq => document.getElementById('job-progress').dataset.ingestSeq === seq",
+        arg=str(job.ingest_seq),
+    )
+    wait_for_points_above(page, job.current_step - 1)
+    assert (200, "application/json") in answers
+    shown = page.eval_on_selector_all(
+        "[data-figure]",
+        "elements => elements.map(e => [e.dataset.figure, e.textContent, e.hidden])",
+    )
+    texts = job_live_texts(job)
+    assert {name: text for name, text, _ in shown} == texts
+    assert all(hidden is (texts[name] == "") for name, _, hidden in shown)
+    assert page.locator("[data-figure=last_loss_step]").is_visible()
+    _, fill = progress_bar_attrs(job)
+    assert progress_now(page) == job.current_step > 0
+    assert page.get_attribute("#job-progress .progress-fill", "data-width") == fill["data-width"]
     assert browser_errors.messages == []
 
 

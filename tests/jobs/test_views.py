@@ -25,6 +25,13 @@ HTMX = {"HX-Request": "true"}
 POLLING = 'hx-trigger="every 2s"'
 
 
+def figure(html: str, name: str) -> str:
+    """The text of the page's data-figure="name" element (jobs.live_figures)."""
+    found = re.search(rf'data-figure="{name}"[^>]*>([^<]*)<', html)
+    assert found, name
+    return found.group(1)
+
+
 def row_ids(response) -> list[int]:
     return [int(pk) for pk in re.findall(r'data-job-id="(\d+)"', response.content.decode())]
 
@@ -701,9 +708,9 @@ class TestOpenEndedJobs:
         job = self.open_ended(user)
         html = user_client.get(job.get_absolute_url()).content.decode()
         progress = re.search(r'<section id="job-progress".*?</section>', html, re.S).group(0)
-        assert '<span class="progress-big num">1,234 steps</span>' in progress
+        assert figure(progress, "progress_label") == "1,234 steps"
         assert "12.5 steps/s · 5 min elapsed" in progress
-        assert '<span class="progress-eta num">running</span>' in progress
+        assert figure(progress, "progress_eta") == "running"
         assert "aria-valuenow" not in progress
         assert "%" not in progress
         stats = re.search(r'<dl id="job-stats".*?</dl>', html, re.S).group(0)
@@ -715,16 +722,16 @@ class TestOpenEndedJobs:
         job = self.open_ended(user, status=Status.COMPLETED, finished_at=timezone.now())
         html = user_client.get(job.get_absolute_url()).content.decode()
         assert 'data-width="100.00%"' in html
-        assert '<span class="progress-eta num">done</span>' in html
+        assert figure(html, "progress_eta") == "done"
 
     def test_the_job_page_past_the_declared_length(self, user_client, user):
         job = TrainingJobFactory(
             owner=user, source=TrainingJob.Source.EXTERNAL, current_step=90, steps_per_second=3.0
         )
         html = user_client.get(job.get_absolute_url()).content.decode()
-        assert '<span class="progress-big num">past length</span>' in html
+        assert figure(html, "progress_label") == "past length"
         assert "step 90 of 60 declared, past it" in html
-        assert '<span class="progress-eta num">running</span>' in html  # no ETA past the length
+        assert figure(html, "progress_eta") == "running"  # no ETA past the length
 
     def test_the_compare_table_shows_steps_without_a_length(self, user_client, user):
         job = self.open_ended(user)

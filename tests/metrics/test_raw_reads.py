@@ -22,6 +22,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from accounts.services import api_token_create
+from jobs.models import TrainingJob
 from metrics.models import NamedMetric, TrainingMetric
 from metrics.series import POINTS_PER_BUCKET, POLL_MAX_POINTS, SERIES_MAX_POINTS
 from metrics.summary import summary_width_for
@@ -187,3 +188,24 @@ def test_job_page_series_and_named_series(job, browser):
     read, response = raw_rows_read(lambda: browser.get(f"/jobs/{job.pk}/keys/"))
     assert response.status_code == 200
     assert read == 0
+
+
+def test_a_poll_by_cursor_reads_just_the_ranges_written_since(user, browser):
+    """The page's poll: one statement reads the ingest log and, per range it names, the
+    points through the (owner, step) index; never the points before them."""
+    job = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
+    old, new = np.arange(20_000), np.arange(20_000, 20_050)
+    batches_write((job, metric_batch(old, steps_per_epoch=job.steps_per_epoch)))
+    named_write(job, {KEY: (old, 1.0), "lr": (old, 1e-3)})
+    job.refresh_from_db()
+    cursor = job.ingest_seq
+    batches_write((job, metric_batch(new, steps_per_epoch=job.steps_per_epoch)))
+    named_write(job, {KEY: (new[:3], 0.5), "lr": (new[:1], 1e-4)})
+    job.refresh_from_db()
+    url = f"/jobs/{job.pk}/poll/?cursor={cursor}&keys={KEY}&status={job.status}"
+    read, response = raw_rows_read(lambda: browser.get(url))
+    data = response.json()
+    assert data["headline"]["steps"] == new.tolist()
+    assert data["keys"] == {KEY: data["keys"][KEY]}  # "lr" moved too, but was not asked for
+    assert data["keys"][KEY]["steps"] == new[:3].tolist()
+    assert read == len(new) + 3

@@ -12,6 +12,7 @@ from django.template.loader import render_to_string
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from jobs.live_figures import job_live_figures
 from jobs.models import TrainingJob
 from jobs.services import job_fail, job_pause, jobs_lock
 from metrics.points import MetricBatch, NamedBatch
@@ -45,6 +46,9 @@ def poll_url(job, **params):
 
 
 def poll_data(response) -> dict:
+    """The poll's JSON: the answer itself, or after a status change its #poll-data."""
+    if response["Content-Type"] == "application/json":
+        return json.loads(response.content)
     match = POLL_DATA.search(response.content.decode())
     assert match, "the poll response carries #poll-data out of band"
     return json.loads(match.group(1))
@@ -128,20 +132,22 @@ def test_series_and_poll_answer_get_only(user_client, running):
 # --- poll -------------------------------------------------------------------------------------
 
 
-def test_poll_sends_only_the_new_points_and_the_partials_out_of_band(user_client, running):
+def test_poll_sends_only_the_new_points_and_the_figures_as_json(user_client, running):
     job = points_write(running, range(10), losses=np.arange(10, 0, -1))
     response = user_client.get(poll_url(job, after=6, status="running"))
-    assert response.status_code == 200
-    data = poll_data(response)
+    assert (response.status_code, response["Content-Type"]) == (200, "application/json")
+    data = response.json()
     assert data["steps"] == [7, 8, 9]
     assert data["loss"] == [3.0, 2.0, 1.0]
     assert data["last_step"] == 9
     assert data["catch_up"] is False
     assert (data["status"], data["terminal"]) == ("running", False)
-    html = response.content.decode()
-    for element_id in ("job-progress", "job-stats"):
-        assert re.search(rf'id="{element_id}"[^>]*hx-swap-oob="true"', html), element_id
-    assert 'id="job-header"' not in html  # unchanged status: the buttons keep their focus
+    # The cards' figures as the page writes them; no partial (and no header: unchanged
+    # status, the buttons keep their focus).
+    assert data["figures"] == job_live_figures(job)
+    assert data["figures"]["texts"]["last_loss"] == "1.0000"
+    assert data["figures"]["bar"]["aria-valuenow"] == "10"
+    assert rendered(response) == set()
     assert "HX-Trigger" not in response
 
 
@@ -159,6 +165,7 @@ def test_poll_with_nothing_new_keeps_the_clients_last_step(user_client, running)
 
 
 def test_poll_json_cannot_break_out_of_its_script_element(user_client, user):
+    # A status change: the JSON travels in #poll-data, beside the partials.
     job = TrainingJobFactory(owner=user, name="</script><b>x</b>", status=Status.PAUSED)
     response = user_client.get(poll_url(job, after=-1, status="running"))
     match = POLL_DATA.search(response.content.decode())
@@ -603,16 +610,19 @@ def test_poll_by_cursor_of_a_finished_job_answers_286(user_client, user):
 
 
 def test_poll_by_cursor_query_count_does_not_grow_with_keys(
-    user_client, external, django_assert_max_num_queries
+    user_client, external, django_assert_num_queries
 ):
     job = named_write(external, [("a", 0, 1.0)])
     cursor = job.ingest_seq
     job = named_write(job, [(f"k{i}", step, 1.0) for i in range(20) for step in range(50)])
+    job = points_write(job, range(5))
     keys = ",".join(f"k{i}" for i in range(20))
-    # session, user, job, then the ingest log and the ranges (headline, named): a handful
-    with django_assert_max_num_queries(8):
-        data = poll_data(user_client.get(poll_url(job, cursor=cursor, keys=keys)))
+    # session, user, job, then one statement: the ingest log and its ranges' points
+    with django_assert_num_queries(4):
+        response = user_client.get(poll_url(job, cursor=cursor, keys=keys, status="running"))
+    data = response.json()
     assert all(len(data["keys"][f"k{i}"]["steps"]) == 50 for i in range(20))
+    assert data["headline"]["steps"] == [0, 1, 2, 3, 4]
 
 
 def test_charts_partial_offers_named_keys_filter_and_time_axis(rf, running):
@@ -656,15 +666,31 @@ def test_an_up_to_date_poll_by_step_answers_204(user_client, running):
     assert (response.status_code, response.content) == (204, b"")
 
 
-def test_a_poll_with_news_renders_progress_and_stats_but_not_the_header(user_client, external):
+def test_a_poll_with_news_renders_nothing_and_sends_the_figures(user_client, external):
     cursor = external.ingest_seq
     job = points_write(external, range(5))
     response = user_client.get(poll_url(job, cursor=cursor, keys="", status="running"))
-    assert response.status_code == 200
-    assert poll_data(response)["headline"]["steps"] == [0, 1, 2, 3, 4]
-    assert "jobs/_job_progress.html" in rendered(response)
-    assert "jobs/_job_stats.html" in rendered(response)
-    assert "jobs/_job_header.html" not in rendered(response)
+    assert (response.status_code, response["Content-Type"]) == (200, "application/json")
+    data = response.json()
+    assert data["headline"]["steps"] == [0, 1, 2, 3, 4]
+    assert data["figures"] == job_live_figures(job)
+    assert data["figures"]["ingest_seq"] == job.ingest_seq
+    assert rendered(response) == set()
+
+
+def test_the_polls_figures_are_the_pages_texts(user_client, external):
+    """The page's cards and the poll's JSON say the same, written once (jobs.live_figures):
+    each data-figure element of a freshly loaded page holds the text the poll sends for it."""
+    cursor = external.ingest_seq
+    job = points_write(external, range(5), losses=[0.5, 0.25, 0.125, 0.3, 0.2])
+    page = user_client.get(job.get_absolute_url()).content.decode()
+    on_page = dict(re.findall(r'data-figure="(\w+)"[^>]*>([^<]*)<', page))
+    texts = poll_data(user_client.get(poll_url(job, cursor=cursor, keys="", status="running")))
+    assert on_page == texts["figures"]["texts"]
+    assert on_page["best_loss"] == "0.1250" and on_page["best_loss_step"] == "at step 2"
+    bar = re.search(r'<div [^>]*role="progressbar"[^>]*>', page).group(0)
+    for name, value in texts["figures"]["bar"].items():
+        assert (f' {name}="{value}"' in bar) is (value is not None), name
 
 
 def test_a_status_change_alone_reaches_the_page(user_client, running):
@@ -689,16 +715,17 @@ def test_a_status_change_alone_reaches_the_page(user_client, running):
     assert again.status_code == 204
 
 
-def test_partials_older_than_the_charts_cursor_are_sent_again(user_client, running):
+def test_figures_older_than_the_charts_cursor_are_sent_again(user_client, running):
     shown = running.ingest_seq  # the page rendered its progress here...
     job = points_write(running, range(10))  # ...and fetched its charts' series after this
     url = poll_url(job, cursor=job.ingest_seq, keys="", status="running", progress_seq=shown)
     response = user_client.get(url)
     assert response.status_code == 200
-    assert poll_data(response)["headline"]["steps"] == []  # the charts have every point
-    assert f'data-ingest-seq="{job.ingest_seq}"' in response.content.decode()
-    assert rendered(response) >= {"jobs/_job_progress.html", "jobs/_job_stats.html"}
-    assert "jobs/_job_header.html" not in rendered(response)
+    data = response.json()
+    assert data["headline"]["steps"] == []  # the charts have every point
+    assert data["figures"]["ingest_seq"] == job.ingest_seq
+    assert data["figures"]["texts"]["progress_steps"] == "step 10 / 100,000"
+    assert rendered(response) == set()
     current = poll_url(
         job, cursor=job.ingest_seq, keys="", status="running", progress_seq=job.ingest_seq
     )
@@ -711,7 +738,7 @@ def test_a_finished_job_stops_polling_even_when_the_page_is_up_to_date(user_clie
     response = user_client.get(poll_url(job, cursor=job.ingest_seq, keys="", status=status))
     assert response.status_code == 286  # htmx 2 stops polling
     assert poll_data(response)["terminal"] is True
-    assert "jobs/_job_progress.html" in rendered(response)
+    assert poll_data(response)["figures"] == job_live_figures(job)
 
 
 def test_an_up_to_date_poll_of_another_users_job_is_404(user_client, other_user):
