@@ -5,6 +5,7 @@ Runs inside Django set up on the bench's own PostgreSQL database (see bench/__ma
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -161,7 +162,8 @@ class Data:
         )
 
     def seed_big_job(self) -> Figure:
-        """Fill the million-point job through the write path, in 10,000-point batches.
+        """Fill the million-point job through the write path, in 10,000-point batches, the
+        last POLL_BEHIND points a write of their own: the news of poll_ms_1m's cursor.
 
         The write path keeps the summary, so the chart figure reads what production would.
         """
@@ -172,8 +174,10 @@ class Data:
         job = self.big_job
         simulator = simulator_for(job)
         (total, steps_per_epoch), size = job.simulation_length, self.plan.seed_batch
-        for start in range(0, self.plan.big_job_points, size):
-            batch = simulator.generate_metrics_batch(start, size, total, steps_per_epoch)
+        last = self.plan.big_job_points - POLL_BEHIND
+        starts = [*range(0, last, size), last]
+        for start, end in zip(starts, [*starts[1:], self.plan.big_job_points], strict=True):
+            batch = simulator.generate_metrics_batch(start, end - start, total, steps_per_epoch)
 
             def write(batch: MetricBatch = batch) -> None:
                 with transaction.atomic():
@@ -181,7 +185,7 @@ class Data:
                     metric_batches_write([(locked, batch)])
 
             seconds, _ = timed(write)
-            figure.samples.append(size / seconds)
+            figure.samples.append(len(batch) / seconds)
         job.refresh_from_db()
         figure.notes.append(f"{job.current_step:,} points written through metric_batches_write")
         return figure
@@ -588,9 +592,14 @@ def poll_figure(plan: Plan, data: Data, port: int) -> Figure:
     job = TrainingJob.objects.get(pk=data.big_job.pk)
     after = job.current_step - 1 - POLL_BEHIND
     client = Http(port, {"Cookie": _session_cookie(data.big_user), "Accept-Encoding": "gzip"})
-    # As the page asks: with the status it shows, so the header is not re-sent.
-    path = f"/jobs/{job.pk}/poll/?after={after}&status={job.status}"
+    # As charts.js asks: from the ingest position before the last write (the seed's last
+    # POLL_BEHIND points), with the status and the progress position the page shows.
+    seen = job.ingest_seq - 1
+    path = f"/jobs/{job.pk}/poll/?cursor={seen}&keys=&status={job.status}&progress_seq={seen}"
     samples, floor, body, _ = http_p50_against_floor(client, path, plan.poll_requests)
+    news = json.loads(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body)
+    if len(news["headline"]["steps"]) != POLL_BEHIND:
+        raise RuntimeError(f"the poll brought {news!r:.300}, not {POLL_BEHIND} new points")
     client.close()
     figure.samples = samples
     figure.baseline_samples = floor
@@ -624,7 +633,8 @@ def poll_figure(plan: Plan, data: Data, port: int) -> Figure:
         "healthz_ms": statistics.median(floor),
     }
     figure.notes += [
-        f"GET /jobs/{job.pk}/poll/?after=last-{POLL_BEHIND}&status=S over HTTP (gunicorn as in "
+        f"GET /jobs/{job.pk}/poll/?cursor=N&keys=&status=S&progress_seq=N over HTTP, as "
+        f"charts.js asks, N before the write of the last {POLL_BEHIND} points (gunicorn as in "
         "the Procfile, session cookie, gzip accepted), p50 of "
         f"{plan.poll_requests} after {WARM_UP_REQUESTS} warm-up requests",
         "baseline: GET /healthz on the same connection, alternating with the poll, p50 (with "
