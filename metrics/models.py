@@ -69,7 +69,10 @@ class MetricSummary(SummaryBucket):
     charts instead of the raw rows. Exactly equal to an aggregate over those rows.
     """
 
-    # The (job, width, bucket) unique index leads with job_id, so the FK needs no index.
+    # (job, width, bucket) is the primary key, as (job, step) is the points': every write
+    # upserts ~10 buckets a job, and a surrogate id would index each new one twice. The key
+    # leads with job_id, so the FK needs no index of its own.
+    pk = models.CompositePrimaryKey("job", "width", "bucket")
     job = models.ForeignKey(
         TrainingJob, models.CASCADE, related_name="metric_summaries", db_index=False
     )
@@ -88,13 +91,6 @@ class MetricSummary(SummaryBucket):
     last_loss = models.FloatField()
     last_accuracy = models.FloatField(null=True, blank=True)
     last_learning_rate = models.FloatField(null=True, blank=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["job", "width", "bucket"], name="metric_summary_unique_bucket"
-            ),
-        ]
 
 
 class MetricKey(models.Model):
@@ -152,7 +148,8 @@ class KeySummary(SummaryBucket):
 
     OWNER = "key_id"
 
-    # The (key, width, bucket) unique index leads with key_id, so the FK needs no index.
+    # (key, width, bucket) is the primary key, as for MetricSummary.
+    pk = models.CompositePrimaryKey("key", "width", "bucket")
     key = models.ForeignKey(MetricKey, models.CASCADE, related_name="summaries", db_index=False)
     sum_value = models.FloatField()
     min_value = models.FloatField()
@@ -161,13 +158,6 @@ class KeySummary(SummaryBucket):
     max_step = models.PositiveBigIntegerField()
     last_step = models.PositiveBigIntegerField()
     last_value = models.FloatField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["key", "width", "bucket"], name="key_summary_unique_bucket"
-            ),
-        ]
 
 
 class IngestLog(models.Model):
