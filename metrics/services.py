@@ -115,11 +115,12 @@ def metric_batches_write(
         _ingest_log_write(jobs, created_points, named_created, now)
         # Progress follows what was stored: a retried batch's duplicates may carry other
         # values, and the stored ones win.
+        nothing_created = MetricBatch.empty()  # one for all: building one a job was ~25 µs
         jobs_record_progress(
             [
                 _summary(
                     job,
-                    created_points.get(job.pk, MetricBatch.empty()),
+                    created_points.get(job.pk, nothing_created),
                     diverged_step,
                     named_steps.get(job.pk),
                     _first_key(named.get(job.pk)),
@@ -395,6 +396,8 @@ def _named_points(
     points = _NamedPoints(
         *(np.concatenate([getattr(part, name) for part in parts]) for name in _NAMED_FIELDS)
     )
+    if _in_key_step_order(points):
+        return points  # so no (key, step) repeats: a tick's points come this way
     # A (key, step) given twice in one write is stored once, from its first occurrence
     # (lexsort is stable, so the first occurrence leads its run).
     order = np.lexsort((points.steps, points.key_ids))
@@ -404,6 +407,13 @@ def _named_points(
         keep[order[1:][repeated]] = False
         points = points.take(keep)
     return points
+
+
+def _in_key_step_order(points: _NamedPoints) -> bool:
+    """Whether the points are in strictly increasing (key, step) order: one pass, where
+    sorting 100,000 points costs ~10 ms."""
+    key_step = np.diff(points.key_ids)
+    return bool(np.all((key_step > 0) | ((key_step == 0) & (np.diff(points.steps) > 0))))
 
 
 _NAMED_FIELDS = ("job_ids", "key_ids", "steps", "values", "times")
@@ -460,7 +470,8 @@ class _KeyRuns:
 
     @classmethod
     def of(cls, points: _NamedPoints) -> _KeyRuns:
-        points = points.take(np.lexsort((points.steps, points.key_ids)))
+        if not _in_key_step_order(points):
+            points = points.take(np.lexsort((points.steps, points.key_ids)))
         key_ids = points.key_ids
         starts = np.flatnonzero(np.r_[len(key_ids) > 0, key_ids[1:] != key_ids[:-1]])
         return cls(points, starts, np.r_[starts[1:], len(key_ids)][: len(starts)] - 1)
@@ -721,8 +732,10 @@ def simulation_advance(
     """
     now = now or timezone.now()
     with transaction.atomic():
-        claim = _due_for_tick(tick).select_for_update(
-            skip_locked=connection.features.has_select_for_update_skip_locked
+        claim = (
+            _due_for_tick(tick)
+            .select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
+            .defer(*_TICK_UNUSED_FIELDS)
         )
         if job_ids is not None:
             claim = claim.filter(pk__in=list(job_ids))
@@ -739,6 +752,29 @@ def simulation_advance(
         jobs_failed=sum(job.status == TrainingJob.Status.FAILED for job in jobs),
         job_ids=tuple(job.pk for job in jobs),
     )
+
+
+# Job fields a tick never reads: loading them (JSON, dates, text) was a third of the time
+# Django took to build 1,000 claimed jobs. Read anyway (the failure path may), each costs
+# one query.
+_TICK_UNUSED_FIELDS = (
+    "owner",
+    "experiment",
+    "name",
+    "description",
+    "model_name",
+    "dataset",
+    "hyperparameters",
+    "tags",
+    "inputs",
+    "run_uuid",
+    "lifecycle",
+    "created_at",
+    "started_at",
+    "updated_at",
+    "finished_at",
+    "last_tick",
+)
 
 
 def _advance_each_alone_if_needed(jobs: list[TrainingJob], now: datetime) -> list[WriteResult]:
