@@ -175,6 +175,8 @@ _COPY_PARTS = {
     "trainmon_named_in": "staging: binary COPY named",
     "trainmon_summary_in": "staging: binary COPY headline summary rows",
     "trainmon_key_summary_in": "staging: binary COPY named summary rows",
+    "trainmon_key_stats_in": "staging: binary COPY key stats rows",
+    "trainmon_ingest_log_in": "staging: binary COPY ingest log rows",
 }
 
 
