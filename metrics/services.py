@@ -132,7 +132,9 @@ def metric_batches_write(
     created_by_job = Counter({job_id: len(points) for job_id, points in created})
     named_by_job: Counter[int] = Counter()
     if named_created is not None:
-        named_by_job.update(named_created.points.job_ids.tolist())
+        # Counted in numpy: a tick creates ~100,000 named points.
+        owners, counts = np.unique(named_created.points.job_ids, return_counts=True)
+        named_by_job.update(dict(zip(owners.tolist(), counts.tolist(), strict=True)))
     return [
         WriteResult(
             created=created_by_job[job.pk],
