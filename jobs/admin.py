@@ -398,12 +398,13 @@ class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
             "<table><thead><tr><th>Step</th><th>Epoch</th><th>Loss</th><th>Accuracy</th>"
             "<th>Learning rate</th></tr></thead><tbody>{}</tbody></table>"
             '<p class="help">The newest {} points, latest first. The whole history: the '
-            '<a href="{}">live page</a>, its CSV / JSON export, or <a href="{}">every point</a> '
-            "here.</p>",
+            '<a href="{}">live page</a>, or every point as <a href="{}">CSV</a> or '
+            '<a href="{}">JSON</a>.</p>',
             rows,
             len(points),
             job.get_absolute_url(),
-            f"{reverse('admin:metrics_trainingmetric_changelist')}?job__id__exact={job.pk}",
+            reverse("metrics:export_csv", args=[job.pk]),
+            reverse("metrics:export_json", args=[job.pk]),
         )
 
     @admin.display(description="Metric keys")
@@ -433,15 +434,15 @@ class TrainingJobAdmin(admin.ModelAdmin[TrainingJob]):
                 for name, count, last_step, last, low, high in keys[:KEYS_SHOWN]
             ),
         )
-        points_url = reverse("admin:metrics_namedmetric_changelist") + f"?job={job.pk}"
         return format_html(
             "<table><thead><tr><th>Key</th><th>Points</th><th>Last step</th><th>Last</th>"
             "<th>Min</th><th>Max</th></tr></thead><tbody>{}</tbody></table>"
-            '<p class="help">{}Min and max are over finite values. <a href="{}">Every named '
-            "point</a> of this job.</p>",
+            '<p class="help">{}Min and max are over finite values. Every named point of '
+            'this job as <a href="{}">CSV</a> or <a href="{}">JSON</a>.</p>',
             rows,
             f"The first {KEYS_SHOWN} keys by name. " if more else "",
-            points_url,
+            reverse("metrics:export_keys_csv", args=[job.pk]),
+            reverse("metrics:export_keys_json", args=[job.pk]),
         )
 
 

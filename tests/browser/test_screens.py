@@ -260,7 +260,6 @@ def test_the_admin_keeps_to_the_content_security_policy(open_page, staff_user, b
         "/admin/jobs/trainingjob/",
         f"/admin/jobs/trainingjob/{job.pk}/change/",
         "/admin/jobs/trainingjob/add/",
-        "/admin/metrics/trainingmetric/",
         "/admin/accounts/apitoken/",
     ):
         response = page.goto(path)

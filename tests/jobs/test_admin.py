@@ -203,7 +203,7 @@ class TestChangePage:
             ("grad_norm", "2", "1", "-", "1", "1"),  # the last value was NaN
             ("val/loss", "3", "2", "1", "0.5", "2"),
         ]
-        assert f"?job={job.pk}" in html  # its named points in their admin
+        assert f'href="/jobs/{job.pk}/keys.csv"' in html  # every named point, exported
 
     def test_the_keys_cost_one_bounded_query(self, staff_client, monkeypatch):
         monkeypatch.setattr("jobs.admin.KEYS_SHOWN", 5)

@@ -65,11 +65,6 @@ def pages(user, staff_user):
         "404": (user, "/no/such/page/"),
         "admin jobs": (staff_user, reverse("admin:jobs_trainingjob_changelist")),
         "admin job": (staff_user, reverse("admin:jobs_trainingjob_change", args=[job.pk])),
-        "admin points": (staff_user, reverse("admin:metrics_trainingmetric_changelist")),
-        "admin named points": (
-            staff_user,
-            f"{reverse('admin:metrics_namedmetric_changelist')}?job={job.pk}",
-        ),
         "admin tokens": (staff_user, reverse("admin:accounts_apitoken_changelist")),
     }
 
