@@ -5,7 +5,7 @@ leftover one), migrates it, creates a user and --jobs running simulated jobs, st
 (2 workers, as in the Procfile) on a free 127.0.0.1 port and the engine (a Celery worker with
 its beat if CELERY_BROKER_URL is Redis, else `manage.py simulate` ticking once a second), then
 logs in --pollers browsers through the login form and has each poll a job page's
-`/jobs/<id>/poll/?after=<last step>` every --interval seconds, as the page does, loading the
+`/jobs/<id>/poll/?cursor=<ingest position>` every --interval seconds, as the page does, loading the
 dashboard's table now and then, for --duration seconds. Prints requests/s, latency
 percentiles and errors (any status but 200/204/286, or a failed connection), stops everything it
 started, drops the database. Exit status 1 if there was any error, 2 if it could not run.
@@ -255,11 +255,11 @@ async def watch_job(
     await asyncio.sleep(random.uniform(0, interval))
     await timed(browser, stats, "page", "GET", f"/jobs/{job_id}/")
     series = await timed(browser, stats, "series", "GET", f"/jobs/{job_id}/series/")
-    after, status = -1, "running"
+    cursor, status = 0, "running"
     if series is not None:
         data = json.loads(series.body)
-        after = data["last_step"] if data["last_step"] is not None else -1
-        status = data["status"]
+        cursor, status = data["cursor"], data["status"]
+    progress_seq = cursor
     htmx = {"HX-Request": "true", "HX-Trigger": "poll", "HX-Current-URL": f"/jobs/{job_id}/"}
     cycle = 0
     # htmx polls every `interval` from the page load, until the deadline.
@@ -268,17 +268,33 @@ async def watch_job(
         await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
         next_poll = max(next_poll + interval, time.monotonic())
         cycle += 1
-        query = urlencode({"after": after, "status": status})
+        # As charts.js asks: news since the page's ingest cursor, for the headline (no named
+        # charts on these jobs), with the status and progress position the page shows.
+        query = urlencode(
+            {"cursor": cursor, "keys": "", "status": status, "progress_seq": progress_seq}
+        )
         poll = await timed(
             browser, stats, "poll", "GET", f"/jobs/{job_id}/poll/?{query}", headers=htmx
         )
-        if poll is not None and (match := POLL_DATA.search(poll.text)):
-            data = json.loads(match[1])
-            stats.points_seen += len(data["steps"])
-            after, status = data["last_step"], data["status"]
+        if (news := _poll_news(poll)) is not None:
+            stats.points_seen += len(news["headline"]["steps"])
+            cursor, status = news["cursor"], news["status"]
+            progress_seq = news.get("figures", {}).get("ingest_seq", cursor)
         if every and cycle % every == 0:
             # Now and then the user looks at the dashboard, whose table refreshes by htmx.
             await timed(browser, stats, "dashboard", "GET", "/", headers={"HX-Request": "true"})
+
+
+def _poll_news(poll: Response | None) -> dict[str, Any] | None:
+    """A poll's news: its JSON, or after a status change the JSON in its #poll-data; None
+    for no news (204) or a failed request."""
+    if poll is None or poll.status == 204:
+        return None
+    if (poll.header("content-type") or "").startswith("application/json"):
+        news: dict[str, Any] = json.loads(poll.body)
+        return news
+    match = POLL_DATA.search(poll.text)
+    return None if match is None else json.loads(match[1])
 
 
 async def run_pollers(
