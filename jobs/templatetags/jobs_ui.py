@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django import template
@@ -12,10 +12,7 @@ from django.utils.safestring import SafeString
 from jobs import dashboard_rows
 from jobs.display import (
     EMPTY,
-    approx_duration_text,
-    duration_text,
     job_progress,
-    percent_text,
     sci_text,
     time_ago,
 )
@@ -33,18 +30,6 @@ def ago(moment: datetime | None) -> str:
 
 
 @register.filter
-def approx_duration(duration: timedelta | None) -> str:
-    """An ETA as people say it: '~45 s', '~4 min', '~2 h 10 min', '~3 d 4 h'."""
-    return approx_duration_text(duration)
-
-
-@register.filter
-def duration(value: timedelta | None) -> str:
-    """An elapsed time: '45 s', '4 min', '2 h 10 min'."""
-    return duration_text(value)
-
-
-@register.filter
 def loss(value: float | None) -> str:
     return dashboard_rows.loss_text(value)
 
@@ -53,18 +38,6 @@ def loss(value: float | None) -> str:
 def thousands(value: int | None) -> str:
     """1234567 → '1,234,567', like humanize's intcomma without its localisation cost."""
     return EMPTY if value is None else f"{value:,}"
-
-
-@register.filter
-def fraction_percent(value: float | None) -> str:
-    """An accuracy in [0, 1] as a percentage."""
-    return percent_text(value)
-
-
-@register.filter
-def progress(job: TrainingJob) -> str:
-    """Rounded down, so a job shows 100% only when it is done; see jobs.display.Progress."""
-    return job_progress(job).label
 
 
 @register.filter
@@ -85,23 +58,9 @@ def steps_of(job: TrainingJob) -> str:
 
 
 @register.filter
-def progress_width(job: TrainingJob) -> str:
-    """For data-width (progress.js sets the bar's width): a plain decimal, never localized.
-
-    Empty without a declared length: the bar is indeterminate then.
-    """
-    return job_progress(job).width or ""
-
-
-@register.filter
 def sci(value: float | None) -> str:
     """Learning rates: '3.0e-4' for small ones, plain digits otherwise."""
     return sci_text(value)
-
-
-@register.filter
-def rate(value: float | None) -> str:
-    return dashboard_rows.rate_text(value)
 
 
 @register.simple_tag(takes_context=True)

@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from jobs import display
+from jobs.dashboard_rows import rate_text
 from jobs.models import TrainingJob
 from jobs.templatetags import jobs_ui
 from tests.support.factories import TrainingJobFactory
@@ -48,7 +49,17 @@ def test_ago_past_a_week_is_a_date():
     ],
 )
 def test_approx_duration(seconds, expected):
-    assert jobs_ui.approx_duration(timedelta(seconds=seconds)) == expected
+    assert display.approx_duration_text(timedelta(seconds=seconds)) == expected
+
+
+# The template filters, and the formats the job page's live figures use (jobs.live_figures).
+NUMBER_FORMATS = {
+    "loss": jobs_ui.loss,
+    "sci": jobs_ui.sci,
+    "rate": rate_text,
+    "fraction_percent": display.percent_text,
+    "hyperparameter": jobs_ui.hyperparameter,
+}
 
 
 @pytest.mark.parametrize(
@@ -69,8 +80,8 @@ def test_approx_duration(seconds, expected):
         ("hyperparameter", True, "true"),
     ],
 )
-def test_number_filters(filter_name, value, expected):
-    assert getattr(jobs_ui, filter_name)(value) == expected
+def test_number_formats(filter_name, value, expected):
+    assert NUMBER_FORMATS[filter_name](value) == expected
 
 
 @pytest.mark.parametrize(
@@ -78,7 +89,7 @@ def test_number_filters(filter_name, value, expected):
 )
 def test_progress_rounds_down_so_only_done_is_100(step, expected):
     job = TrainingJobFactory.build(total_epochs=1, steps_per_epoch=1000, current_step=step)
-    assert jobs_ui.progress(job) == expected
+    assert display.job_progress(job).label == expected
 
 
 @pytest.mark.parametrize(
