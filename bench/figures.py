@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -257,18 +257,6 @@ def copy_binary_baseline(
     return write_figures.copy_binary_into((BARE_TABLE, NAMED_BARE_TABLE), batches, now, named)
 
 
-def _point_rows(batch: MetricBatch) -> Iterator[tuple[Any, ...]]:
-    """(step, epoch, loss, accuracy, learning_rate) per point, as Python values."""
-    return zip(
-        batch.steps.tolist(),
-        batch.epochs.tolist(),
-        batch.losses.tolist(),
-        batch.accuracies.tolist(),
-        batch.learning_rates.tolist(),
-        strict=True,
-    )
-
-
 def copy_rows_baseline(
     batches: list[tuple[int, MetricBatch]], now: datetime, named: TickNamed | None = None
 ) -> float:
@@ -279,7 +267,7 @@ def copy_rows_baseline(
     with transaction.atomic(), connection.cursor() as cursor:
         with cursor.copy(f"COPY {BARE_TABLE} ({names}) FROM STDIN") as copy:
             for job_id, b in batches:
-                for step, epoch, loss, accuracy, rate in _point_rows(b):
+                for step, epoch, loss, accuracy, rate in write_figures.point_rows(b):
                     copy.write_row((job_id, epoch, step, loss, accuracy, rate, now))
         if named is not None:
             named_columns = ", ".join(name for name, _ in NAMED_BARE_COLUMNS)

@@ -311,6 +311,18 @@ class WriteProfile:
 PROFILE_REPEATS = 5
 
 
+def point_rows(batch: MetricBatch) -> Iterator[tuple[Any, ...]]:
+    """(step, epoch, loss, accuracy, learning_rate) per point, as Python values."""
+    return zip(
+        batch.steps.tolist(),
+        batch.epochs.tolist(),
+        batch.losses.tolist(),
+        batch.accuracies.tolist(),
+        batch.learning_rates.tolist(),
+        strict=True,
+    )
+
+
 def api_body(batch: MetricBatch, shape: str) -> bytes:
     """A POST .../metrics/ body of the batch's points: "columns" as clients/trainmon_client.py
     sends them, or "points" (rows, the older shape)."""
@@ -319,14 +331,7 @@ def api_body(batch: MetricBatch, shape: str) -> bytes:
     client = importlib.import_module("clients.trainmon_client")
     points = [
         {"step": s, "epoch": e, "loss": lo, "accuracy": a, "learning_rate": r}
-        for s, e, lo, a, r in zip(
-            batch.steps.tolist(),
-            batch.epochs.tolist(),
-            batch.losses.tolist(),
-            batch.accuracies.tolist(),
-            batch.learning_rates.tolist(),
-            strict=True,
-        )
+        for s, e, lo, a, r in point_rows(batch)
     ]
     body = {"columns": client._columns(points)} if shape == "columns" else {"points": points}
     return json.dumps(body, allow_nan=False).encode()
