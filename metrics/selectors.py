@@ -25,6 +25,7 @@ from metrics.summary import (
     HEADLINE,
     KEYS,
     SummarySpec,
+    key_is_summarised,
     summary_points,
     summary_points_many,
     summary_series,
@@ -182,12 +183,17 @@ def named_series_downsampled(
 
     Long series are read from the key's summary, which holds finite values only: there a
     NaN or infinite point shows no gap, and `total` counts the finite points, except for
-    the whole series, whose total is the key's count of stored points. `times=False` as
+    the whole series, whose total is the key's count of stored points. A key with at most
+    KEY_SUMMARY_FROM points has no summary and is read from its raw rows. `times=False` as
     for `series_downsampled`.
     """
     check_max_points(max_points)
     end_step = -1 if key.last_step is None else key.last_step + 1
-    found = summary_points(KEYS, key.pk, end_step, max_points, after_step=after_step, times=times)
+    found = None
+    if key_is_summarised(key.count):
+        found = summary_points(
+            KEYS, key.pk, end_step, max_points, after_step=after_step, times=times
+        )
     if found is None:
         found = _downsampled_range(KEYS, key.pk, after_step, max_points)
     elif after_step < 0:
@@ -202,8 +208,9 @@ def named_series_many(
     """`named_series_downsampled` of each key's whole series, by key id, in a fixed
     number of queries however many keys (the job page asks for a screenful at once): one
     reads every long key from its summary, one every short key's raw points (all shown).
-    Only a key the summary cannot serve (too few steps for its finest level, or mostly
-    non-finite points) takes a query of its own, as it would alone."""
+    Only a key the summary cannot serve (too few points to be summarised, too few steps for
+    its finest level, or mostly non-finite points) takes a query of its own, as it would
+    alone."""
     check_max_points(max_points)
     groups = (max_points - 1) // POINTS_PER_BUCKET
     found: dict[int, NamedSeries] = {}
@@ -213,6 +220,8 @@ def named_series_many(
     for key in keys:
         if key.last_step is None or key.count <= max_points:
             short.append(key)
+        elif not key_is_summarised(key.count):
+            alone.append(key)
         elif (width := summary_width_for(key.last_step + 1, groups)) is not None:
             widths[key.pk] = width
         else:

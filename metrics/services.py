@@ -30,7 +30,7 @@ from metrics.simulator import (
     simulated_batches,
 )
 from metrics.staging import staged_rows
-from metrics.summary import KEYS, points_add, summary_add
+from metrics.summary import key_points_add, summary_add
 from trainmon.bulk import json_rows
 
 logger = logging.getLogger(__name__)
@@ -520,16 +520,16 @@ def _insert_named(points: _NamedPoints, now: datetime) -> _KeyRuns:
                 conflicts=connection.vendor == "postgresql",
             )
     runs = _KeyRuns.of(points if created is None else points.take(created))
+    counts = _key_stats_update(runs, now)
     created_points = runs.points
-    points_add(
-        KEYS,
+    key_points_add(
         {
             "key_id": created_points.key_ids,
             "step": created_points.steps,
             "value": created_points.values,
         },
+        counts,
     )
-    _key_stats_update(runs, now)
     return runs
 
 
@@ -579,14 +579,15 @@ _KEY_STATS_COLUMNS = (
 _KEY_STATS_STAGING_TABLE = "trainmon_key_stats_in"
 
 
-def _key_stats_update(runs: _KeyRuns, now: datetime) -> None:
+def _key_stats_update(runs: _KeyRuns, now: datetime) -> np.ndarray:
     """Fold the created points into their keys' running stats: one UPDATE for all keys.
+    Returns each run's key's point count after it (whether the key is summarised follows).
 
     The stats travel as numpy columns (staged rows, NaN as NULL): a tick has thousands of
     keys, and a Python tuple and a JSON value a stat cost more than the UPDATE itself.
     """
     if not len(runs):
-        return
+        return np.empty(0, dtype=np.int64)
     points, starts, lasts = runs.points, runs.starts, runs.lasts
     finite = np.isfinite(points.values)
     any_finite = np.logical_or.reduceat(finite, starts)
@@ -616,9 +617,14 @@ def _key_stats_update(runs: _KeyRuns, now: datetime) -> None:
             f" {table}.min_value THEN u.min_value ELSE {table}.min_value END,"
             f" max_value = CASE WHEN {table}.max_value IS NULL OR u.max_value >"
             f" {table}.max_value THEN u.max_value ELSE {table}.max_value END"
-            f" {source} AS u WHERE {table}.id = u.id",
+            f" {source} AS u WHERE {table}.id = u.id RETURNING {table}.id, {table}.count",
             [db_now, *params],
         )
+        counted = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+    # RETURNING's order is the database's: put the counts in the runs' (key id) order.
+    counted = counted[np.argsort(counted[:, 0])]
+    counts: np.ndarray = counted[np.searchsorted(counted[:, 0], columns[0]), 1]
+    return counts
 
 
 _LOG_COLUMNS = (

@@ -25,6 +25,14 @@ the headline series (`HEADLINE`: MetricSummary over TrainingMetric, per job, ran
 and carrying accuracy and learning rate) and every named key (`KEYS`: KeySummary over
 NamedMetric, per key, ranked by value, over finite values only: NaN and +-inf are stored
 as points but drawn as gaps, so they are left out of counts, sums, minima and maxima).
+
+A key is summarised only once it holds more than `KEY_SUMMARY_FROM` points (its
+`MetricKey.count`, NaN included): below that, any read of it reads at most that many raw
+rows, and most keys of a real run (validation and evaluation metrics, one point an epoch)
+never get there. The write that takes a key past it counts all the key's raw rows into its
+buckets (`key_points_add`), in its transaction; later points are counted as the headline's
+are. Summarising each such point into 7 buckets of its own was over half of the summary rows
+a tick wrote, and most of an MLflow `log_batch` of one point for each of 1,000 keys.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ if TYPE_CHECKING:
 # Steps per bucket, finest first; each divides the next (a bucket lies inside one bucket of
 # every coarser level), which lets each level be computed from the one below it.
 SUMMARY_WIDTHS = (64, 256, 1024, 4096, 16384, 65536, 262144)
+# A key is summarised once it holds more points than a full chart shows: readers of a key
+# with at most this many (MetricKey.count) read its raw rows, and its writes skip the summary.
+KEY_SUMMARY_FROM = SERIES_MAX_POINTS
 # A chart's groups: a range with this many buckets of the finest level is always read from
 # the summary, however many points are asked for; shorter ranges from their raw rows (at
 # most 64 * CHART_GROUPS = 42,624 of them).
@@ -166,6 +177,54 @@ def points_add(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> None:
             f" {_upsert_assignments(spec)}",
             params,
         )
+
+
+def key_is_summarised(count: int) -> bool:
+    """Whether a key with `count` points (MetricKey.count) has its buckets kept."""
+    return count > KEY_SUMMARY_FROM
+
+
+def key_points_add(points: Mapping[str, np.ndarray], counts: np.ndarray) -> None:
+    """Count a write's new named points (columns key_id, step, value; in key order, one run
+    per key) into the buckets of the keys that are summarised (`KEY_SUMMARY_FROM`).
+
+    `counts` holds each run's key's point count after the write. A key the write takes past
+    the threshold gets all its raw rows counted instead, the new ones among them: one read
+    for all such keys, then the same single upsert.
+    """
+    key_ids = points["key_id"]
+    if not len(key_ids):
+        return
+    starts = np.flatnonzero(np.r_[True, key_ids[1:] != key_ids[:-1]])
+    created = np.diff(np.r_[starts, len(key_ids)])
+    summarised = counts - created > KEY_SUMMARY_FROM  # key_is_summarised, for every key
+    keep = np.repeat(summarised, created)
+    columns = {name: points[name][keep] for name in ("key_id", "step", "value")}
+    starting = key_ids[starts][~summarised & (counts > KEY_SUMMARY_FROM)]
+    if len(starting):
+        whole = _key_raw_points(starting.tolist())
+        columns = {name: np.concatenate([columns[name], whole[name]]) for name in columns}
+    points_add(KEYS, columns)
+
+
+def _key_raw_points(key_ids: list[int]) -> dict[str, np.ndarray]:
+    """Every stored point of these keys, as columns, after removing any buckets they have
+    (only from before keys were summarised from a threshold on: those stopped being kept)."""
+    summary, table = KeySummary._meta.db_table, NamedMetric._meta.db_table
+    marks = ", ".join(["%s"] * len(key_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {summary} WHERE key_id IN ({marks})", key_ids)
+        cursor.execute(
+            f"SELECT key_id, step, value FROM {table} WHERE key_id IN ({marks})"
+            f" ORDER BY key_id, step",
+            key_ids,
+        )
+        rows = cursor.fetchall()
+    return {
+        "key_id": np.array([row[0] for row in rows], dtype=np.int64),
+        "step": np.array([row[1] for row in rows], dtype=np.int64),
+        "value": np.array([row[2] for row in rows], dtype=np.float64),  # NULL (NaN): nan
+    }
 
 
 def _upsert_assignments(spec: SummarySpec) -> str:
@@ -444,6 +503,9 @@ def _series_sql(spec: SummarySpec, *, times: bool = True) -> str:
     # of the bucket `after` cuts in two share the slot before the first whole bucket. If the
     # range turns out to hold at most max_points points, only the total comes back and the
     # caller reads raw rows instead. The picked points' times are read back from their rows.
+    # The series' first point lies in the lowest slot: searching only there keeps a plan
+    # that sorts the owner's rows (a bitmap scan, on a table not analysed yet) to one
+    # bucket's rows rather than all of them.
     owner, value = spec.owner, spec.value
     summary_table, metric_table = spec.summary._meta.db_table, spec.points._meta.db_table
     picked = ", ".join(f"{prefix}_{name}" for prefix in PICKS for name in spec.picked)
@@ -500,6 +562,7 @@ def _series_sql(spec: SummarySpec, *, times: bool = True) -> str:
             SELECT step, {value}{carried}, CAST(NULL AS BIGINT)
             FROM {metric_table}
             WHERE {owner} = %(owner)s AND step > %(after)s{finite}
+              AND step < ((SELECT lo FROM bounds) + 1) * %(width)s
               AND EXISTS (SELECT 1 FROM grouped)
             ORDER BY step LIMIT 1
         ) first_point

@@ -27,6 +27,13 @@ def _require_marked_services(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
+def every_key_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys summarised from their first point (metrics.summary.KEY_SUMMARY_FROM), so a test's
+    small series go through the key summary as a long run's keys do."""
+    monkeypatch.setattr("metrics.summary.KEY_SUMMARY_FROM", 0)
+
+
+@pytest.fixture
 def user(db):
     return UserFactory()
 

@@ -25,7 +25,7 @@ from accounts.services import api_token_create
 from jobs.models import TrainingJob
 from metrics.models import NamedMetric, TrainingMetric
 from metrics.series import POINTS_PER_BUCKET, POLL_MAX_POINTS, SERIES_MAX_POINTS
-from metrics.summary import summary_width_for
+from metrics.summary import KEY_SUMMARY_FROM, summary_width_for
 from tests.support.factories import TrainingJobFactory
 from tests.support.metric_points import batches_write, metric_batch, named_write
 
@@ -147,6 +147,20 @@ def test_api_named_read(job, api, after, max_points):
     assert series["steps"][0] == after + 1
     returned = len(series["steps"]) + len(keys["lr"]["steps"])
     assert_within_bound(read, returned, bucket_width(STEPS - after - 1, max_points))
+
+
+def test_a_key_too_short_for_a_summary_reads_at_most_its_own_points(job, api):
+    """Below KEY_SUMMARY_FROM points a key has no buckets: a read of it reads its raw rows,
+    which are never more than that, however wide its steps (a validation metric)."""
+    steps = np.arange(0, STEPS, STEPS // KEY_SUMMARY_FROM)
+    named_write(job, {"val/sparse": (steps, np.linspace(1.0, 0.5, len(steps)))})
+    read, response = raw_rows_read(
+        lambda: api(f"/jobs/{job.pk}/metrics/?keys=val/sparse&max_points=301")
+    )
+    series = response.json()["keys"]["val/sparse"]
+    assert response.status_code == 200 and series["downsampled"]
+    assert len(series["steps"]) <= 301
+    assert read == len(steps) == KEY_SUMMARY_FROM
 
 
 def test_api_read_of_the_newest_points_reads_just_those(job, api):

@@ -72,7 +72,7 @@ def test_a_write_of_only_duplicates_does_not_move_the_ingest_position(job):
     assert IngestLog.objects.filter(job=job).count() == 1
 
 
-def test_nan_and_infinity_are_stored_read_back_and_never_fail_the_job(job):
+def test_nan_and_infinity_are_stored_read_back_and_never_fail_the_job(job, every_key_summarised):
     values = [1.0, math.nan, math.inf, -math.inf, 2.0]
     named_write(job, {"grad": (range(5), values)})
     rows = stored(job, "grad")
@@ -184,7 +184,7 @@ def test_the_primary_metric_is_loss_if_logged_else_the_first_key(user):
     assert reload(chosen).primary_metric == "grad"
 
 
-def test_deleting_a_job_deletes_its_keys_points_summaries_and_log(user):
+def test_deleting_a_job_deletes_its_keys_points_summaries_and_log(user, every_key_summarised):
     doomed, kept = TrainingJobFactory(owner=user), TrainingJobFactory(owner=user)
     for job in (doomed, kept):
         named_write(job, {"a": (range(50), 1.0), "b": ([3], 2.0)})

@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from jobs.models import TrainingJob
 from metrics.models import KeySummary, MetricKey, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
+from metrics.selectors import named_series_downsampled
 from metrics.summary import (
     KEYS,
     SUMMARY_WIDTHS,
@@ -397,7 +398,62 @@ class TestKeySummary:
             assert {name: got[name] for name in want} == want, bucket
         assert key.count == 3000
 
-    def test_a_rebuild_gives_the_maintained_rows(self, user):
+    def assert_key_buckets_exact(self, key):
+        stored = key_buckets_stored(key)
+        expected = buckets_from_raw_rows(NamedMetric, "key_id", key.pk, "value")
+        assert stored.keys() == expected.keys()
+        for bucket, want in expected.items():
+            got = stored[bucket]
+            assert got["sum_value"] == pytest.approx(want.pop("sum_value"))
+            assert {name: got[name] for name in want} == want, bucket
+
+    def test_a_key_gets_buckets_only_past_the_threshold_and_then_exact_ones(
+        self, user, monkeypatch
+    ):
+        monkeypatch.setattr("metrics.summary.KEY_SUMMARY_FROM", 100)
+        job = TrainingJobFactory(owner=user, total_epochs=1000, steps_per_epoch=1000)
+        rng = np.random.default_rng(5)
+        steps = np.arange(0, 40_000, 250)  # a sparse key, like a validation metric
+        values = rng.integers(1, 6, len(steps)) / 4
+        values[::7] = np.nan
+        # 100 points, in two out-of-order writes with a resent range: at the threshold, so
+        # no buckets; a dense key in the same writes crosses it at once.
+        for part in (slice(60, 100), slice(0, 70)):
+            named_write(job, {"val/loss": (steps[part], values[part]), "dense": (range(200), 1.0)})
+        sparse = MetricKey.objects.get(job=job, name="val/loss")
+        assert sparse.count == 100
+        assert not KeySummary.objects.filter(key=sparse).exists()
+        self.assert_key_buckets_exact(MetricKey.objects.get(job=job, name="dense"))
+        # The write past it counts every stored point, older ones (and late ones) included.
+        named_write(job, {"val/loss": (steps[[100, 130, 99]], values[[100, 130, 99]])})
+        sparse.refresh_from_db()
+        assert sparse.count == 102
+        self.assert_key_buckets_exact(sparse)
+        # Later writes are counted in as they come.
+        named_write(job, {"val/loss": (steps[101:130], values[101:130])})
+        self.assert_key_buckets_exact(sparse)
+
+    def test_buckets_left_from_before_the_threshold_never_reach_a_read(self, user, monkeypatch):
+        """A key summarised from its first point (before keys had a threshold) keeps stale
+        buckets once writes skip them: reads go to its raw rows, and the write that takes it
+        past the threshold rebuilds them."""
+        job = TrainingJobFactory(owner=user, total_epochs=1000, steps_per_epoch=1000)
+        monkeypatch.setattr("metrics.summary.KEY_SUMMARY_FROM", 0)
+        named_write(job, {"k": (range(0, 50_000, 100), 1.0)})
+        monkeypatch.setattr("metrics.summary.KEY_SUMMARY_FROM", 600)
+        named_write(job, {"k": (range(50_000, 55_000, 100), 9.0)})  # not in the buckets
+        key = MetricKey.objects.get(job=job, name="k")
+        series = named_series_downsampled(key=key, max_points=100)
+        assert series.total == 550 and max(series.values) == 9.0
+        assert series.steps[-1] == 54_900
+        named_write(job, {"k": (range(55_000, 60_100, 100), 5.0)})
+        key.refresh_from_db()
+        assert key.count == 601
+        self.assert_key_buckets_exact(key)
+        series = named_series_downsampled(key=key, max_points=100)
+        assert series.total == 601 and series.steps[-1] == 60_000
+
+    def test_a_rebuild_gives_the_maintained_rows(self, user, every_key_summarised):
         job = big_job(user)
         rng = np.random.default_rng(4)
         values = rng.random(700)
@@ -415,7 +471,7 @@ class TestKeySummary:
             sorted((b, pytest.approx(v)) for b, v in w.items()) for w in want
         ]
 
-    def test_the_headline_and_a_key_are_two_specs_of_one_summary(self, user):
+    def test_the_headline_and_a_key_are_two_specs_of_one_summary(self, user, every_key_summarised):
         job = big_job(user)
         losses = np.linspace(3.0, 1.0, 500)
         batches_write((job, points(range(500), losses=losses)))
