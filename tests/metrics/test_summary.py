@@ -376,6 +376,16 @@ def key_buckets_stored(key):
     }
 
 
+def assert_key_buckets_exact(key):
+    stored = key_buckets_stored(key)
+    expected = buckets_from_raw_rows(NamedMetric, "key_id", key.pk, "value")
+    assert stored.keys() == expected.keys()
+    for bucket, want in expected.items():
+        got = stored[bucket]
+        assert got["sum_value"] == pytest.approx(want.pop("sum_value"))
+        assert {name: got[name] for name in want} == want, bucket
+
+
 class TestKeySummary:
     def test_key_buckets_equal_a_group_by_over_the_finite_raw_rows(self, user):
         job = big_job(user)
@@ -389,23 +399,8 @@ class TestKeySummary:
         for part in (slice(1000, 3000), slice(0, 1000), slice(500, 1500)):
             named_write(job, {"val/loss": (steps[part], values[part])})
         key = MetricKey.objects.get(job=job, name="val/loss")
-        stored = key_buckets_stored(key)
-        expected = buckets_from_raw_rows(NamedMetric, "key_id", key.pk, "value")
-        assert stored.keys() == expected.keys()
-        for bucket, want in expected.items():
-            got = stored[bucket]
-            assert got["sum_value"] == pytest.approx(want.pop("sum_value"))
-            assert {name: got[name] for name in want} == want, bucket
+        assert_key_buckets_exact(key)
         assert key.count == 3000
-
-    def assert_key_buckets_exact(self, key):
-        stored = key_buckets_stored(key)
-        expected = buckets_from_raw_rows(NamedMetric, "key_id", key.pk, "value")
-        assert stored.keys() == expected.keys()
-        for bucket, want in expected.items():
-            got = stored[bucket]
-            assert got["sum_value"] == pytest.approx(want.pop("sum_value"))
-            assert {name: got[name] for name in want} == want, bucket
 
     def test_a_key_gets_buckets_only_past_the_threshold_and_then_exact_ones(
         self, user, monkeypatch
@@ -423,15 +418,15 @@ class TestKeySummary:
         sparse = MetricKey.objects.get(job=job, name="val/loss")
         assert sparse.count == 100
         assert not KeySummary.objects.filter(key=sparse).exists()
-        self.assert_key_buckets_exact(MetricKey.objects.get(job=job, name="dense"))
+        assert_key_buckets_exact(MetricKey.objects.get(job=job, name="dense"))
         # The write past it counts every stored point, older ones (and late ones) included.
         named_write(job, {"val/loss": (steps[[100, 130, 99]], values[[100, 130, 99]])})
         sparse.refresh_from_db()
         assert sparse.count == 102
-        self.assert_key_buckets_exact(sparse)
+        assert_key_buckets_exact(sparse)
         # Later writes are counted in as they come.
         named_write(job, {"val/loss": (steps[101:130], values[101:130])})
-        self.assert_key_buckets_exact(sparse)
+        assert_key_buckets_exact(sparse)
 
     def test_buckets_left_from_before_the_threshold_never_reach_a_read(self, user, monkeypatch):
         """A key summarised from its first point (before keys had a threshold) keeps stale
@@ -449,7 +444,7 @@ class TestKeySummary:
         named_write(job, {"k": (range(55_000, 60_100, 100), 5.0)})
         key.refresh_from_db()
         assert key.count == 601
-        self.assert_key_buckets_exact(key)
+        assert_key_buckets_exact(key)
         series = named_series_downsampled(key=key, max_points=100)
         assert series.total == 601 and series.steps[-1] == 60_000
 
