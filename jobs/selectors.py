@@ -14,6 +14,7 @@ from django.db.models.expressions import Col, RawSQL
 from django.http import Http404
 
 from jobs.models import RUNNING_FIRST, Experiment, Lifecycle, TrainingJob
+from trainmon.prepared import prepared_cursor
 
 # What a dashboard row shows (jobs.dashboard_rows), and no more: a page loads 50 rows, and
 # every other column costs decoding and a model field each. A row reading a column left
@@ -89,9 +90,9 @@ def job_get_live(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
     job_list_visible: staff see every job, others their own), else a 404.
 
     For the poll, every two seconds per open page: one indexed SELECT without the ORM's query
-    building, which costs several times the query itself, and a poll with nothing new reads
-    nothing else. Values pass through the backend's converters as a queryset's do (SQLite
-    returns datetimes as text).
+    building, which costs several times the query itself, planned once per connection
+    (trainmon.prepared); a poll with nothing new reads nothing else. Values pass through the
+    backend's converters as a queryset's do (SQLite returns datetimes as text).
     """
     # Out of the id column's range there is no job, and a driver cannot even bind the number
     # (the ORM's lookups check this themselves; raw SQL has to).
@@ -102,7 +103,7 @@ def job_get_live(*, user: User | AnonymousUser, job_id: int) -> TrainingJob:
     if not user.is_staff:
         sql += " AND owner_id = %s"
         params.append(user.pk)
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:

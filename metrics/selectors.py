@@ -31,6 +31,7 @@ from metrics.summary import (
     summary_series,
     summary_width_for,
 )
+from trainmon.prepared import prepared_cursor
 
 
 def metrics_after(
@@ -295,7 +296,7 @@ def job_poll(
         return Poll(cursor=now)
     if cursor > now or cursor < 0:
         return Poll(cursor=now, reload=True)
-    news = _news_since(job.pk, cursor, keys, limit)
+    news = _news_since(job.pk, cursor, now, keys, limit)
     # The log no longer holds the write right after the cursor (pruned): what came between
     # is unknown, and the points read with the rest are not enough.
     if news.first_seq != cursor + 1:
@@ -327,23 +328,47 @@ _RANGE, _NAMED_POINT, _HEADLINE_POINT = 0, 1, 2
 _NO_FIGURE = "CAST(NULL AS double precision)"  # typed: PostgreSQL resolves a UNION pairwise
 
 
-def _news_since(job_id: int, cursor: int, keys: Collection[str] | None, limit: int) -> _News:
-    """The step range of every series written after `cursor` (from the ingest log) and,
-    in the same statement, the points of those ranges: the headline's and the asked keys',
-    at most limit + 1 per range. A poll with news then costs one round trip and one plan.
+def _news_since(
+    job_id: int, cursor: int, through: int, keys: Collection[str] | None, limit: int
+) -> _News:
+    """The step range of every series written after `cursor`, up to `through` (the job's
+    ingest position, read with the job), from the ingest log and, in the same statement,
+    the points of those ranges: the headline's and the asked keys', at most limit + 1 per
+    range. A poll with news then costs one round trip, and the statement is planned once
+    per connection (trainmon.prepared).
+    """
+    sql, params = _news_statement(job_id, cursor, through, keys, limit)
+    with prepared_cursor() as cursor_:
+        cursor_.execute(sql, params)
+        rows = cursor_.fetchall()
+    return _news_of(rows, keys, limit)
+
+
+def _news_statement(
+    job_id: int, cursor: int, through: int, keys: Collection[str] | None, limit: int
+) -> tuple[str, list[Any]]:
+    """_news_since's statement and its parameters.
 
     A key is new when a write after the cursor created it: the write that creates a key
     stamps the key and its log row with the same time.
     """
     log = IngestLog._meta.db_table
     key_table = MetricKey._meta.db_table
-    params: list[Any] = [job_id, cursor, cursor + 1]
+    # Up to `through`: a write after the job was read is the next poll's (whose cursor is
+    # `through`). The bound also gives the generic plan, made without the values, a range's
+    # estimate of the log rows rather than a third of a job's, which keeps its cost below
+    # jit_above_cost: past it, every poll compiled the plan (13 ms at 40,000 rows a job).
+    params: list[Any] = [job_id, cursor, through, cursor + 1]
     # Whether a range is one the poll asks the points of, decided with the ranges: a filter
     # of their scan, so no other key's points are ever read, whatever the plan.
     asked = "TRUE"
     if keys:
         asked = f"k.name IN ({', '.join(['%s'] * len(keys))})"  # at most MAX_KEYS_PER_REQUEST
         params += keys
+    # The ranges' keys are the job's: saying so bounds the keys read to the job's, whatever
+    # the plan. A plan that expects many log rows (generic or not) hashes the keys:
+    # unbounded, that read every job's (17 ms a poll at 100,000 keys).
+    params.append(job_id)
     parts = [
         f"""SELECT {_RANGE} AS part, key_id, name, first_seq, is_new, CAST(NULL AS bigint),
                {_NO_FIGURE}, {_NO_FIGURE}, {_NO_FIGURE}, {_NO_FIGURE}
@@ -357,7 +382,7 @@ def _news_since(job_id: int, cursor: int, keys: Collection[str] | None, limit: i
     sql = f"""
         WITH since AS (
             SELECT key_id, min_step, max_step, seq, created_at FROM {log}
-            WHERE job_id = %s AND seq > %s
+            WHERE job_id = %s AND seq > %s AND seq <= %s
         ),
         first_write AS (SELECT MIN(created_at) AS created_at FROM since WHERE seq = %s),
         ranges AS (
@@ -365,15 +390,13 @@ def _news_since(job_id: int, cursor: int, keys: Collection[str] | None, limit: i
                    MIN(s.seq) AS first_seq,
                    MAX(CASE WHEN k.created_at >= f.created_at THEN 1 ELSE 0 END) AS is_new,
                    {asked} AS asked
-            FROM since s CROSS JOIN first_write f LEFT JOIN {key_table} k ON k.id = s.key_id
+            FROM since s CROSS JOIN first_write f
+            LEFT JOIN {key_table} k ON k.id = s.key_id AND k.job_id = %s
             GROUP BY s.key_id, k.name
         )
         {" UNION ALL ".join(parts)}
     """
-    with connection.cursor() as cursor_:
-        cursor_.execute(sql, params)
-        rows = cursor_.fetchall()
-    return _news_of(rows, keys, limit)
+    return sql, params
 
 
 def _range_points(spec: SummarySpec, part: int, ranges_filter: str) -> str:

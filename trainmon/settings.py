@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -144,6 +145,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # trainmon.prepared: psycopg may prepare (Django turns it off, and its own cursors never
+    # do), but only what trainmon.prepared asks for: the threshold for the rest is out of
+    # reach. PostgreSQL runs the generic plan of a prepared statement, not a new one per run.
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["prepare_threshold"] = sys.maxsize
+    _options["options"] = (
+        f"{_options.get('options', '')} -c plan_cache_mode=force_generic_plan".strip()
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

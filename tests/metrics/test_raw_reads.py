@@ -12,6 +12,7 @@ SQLite has no such plans; the same paths run there in test_selectors and test_su
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +24,8 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.services import api_token_create
 from jobs.models import TrainingJob
-from metrics.models import NamedMetric, TrainingMetric
+from metrics.models import IngestLog, MetricKey, NamedMetric, TrainingMetric
+from metrics.selectors import _news_statement
 from metrics.series import POINTS_PER_BUCKET, POLL_MAX_POINTS, SERIES_MAX_POINTS
 from metrics.summary import KEY_SUMMARY_FROM, summary_width_for
 from tests.support.factories import TrainingJobFactory
@@ -223,3 +225,92 @@ def test_a_poll_by_cursor_reads_just_the_ranges_written_since(user, browser):
     assert data["keys"] == {KEY: data["keys"][KEY]}  # "lr" moved too, but was not asked for
     assert data["keys"][KEY]["steps"] == new[:3].tolist()
     assert read == len(new) + 3
+
+
+def test_the_poll_runs_prepared_generic_plans_that_read_just_the_news(user, browser):
+    """The poll's two statements are prepared on the connection (trainmon.prepared) and run
+    the plan PostgreSQL made without their values, which must hold for any job: the ingest
+    log's rows after the cursor through its (job, seq) index, the job's keys (or those the
+    rows name), and the points of each changed range through the (owner, step) index; never
+    another job's rows."""
+    job = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
+    old, new = np.arange(20_000), np.arange(20_000, 20_050)
+    batches_write((job, metric_batch(old, steps_per_epoch=job.steps_per_epoch)))
+    named_write(job, {KEY: (old, 1.0), "lr": (old, 1e-3)})
+    job.refresh_from_db()
+    cursor = job.ingest_seq
+    batches_write((job, metric_batch(new, steps_per_epoch=job.steps_per_epoch)))
+    named_write(job, {KEY: (new[:3], 0.5), "lr": (new[:1], 1e-4)})
+    job.refresh_from_db()
+    _other_jobs_keys_and_log(user, jobs=50, keys_per_job=200, writes_per_job=400)
+    url = f"/jobs/{job.pk}/poll/?cursor={cursor}&keys={KEY}&status={job.status}"
+    for _ in range(3):
+        data = browser.get(url).json()
+        assert data["headline"]["steps"] == new.tolist()
+        assert data["keys"][KEY]["steps"] == new[:3].tolist()
+        assert data["keys"][KEY]["values"] == [0.5] * 3
+    with connection.cursor() as cursor_:
+        cursor_.execute(
+            "SELECT name, statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        )
+        prepared = cursor_.fetchall()
+    sql, params = _news_statement(job.pk, cursor, job.ingest_seq, [KEY], POLL_MAX_POINTS)
+    as_sent = sql % tuple(f"${number}" for number in range(1, len(params) + 1))  # psycopg's form
+    news = [row for row in prepared if row[1] == as_sent]
+    live = [row for row in prepared if 'FROM "jobs_trainingjob" WHERE id = $1' in row[1]]
+    assert [row[2:] for row in news] == [(3, 0)]
+    assert [row[2:] for row in live] == [(3, 0)]
+
+    read = _rows_read_by_prepared(news[0][0], params)
+    log_rows = IngestLog.objects.filter(job=job, seq__gt=cursor).count()
+    assert read[IngestLog._meta.db_table] == log_rows
+    # The job's keys, or the key of each log row: whichever the plan finds cheaper.
+    job_keys = MetricKey.objects.filter(job=job).count()
+    assert read[MetricKey._meta.db_table] <= max(job_keys, log_rows)
+    # The points of each changed range ("lr" moved too: its range is found, its points not read).
+    assert read[TrainingMetric._meta.db_table] == len(new)
+    assert read[NamedMetric._meta.db_table] == 3
+
+
+def _other_jobs_keys_and_log(
+    user: Any, *, jobs: int, keys_per_job: int, writes_per_job: int
+) -> None:
+    """Other jobs' keys and ingest log rows, analyzed: enough that a plan reading them shows."""
+    others = [TrainingJobFactory(owner=user).pk for _ in range(jobs)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO metrics_metrickey (job_id, name, created_at, count)
+            SELECT job, 'key/' || n, now(), 0
+            FROM unnest(%s::bigint[]) AS job, generate_series(1, %s) AS n
+            """,
+            [others, keys_per_job],
+        )
+        cursor.execute(
+            """
+            INSERT INTO metrics_ingestlog (job_id, seq, key_id, min_step, max_step, created_at)
+            SELECT job, seq, NULL, seq * 10, seq * 10 + 9, now()
+            FROM unnest(%s::bigint[]) AS job, generate_series(1, %s) AS seq
+            """,
+            [others, writes_per_job],
+        )
+        cursor.execute("ANALYZE metrics_metrickey, metrics_ingestlog")
+
+
+def _rows_read_by_prepared(name: str, params: list[Any]) -> Counter[str]:
+    """The rows each table gave the prepared statement `name` run with `params`, by EXPLAIN
+    ANALYZE: returned by a node reading it, or removed by its filter, times its loops."""
+    placeholders = ", ".join(["%s"] * len(params))
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}({placeholders})", params)
+        [plan] = cursor.fetchone()[0]
+    read: Counter[str] = Counter()
+    for node in _nodes(plan["Plan"]):
+        if "Relation Name" in node:
+            per_loop = (
+                node["Actual Rows"]
+                + node.get("Rows Removed by Filter", 0)
+                + node.get("Rows Removed by Index Recheck", 0)
+            )
+            read[node["Relation Name"]] += int(per_loop * node["Actual Loops"])
+    return read

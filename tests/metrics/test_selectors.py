@@ -355,6 +355,7 @@ def test_a_poll_is_one_statement_for_one_key_or_twenty(big_job, django_assert_nu
     # The ingest log and the points of the ranges it names, headline and keys together.
     points_write(big_job, [0])
     named_write(big_job, {"k0": ([0], 1.0)})
+    big_job.refresh_from_db()
     with django_assert_num_queries(1):
         poll_one = job_poll(job=big_job, cursor=0)
     assert poll_one.named.keys() == {"k0"}
