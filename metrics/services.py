@@ -432,7 +432,8 @@ def _key_ids(
         )
         rows = cursor.fetchall()
         ids = {(job_id, name): key_id for job_id, name, key_id, _ in rows if key_id is not None}
-        missing = [(job_id, name) for job_id, name, key_id, _ in rows if key_id is None]
+        # In the batch's order (the join's is the plan's), so errors name keys as sent.
+        missing = [pair for pair in wanted if pair not in ids]
         limit = settings.TRAINMON_MAX_KEYS_PER_JOB
         counts = {job_id: count for job_id, _, key_id, count in rows if key_id is None}
         new_by_job: dict[int, list[str]] = {}

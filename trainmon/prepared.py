@@ -21,6 +21,7 @@ missing on the next transaction's server connection: why Django leaves preparing
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +55,12 @@ def prepared_cursor() -> CursorWrapper:
 
 
 class _PreparingCursor(psycopg.Cursor[Any]):
-    """Prepares every statement it runs, whatever `prepare` says."""
+    """Prepares every statement it runs, whatever `prepare` says.
+
+    Django turns psycopg's preparing off for the connection (prepare_threshold None), which
+    also keeps psycopg from counting every other statement's text to decide whether to
+    prepare it: preparing is switched on for this cursor's statements alone.
+    """
 
     def execute(
         self,
@@ -64,7 +70,12 @@ class _PreparingCursor(psycopg.Cursor[Any]):
         prepare: bool | None = None,
         binary: bool | None = None,
     ) -> Any:
-        return super().execute(query, _as_bigint(params), prepare=True, binary=binary)
+        threshold = self.connection.prepare_threshold
+        self.connection.prepare_threshold = sys.maxsize  # only prepare=True prepares
+        try:
+            return super().execute(query, _as_bigint(params), prepare=True, binary=binary)
+        finally:
+            self.connection.prepare_threshold = threshold
 
 
 def _as_bigint(params: Sequence[Any] | None) -> list[Any] | None:

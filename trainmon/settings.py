@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 from pathlib import Path
 
 import dj_database_url
@@ -146,11 +145,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # trainmon.prepared: psycopg may prepare (Django turns it off, and its own cursors never
-    # do), but only what trainmon.prepared asks for: the threshold for the rest is out of
-    # reach. PostgreSQL runs the generic plan of a prepared statement, not a new one per run.
+    # trainmon.prepared: PostgreSQL runs the generic plan of a statement it prepares, not a
+    # new one per run. Only that module's statements are prepared (and PostgreSQL's own
+    # foreign-key checks, lookups by key either way).
     _options = DATABASES["default"].setdefault("OPTIONS", {})
-    _options["prepare_threshold"] = sys.maxsize
     _options["options"] = (
         f"{_options.get('options', '')} -c plan_cache_mode=force_generic_plan".strip()
     )
