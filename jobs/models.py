@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import timedelta
+from typing import Any, Self
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import DEFERRED, F, Q
 from django.db.models.functions import Cast
 from django.urls import reverse
 from django.utils import timezone
@@ -224,6 +226,20 @@ class TrainingJob(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:detail", args=[self.pk])
+
+    @classmethod
+    def from_db(
+        cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any
+    ) -> Self:
+        # A tick loads a thousand jobs with some fields deferred, and Django's from_db checks
+        # each of the ~40 fields against the list of the loaded ones: 8 ms a tick, where a
+        # set takes a third of that. Documented as overridable ("Customizing model loading").
+        fields = cls._meta.concrete_fields
+        if len(values) != len(fields):
+            loaded = frozenset(field_names)
+            given = iter(values)
+            values = [next(given) if f.attname in loaded else DEFERRED for f in fields]
+        return super().from_db(db, field_names, values, **kwargs)
 
     @property
     def user_tags(self) -> list[tuple[str, str]]:

@@ -106,3 +106,18 @@ def test_the_simulators_length_is_ints_or_an_error(user):
     job = TrainingJobFactory.build(source=External, total_epochs=None, steps_per_epoch=None)
     with pytest.raises(ValueError, match="no declared length"):
         job.simulation_length  # noqa: B018
+
+
+@pytest.mark.parametrize("deferred", [("description", "hyperparameters"), ("owner", "tags")])
+def test_a_job_loaded_with_fields_deferred_has_every_other_field_in_place(user, deferred):
+    job = TrainingJobFactory(
+        owner=user, description="about", hyperparameters={"lr": 0.1}, tags={"team": "nlp"}
+    )
+    partial = TrainingJob.objects.defer(*deferred).get(pk=job.pk)
+    assert partial.get_deferred_fields() == {
+        TrainingJob._meta.get_field(name).attname for name in deferred
+    }
+    full = TrainingJob.objects.get(pk=job.pk)
+    for field in TrainingJob._meta.concrete_fields:
+        # A deferred one is read on first use.
+        assert getattr(partial, field.attname) == getattr(full, field.attname), field.name
