@@ -206,9 +206,10 @@ def test_job_page_series_and_named_series(job, browser):
     assert read == 0
 
 
-def test_a_poll_by_cursor_reads_just_the_ranges_written_since(user, browser):
-    """The page's poll: one statement reads the ingest log and, per range it names, the
-    points through the (owner, step) index; never the points before them."""
+@pytest.fixture
+def news(user):
+    """A 20,000-step job, the ingest position after it, and the 50 headline steps written
+    since (with 3 and 1 new points of its two keys)."""
     job = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
     old, new = np.arange(20_000), np.arange(20_000, 20_050)
     batches_write((job, metric_batch(old, steps_per_epoch=job.steps_per_epoch)))
@@ -218,6 +219,13 @@ def test_a_poll_by_cursor_reads_just_the_ranges_written_since(user, browser):
     batches_write((job, metric_batch(new, steps_per_epoch=job.steps_per_epoch)))
     named_write(job, {KEY: (new[:3], 0.5), "lr": (new[:1], 1e-4)})
     job.refresh_from_db()
+    return job, cursor, new
+
+
+def test_a_poll_by_cursor_reads_just_the_ranges_written_since(news, browser):
+    """The page's poll: one statement reads the ingest log and, per range it names, the
+    points through the (owner, step) index; never the points before them."""
+    job, cursor, new = news
     url = f"/jobs/{job.pk}/poll/?cursor={cursor}&keys={KEY}&status={job.status}"
     read, response = raw_rows_read(lambda: browser.get(url))
     data = response.json()
@@ -227,21 +235,13 @@ def test_a_poll_by_cursor_reads_just_the_ranges_written_since(user, browser):
     assert read == len(new) + 3
 
 
-def test_the_poll_runs_prepared_generic_plans_that_read_just_the_news(user, browser):
+def test_the_poll_runs_prepared_generic_plans_that_read_just_the_news(user, news, browser):
     """The poll's two statements are prepared on the connection (trainmon.prepared) and run
     the plan PostgreSQL made without their values, which must hold for any job: the ingest
     log's rows after the cursor through its (job, seq) index, the job's keys (or those the
     rows name), and the points of each changed range through the (owner, step) index; never
     another job's rows."""
-    job = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
-    old, new = np.arange(20_000), np.arange(20_000, 20_050)
-    batches_write((job, metric_batch(old, steps_per_epoch=job.steps_per_epoch)))
-    named_write(job, {KEY: (old, 1.0), "lr": (old, 1e-3)})
-    job.refresh_from_db()
-    cursor = job.ingest_seq
-    batches_write((job, metric_batch(new, steps_per_epoch=job.steps_per_epoch)))
-    named_write(job, {KEY: (new[:3], 0.5), "lr": (new[:1], 1e-4)})
-    job.refresh_from_db()
+    job, cursor, new = news
     _other_jobs_keys_and_log(user, jobs=50, keys_per_job=200, writes_per_job=400)
     url = f"/jobs/{job.pk}/poll/?cursor={cursor}&keys={KEY}&status={job.status}"
     for _ in range(3):
