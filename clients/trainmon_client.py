@@ -290,6 +290,11 @@ class Run:
     def timeout(self) -> float:
         return self._api.timeout
 
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        # Read at each request, as base_url is: a run may move to a slower or faster link.
+        self._api.timeout = value
+
     @property
     def backoff(self) -> float:
         return self._api.backoff

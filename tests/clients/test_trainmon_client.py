@@ -456,9 +456,11 @@ def test_a_dead_server_never_blocks_log_beyond_the_bound_and_nothing_is_lost(
         buffer_size=100,
         block_seconds=block,
         close_timeout=0.5,
-        timeout=0.3,
     )
-    run.start()  # the job is created, then the server goes away
+    # The job is created (with the default timeout: a loaded machine may take longer than
+    # 0.3 s to answer that first request), then the server goes away.
+    run.start()
+    run.timeout = 0.3
     run.base_url = f"http://127.0.0.1:{closed_port()}" if server == "refusing" else silent_server
     durations = []
     started = time.monotonic()
