@@ -623,9 +623,16 @@ def job_fail(*, job: TrainingJob, reason: str) -> TrainingJob:
 
 
 def job_delete(*, job: TrainingJob) -> None:
-    # The job's row lock is taken first (jobs.signals), so a write in flight lands before the
-    # cascade; TrainingMetric has no signals, so the cascade is one DELETE per related table.
-    job.delete()
+    """Delete the job with everything it holds, after any write in flight to it.
+
+    The job's row is locked before Django collects what to cascade: a write holds that lock,
+    and a key it creates must be collected too (MetricKey has a database FK: missed, it
+    would fail the deletion). The points, summary and ingest-log rows go by one DELETE per
+    table, run after the lock, whatever was collected.
+    """
+    with transaction.atomic():
+        jobs_lock([job.pk])
+        job.delete()
 
 
 def jobs_mark_stalled(*, reported_before: datetime) -> int:

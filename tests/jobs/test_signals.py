@@ -1,4 +1,5 @@
-"""Deleting a job never leaves points behind, though the points table has no database FK."""
+"""Deleting a job never leaves points behind, though the points, summary and ingest-log
+tables have no database FK."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from django.db import connection, connections, transaction
 
 from jobs.models import TrainingJob
 from jobs.services import job_delete, jobs_lock
-from metrics.models import MetricSummary, TrainingMetric
+from metrics.models import (
+    IngestLog,
+    KeySummary,
+    MetricKey,
+    MetricSummary,
+    NamedMetric,
+    TrainingMetric,
+)
 from metrics.services import metric_batches_write, simulator_for
 from tests.support.factories import TrainingJobFactory
-from tests.support.metric_points import batches_write
+from tests.support.metric_points import batches_write, named_batch, named_write
 
 LOCK_WAIT_TIMEOUT_S = 10
 
@@ -22,19 +30,34 @@ def first_points(job: TrainingJob, count: int):
     return simulator_for(job).generate_metrics_batch(0, count, job.total_steps, job.steps_per_epoch)
 
 
+# Each table without a database FK, the column naming its owner, and the owner's table.
+_WITHOUT_FK = [
+    (TrainingMetric, "job_id", TrainingJob),
+    (MetricSummary, "job_id", TrainingJob),
+    (IngestLog, "job_id", TrainingJob),
+    (NamedMetric, "key_id", MetricKey),
+    (KeySummary, "key_id", MetricKey),
+]
+
+
 def orphans() -> int:
+    """Rows of the tables without a database FK whose owner is gone."""
+    found = 0
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT count(*) FROM {TrainingMetric._meta.db_table} m "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {TrainingJob._meta.db_table} j WHERE j.id = m.job_id)"
-        )
-        return cursor.fetchone()[0]
+        for model, column, owner in _WITHOUT_FK:
+            cursor.execute(
+                f"SELECT count(*) FROM {model._meta.db_table} m WHERE NOT EXISTS"
+                f" (SELECT 1 FROM {owner._meta.db_table} o WHERE o.id = m.{column})"
+            )
+            found += cursor.fetchone()[0]
+    return found
 
 
 @pytest.mark.django_db
 def test_deleting_a_user_deletes_their_jobs_points(user):
     job = TrainingJobFactory(owner=user, total_epochs=5, steps_per_epoch=100)
     batches_write((job, first_points(job, 300)))
+    named_write(job, {"val/loss": (range(300), 0.5)})
     assert TrainingMetric.objects.filter(job=job).count() == 300
     user.delete()
     assert orphans() == 0
@@ -47,6 +70,9 @@ def test_a_job_deleted_while_its_points_are_written_leaves_no_orphans(user):
     """The writer holds the job's row until the deletion is queued behind it, then commits."""
     job = TrainingJobFactory(owner=user, total_epochs=5, steps_per_epoch=100)
     points = first_points(job, 200)
+    # Named points too, of a key this write creates and one an earlier write did.
+    named_write(job, {"grad": ([0], 1.0)})
+    named = named_batch({"grad": (range(1, 200), 1.0), "val/loss": ([199], 0.5)})
     writer_locked = threading.Event()
     errors: list[BaseException] = []
 
@@ -56,7 +82,7 @@ def test_a_job_deleted_while_its_points_are_written_leaves_no_orphans(user):
                 [locked] = jobs_lock([job.pk])
                 writer_locked.set()
                 _wait_for_a_blocked_backend()
-                metric_batches_write([(locked, points)])
+                metric_batches_write([(locked, points)], named={locked.pk: named})
         except BaseException as error:  # re-raised in the test thread
             errors.append(error)
         finally:
