@@ -18,45 +18,13 @@ from accounts.services import api_token_create, api_token_revoke
 from jobs.models import TrainingJob
 from metrics.models import MetricKey, NamedMetric
 from metrics.points import MAX_LOSS_MAGNITUDE
+from tests.support.api import Api
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory, UserFactory
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
 
 MAX_POINTS = 10_000
-
-
-class Api:
-    """The Django test client speaking JSON with a bearer token."""
-
-    def __init__(self, token: str | None, client: Client | None = None) -> None:
-        self.client = client or Client()
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def get(self, path: str, **params: Any):
-        return self.client.get(f"/api/v1{path}", params, headers=self.headers)
-
-    def post(self, path: str, body: Any = None, *, raw: str | bytes | None = None):
-        data = raw if raw is not None else json.dumps(body)
-        return self.client.post(
-            f"/api/v1{path}", data, content_type="application/json", headers=self.headers
-        )
-
-
-@pytest.fixture
-def api(user) -> Api:
-    return Api(api_token_create(user=user, name="test")[1])
-
-
-@pytest.fixture
-def other_api(other_user) -> Api:
-    return Api(api_token_create(user=other_user, name="other")[1])
-
-
-@pytest.fixture
-def ext_job(user) -> TrainingJob:
-    """A running external job of 3 epochs x 20 steps (steps 0..59)."""
-    return TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
 
 
 def points(steps, **fields) -> list[dict[str, Any]]:

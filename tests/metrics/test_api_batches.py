@@ -14,25 +14,13 @@ from hypothesis import strategies as st
 from jobs.models import TrainingJob
 from metrics.api_batches import HEADLINE_ONLY, NEEDS_A_VALUE
 from metrics.models import MetricKey, NamedMetric
-from tests.metrics.test_api import Api, assert_error, named_values, stored_steps
+from tests.metrics.test_api import assert_error, named_values, stored_steps
+from tests.support.api import Api
 from tests.support.factories import TrainingJobFactory
 
 pytestmark = pytest.mark.django_db
 
 FIELDS = ("epoch", "loss", "accuracy", "learning_rate", "timestamp")
-
-
-@pytest.fixture
-def api(user) -> Api:
-    from accounts.services import api_token_create
-
-    return Api(api_token_create(user=user, name="test")[1])
-
-
-@pytest.fixture
-def ext_job(user) -> TrainingJob:
-    """A running external job of 3 epochs x 20 steps (steps 0..59)."""
-    return TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
 
 
 def as_columns(points: list[dict[str, Any]]) -> dict[str, Any]:
