@@ -26,7 +26,6 @@ from jobs.selectors import job_get_owned
 from jobs.services import jobs_lock
 from metrics.api_batches import batches_from_columns, batches_from_points
 from metrics.api_schemas import (
-    MAX_STEP,
     KeyOut,
     KeysOut,
     MetricColumnsIn,
@@ -41,7 +40,7 @@ from metrics.api_schemas import (
 from metrics.models import MetricKey
 from metrics.points import MetricBatch, NamedBatch
 from metrics.selectors import metric_key_list, metrics_after, named_series_downsampled
-from metrics.series import MIN_DOWNSAMPLED_POINTS, SERIES_MAX_POINTS
+from metrics.series import MAX_STEP, MIN_DOWNSAMPLED_POINTS, SERIES_MAX_POINTS
 from metrics.services import KeyLimitExceeded, metric_batches_write
 from trainmon.api_bodies import (
     BODY_LOC,

@@ -32,10 +32,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 
 from jobs.api_schemas import JobOut
-from metrics.points import KEY_NAME_RE
+from metrics.points import KEY_NAME_RE, MAX_STORED_STEP
 
-# Databases store steps as signed 64-bit and epochs as signed 32-bit integers.
-MAX_STEP = 2**63 - 1
+# Databases store epochs as signed 32-bit integers (steps: metrics.points.MAX_STORED_STEP).
 MAX_EPOCH = 2**31 - 1
 
 # JSON has no NaN: a diverged loss may be sent as one of these strings.
@@ -125,7 +124,7 @@ NamedValue = Annotated[
 ]
 KeyName = Annotated[str, StringConstraints(pattern=KEY_NAME_RE)]
 # A point's fields, for both shapes of a batch.
-Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
+Step = Annotated[StrictInt, Field(ge=0, le=MAX_STORED_STEP)]
 Epoch = Annotated[StrictInt, Field(ge=1, le=MAX_EPOCH)]
 Accuracy = Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)]
 LearningRate = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]

@@ -27,6 +27,11 @@ _DTYPES = {
 }
 
 
+# Steps are stored as signed 64-bit integers, and a job's progress keeps the step after its
+# highest (current_step): a point's step leaves room for that.
+MAX_STORED_STEP = 2**63 - 2
+
+
 # eq=False: the generated __eq__ would compare arrays element-wise and then
 # fail on truth-testing the result.
 @dataclass(frozen=True, eq=False)
@@ -112,8 +117,8 @@ class NamedBatch:
             raise ValueError(f"not a metric key name (see KEY_NAME_RE): {bad[0]!r}")
         if len(self.key_index) and (self.key_index.min() < 0 or self.key_index.max() >= len(names)):
             raise ValueError("NamedBatch.key_index points outside names")
-        if len(self.steps) and self.steps.min() < 0:
-            raise ValueError("NamedBatch.steps must be >= 0")
+        if len(self.steps) and not 0 <= self.steps.min() <= self.steps.max() <= MAX_STORED_STEP:
+            raise ValueError(f"NamedBatch.steps must be 0 to {MAX_STORED_STEP}")
 
     def __len__(self) -> int:
         return len(self.steps)

@@ -505,7 +505,8 @@ def _series_sql(spec: SummarySpec, *, times: bool = True) -> str:
     # caller reads raw rows instead. The picked points' times are read back from their rows.
     # The series' first point lies in the lowest slot: searching only there keeps a plan
     # that sorts the owner's rows (a bitmap scan, on a table not analysed yet) to one
-    # bucket's rows rather than all of them.
+    # bucket's rows rather than all of them. Its last step is written lo * w + (w - 1):
+    # (lo + 1) * w overflows a bigint in the top bucket.
     owner, value = spec.owner, spec.value
     summary_table, metric_table = spec.summary._meta.db_table, spec.points._meta.db_table
     picked = ", ".join(f"{prefix}_{name}" for prefix in PICKS for name in spec.picked)
@@ -562,7 +563,7 @@ def _series_sql(spec: SummarySpec, *, times: bool = True) -> str:
             SELECT step, {value}{carried}, CAST(NULL AS BIGINT)
             FROM {metric_table}
             WHERE {owner} = %(owner)s AND step > %(after)s{finite}
-              AND step < ((SELECT lo FROM bounds) + 1) * %(width)s
+              AND step <= (SELECT lo FROM bounds) * %(width)s + (%(width)s - 1)
               AND EXISTS (SELECT 1 FROM grouped)
             ORDER BY step LIMIT 1
         ) first_point

@@ -44,7 +44,7 @@ from metrics.selectors import (
     named_series_many,
     series_downsampled,
 )
-from metrics.series import POLL_MAX_POINTS, SERIES_MAX_POINTS, NamedSeries, Series
+from metrics.series import MAX_STEP, POLL_MAX_POINTS, SERIES_MAX_POINTS, NamedSeries, Series
 from trainmon.http import HtmxHttpRequest
 
 Status = TrainingJob.Status
@@ -55,7 +55,6 @@ COMPARE_MAX_JOBS = 8
 # Eight lines on one chart: fewer points each keeps the page light and still shows shape.
 COMPARE_POINTS_PER_JOB = 1000
 MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
-MAX_STEP = 2**63 - 1
 PALETTE_SIZE = 8  # CSS variables --series-0 .. --series-7
 MISSING_VALUE = "—"
 # Named keys one series or poll request may ask for: a screenful of charts, with room to spare.

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 
 from accounts.services import api_token_create, api_token_revoke
 from jobs.models import TrainingJob
-from metrics.models import MetricKey, NamedMetric
+from metrics.models import MetricKey, NamedMetric, TrainingMetric
 from metrics.points import MAX_LOSS_MAGNITUDE
 from tests.support.api import Api
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory, UserFactory
@@ -703,7 +703,9 @@ json_values = st.recursive(
 )
 wild = (
     st.integers(min_value=-(2**80), max_value=2**80)
-    | st.sampled_from([2**31, 2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**30, -0.0, 1e308])
+    | st.sampled_from(
+        [2**31, 2**53 + 1, 2**63 - 2, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, -0.0, 1e308]
+    )
     | st.floats()
     | st.sampled_from(["NaN", "Infinity", "-Infinity", "nan", "1", "", "\x00", "∞"])
     | json_values
@@ -1019,3 +1021,25 @@ def test_generated_named_batches_never_cause_a_5xx_or_a_partial_write(api, user,
         assert stored == 0
         assert not MetricKey.objects.filter(job=job).exists()
         assert not job.metrics.exists()
+
+
+@pytest.mark.parametrize("shape", ["points", "columns"])
+def test_the_highest_step_leaves_room_for_the_progress_after_it(api, user, shape):
+    """A job's progress is the step after its highest: 2**63 - 1 would overflow it."""
+    job = TrainingJobFactory(
+        owner=user, source=TrainingJob.Source.EXTERNAL, total_epochs=None, steps_per_epoch=None
+    )
+
+    def body(step: int) -> dict[str, Any]:
+        point = {"step": step, "loss": 1.0, "metrics": {"val/loss": 0.5}}
+        if shape == "points":
+            return {"points": [point]}
+        return {"columns": {"step": [step], "loss": [1.0], "metrics": {"val/loss": [0.5]}}}
+
+    assert_error(api.post(f"/jobs/{job.pk}/metrics/", body(2**63 - 1)), 400)
+    assert not TrainingMetric.objects.filter(job=job).exists()
+    answer = api.post(f"/jobs/{job.pk}/metrics/", body(2**63 - 2))
+    assert answer.status_code == 200, answer.content
+    job.refresh_from_db()
+    assert job.current_step == 2**63 - 1
+    assert named_values(job) == {"val/loss": {2**63 - 2: 0.5}}

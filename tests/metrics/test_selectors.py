@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from metrics.models import IngestLog, MetricKey, TrainingMetric
+from metrics.points import MAX_STORED_STEP
 from metrics.selectors import (
     Poll,
     job_poll,
@@ -15,7 +16,7 @@ from metrics.selectors import (
 )
 from metrics.series import MIN_DOWNSAMPLED_POINTS, Series
 from tests.support.factories import TrainingJobFactory, TrainingMetricFactory
-from tests.support.metric_points import named_write, points_write
+from tests.support.metric_points import batches_write, metric_batch, named_write, points_write
 
 pytestmark = pytest.mark.django_db
 
@@ -374,3 +375,19 @@ def test_a_step_past_int64_finds_nothing_instead_of_failing(big_job):
     assert named_series_downsampled(key=key, max_points=10, after_step=10**30).steps == []
     assert metrics_after(big_job, 2**63).steps == []
     assert series_downsampled(big_job, 10, after_step=10**30).steps == []
+
+
+def test_series_at_the_top_of_the_step_range_are_read_from_the_summary(user):
+    """Steps run to MAX_STORED_STEP: bucket arithmetic there must not overflow a bigint."""
+    job = TrainingJobFactory(owner=user, source="external", total_epochs=None, steps_per_epoch=None)
+    steps = MAX_STORED_STEP - 2_999 + np.arange(3_000)
+    losses = np.linspace(2.0, 1.0, 3_000)
+    batches_write((job, metric_batch(steps, steps_per_epoch=2**62, losses=losses)))
+    named_write(job, {"val/loss": (steps, losses)})
+    job.refresh_from_db()
+    headline = series_downsampled(job, 100, times=False)
+    named = named_series_downsampled(key=key_of(job, "val/loss"), max_points=100, times=False)
+    for series in (headline, named):
+        assert series.downsampled and series.total == 3_000
+        assert series.steps[0] == MAX_STORED_STEP - 2_999
+        assert series.steps[-1] == MAX_STORED_STEP
