@@ -118,7 +118,7 @@ class NamedBatch:
         if len(self.key_index) and (self.key_index.min() < 0 or self.key_index.max() >= len(names)):
             raise ValueError("NamedBatch.key_index points outside names")
         if len(self.steps) and not 0 <= self.steps.min() <= self.steps.max() <= MAX_STORED_STEP:
-            raise ValueError(f"NamedBatch.steps must be 0 to {MAX_STORED_STEP}")
+            raise ValueError(f"NamedBatch.steps must be >= 0 and <= {MAX_STORED_STEP}")
 
     def __len__(self) -> int:
         return len(self.steps)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics.points import MetricBatch, NamedBatch, is_key_name
+from metrics.points import MAX_STORED_STEP, MetricBatch, NamedBatch, is_key_name
 from metrics.simulator import TrainingSimulator
 
 
@@ -55,6 +55,7 @@ def test_a_named_batch_from_points_numbers_names_by_first_appearance():
         (("a", "a"), [0], [0], "distinct"),
         (("a",), [1], [0], "outside names"),
         (("a",), [0], [-1], ">= 0"),
+        (("a",), [0], [MAX_STORED_STEP + 1], f"<= {MAX_STORED_STEP}"),
         (("bad\\nname",), [0], [0], "key name"),
         (("x" * 251,), [0], [0], "key name"),
         (("",), [0], [0], "key name"),
