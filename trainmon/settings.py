@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -21,22 +22,30 @@ VAR_DIR = Path(os.environ.get("TRAINMON_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
-def _secret_key() -> str:
-    if key := os.environ.get("DJANGO_SECRET_KEY"):
-        return key
-    # Generated once per checkout and readable by its owner only, never committed.
-    path = VAR_DIR / "secret_key"
+def generated_secret_key(var_dir: Path) -> str:
+    """The key in var_dir/secret_key, made on first use: readable by its owner only, never
+    committed. Processes starting together (web, worker, beat) agree on one: the file is
+    written aside and linked into place, so it appears whole or not at all, and a process
+    that loses the race reads the winner's."""
+    path = var_dir / "secret_key"
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        key = secrets.token_urlsafe(50)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        pass
+    key = secrets.token_urlsafe(50)
+    fd, written = tempfile.mkstemp(dir=var_dir, prefix=".secret_key.")  # mode 0600
+    try:
         with os.fdopen(fd, "w") as handle:
             handle.write(key)
-        return key
+        os.link(written, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        os.unlink(written)
+    return key
 
 
-SECRET_KEY = _secret_key()
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or generated_secret_key(VAR_DIR)
 
 # Local mode (`make run`, the test suite) serves plain HTTP on loopback. It is opt-in, so a
 # deployment that forgets a variable gets the secure defaults, not the convenient ones.

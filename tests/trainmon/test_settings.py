@@ -90,3 +90,34 @@ def test_the_generated_secret_key_is_private_and_stable(tmp_path):
     assert len(first) >= 50
     assert settings_in(tmp_path)["SECRET_KEY"] == first
     assert settings_in(tmp_path / "other")["SECRET_KEY"] != first
+
+
+def test_a_process_that_loses_the_race_for_the_secret_key_reads_the_winners(tmp_path, monkeypatch):
+    """Web, worker and beat start together: each must end with the one key on disk."""
+    from trainmon import settings as module
+
+    winner = "the-other-process-key"
+    token_urlsafe = module.secrets.token_urlsafe
+
+    def another_process_writes_first(size: int) -> str:
+        (tmp_path / "secret_key").write_text(winner)
+        return token_urlsafe(size)
+
+    monkeypatch.setattr(module.secrets, "token_urlsafe", another_process_writes_first)
+    assert module.generated_secret_key(tmp_path) == winner
+    assert [path.name for path in tmp_path.iterdir()] == ["secret_key"]  # nothing left aside
+
+
+def test_processes_starting_together_agree_on_one_secret_key(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "TRAINMON_"))}
+    clean.update(DJANGO_SETTINGS_MODULE="trainmon.settings", TRAINMON_VAR_DIR=str(tmp_path))
+    probe = "from django.conf import settings; print(settings.SECRET_KEY)"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", probe], cwd=ROOT, env=clean, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(8)
+    ]
+    keys = {process.communicate(timeout=60)[0].strip() for process in processes}
+    assert [process.returncode for process in processes] == [0] * 8
+    assert keys == {(tmp_path / "secret_key").read_text()}
