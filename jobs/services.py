@@ -681,13 +681,16 @@ _PROGRESS_COLUMNS = (
 )
 
 
-def jobs_record_progress(summaries: Sequence[BatchSummary], *, now: datetime) -> None:
+def jobs_record_progress(
+    summaries: Sequence[BatchSummary], *, now: datetime, tick: int | None = None
+) -> None:
     """Apply batch summaries to their jobs in one UPDATE, however many jobs there are.
 
     Call inside the transaction that stored the points, with the jobs' rows locked, so the
     progress fields never disagree with the metrics table. Status follows the points: a
     non-finite loss fails the job, a simulated job's last step completes it, and a report
-    revives a stalled job. The job instances are updated in place.
+    revives a stalled job. `tick`, for a scheduled simulation tick, becomes every job's
+    `last_tick` in the same UPDATE. The job instances are updated in place.
     """
     rows = [_progress_row(summary, now) for summary in summaries]
     if not rows:
@@ -696,15 +699,19 @@ def jobs_record_progress(summaries: Sequence[BatchSummary], *, now: datetime) ->
     assignments = ", ".join(
         f"{name} = u.{name}" for name, _ in _PROGRESS_COLUMNS if name not in {"id", "finished"}
     )
+    tick_assignment, tick_params = ("", []) if tick is None else (", last_tick = %s", [tick])
     source, params = json_rows(_PROGRESS_COLUMNS, rows)
     db_now = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET {assignments}, last_reported_at = %s, updated_at = %s, "
-            f"finished_at = CASE WHEN u.finished THEN %s ELSE {table}.finished_at END "
-            f"FROM {source} AS u WHERE {table}.id = u.id",
-            [db_now, db_now, db_now, *params],
+            f"finished_at = CASE WHEN u.finished THEN %s ELSE {table}.finished_at END"
+            f"{tick_assignment} FROM {source} AS u WHERE {table}.id = u.id",
+            [db_now, db_now, db_now, *tick_params, *params],
         )
+    if tick is not None:
+        for summary in summaries:
+            summary.job.last_tick = tick
 
 
 def _progress_row(summary: BatchSummary, now: datetime) -> tuple[object, ...]:
