@@ -109,7 +109,6 @@ def metric_batches_write(
     with transaction.atomic(savepoint=False):
         named_points = _named_points(jobs, named, now) if named else None
         created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
-        summary_add(created)
         named_created = _insert_named(named_points, now) if named_points else None
         created_points = dict(created)
         named_steps = {} if named_created is None else named_created.max_step_by_job()
@@ -117,6 +116,7 @@ def metric_batches_write(
         # Progress follows what was stored: a retried batch's duplicates may carry other
         # values, and the stored ones win.
         nothing_created = MetricBatch.empty()  # one for all: building one a job was ~25 µs
+        steps_before = [job.current_step for job in jobs]
         jobs_record_progress(
             [
                 _summary(
@@ -130,6 +130,14 @@ def metric_batches_write(
             ],
             now=now,
             tick=tick,
+        )
+        # After the progress: which summary levels a job keeps follows its current_step.
+        summary_add(
+            created,
+            {
+                job.pk: (before, job.current_step)
+                for job, before in zip(jobs, steps_before, strict=True)
+            },
         )
     created_by_job = Counter({job_id: len(points) for job_id, points in created})
     named_by_job: Counter[int] = Counter()

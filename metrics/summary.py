@@ -9,7 +9,8 @@ Jobs under 64 * G steps (about 42,000 for that chart) have no level that fine; t
 are read instead, which at that size is cheap. A read asking for more than a chart's points
 (the API allows 10,000) gets the finest level's from 42,624 steps on (`summary_width_for`),
 so no read scans more raw rows than that. Finer or more levels would make small-job charts
-cheaper and every write dearer: a 100-step tick touches about 9 summary rows per job.
+cheaper and every write dearer: a 100-step tick touches about 9 summary rows per job of
+a long run.
 
 A bucket keeps what a min/max downsampled chart needs, all of it exact: the number of
 points, the loss sum (for the mean), the lowest-loss point (lowest step on ties), the
@@ -19,6 +20,13 @@ bucket's stored row with the new points' row (min of mins, max of maxes, sum of 
 last) keeps it equal to an aggregate over the raw rows. Only points actually created are
 counted: duplicates that the write ignored never reach `summary_add`, and non-finite losses
 are never stored, so never summarised.
+
+A job's headline keeps only the levels a read can use (`kept_widths`): the finest, and each
+level with at least two buckets over the steps the job has reached (its current_step), so a
+600-step job keeps 2 levels, not 7, and each write to it upserts 2 rows, not 7. The write
+that takes a job to a new level builds that level from the coarsest one it kept, which
+already holds every point (`summary_add`); readers never pick a level the job does not keep
+(`summary_points`). Keys, summarised only from 2,000 points on, keep every level.
 
 Two series kinds are summarised by this one mechanism, each described by a `SummarySpec`:
 the headline series (`HEADLINE`: MetricSummary over TrainingMetric, per job, ranked by loss
@@ -39,11 +47,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from django.db import connection, models
 
+from jobs.models import TrainingJob
 from metrics.models import KeySummary, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
 from metrics.series import (
@@ -54,13 +63,12 @@ from metrics.series import (
     epoch_seconds_sql,
 )
 from metrics.staging import staged_rows
-
-if TYPE_CHECKING:
-    from jobs.models import TrainingJob
+from trainmon.bulk import json_rows
 
 # Steps per bucket, finest first; each divides the next (a bucket lies inside one bucket of
 # every coarser level), which lets each level be computed from the one below it.
 SUMMARY_WIDTHS = (64, 256, 1024, 4096, 16384, 65536, 262144)
+FINEST_WIDTH = SUMMARY_WIDTHS[0]
 # A key is summarised once it holds more points than a full chart shows: readers of a key
 # with at most this many (MetricKey.count) read its raw rows, and its writes skip the summary.
 KEY_SUMMARY_FROM = SERIES_MAX_POINTS
@@ -145,19 +153,112 @@ KEYS = SummarySpec(
 # --- maintenance ------------------------------------------------------------------------------
 
 
-def summary_add(created: Sequence[tuple[int, MetricBatch]]) -> None:
+def kept_widths(span: int) -> tuple[int, ...]:
+    """The headline levels kept for a job whose steps reach `span` - 1 (its current_step):
+    the finest, and every level that has at least two buckets over steps 0..span-1.
+
+    A coarser level would hold one bucket, which no read needs (the coarsest kept level
+    answers it in at most 4 rows); keeping it would cost every write an upsert for each.
+    A 600-step job keeps 2 levels, not 7; a level is built when the job first reaches it
+    (`summary_add`).
+    """
+    return tuple(width for width in SUMMARY_WIDTHS if width == FINEST_WIDTH or width < span)
+
+
+def summary_add(
+    created: Sequence[tuple[int, MetricBatch]], spans: Mapping[int, tuple[int, int]]
+) -> None:
     """Count newly stored headline points into their jobs' summary buckets.
 
     `created` holds, per job id, exactly the points the write created (never duplicates it
-    ignored), with finite losses. Call in the transaction that stored them.
+    ignored), with finite losses. `spans` holds every written job's current_step before
+    and after the write (named points move it too). The new points go into the levels
+    each job kept before (`kept_widths`); a level the job reaches with this write is then
+    built whole from the coarsest of those, which already holds every point: at most a few
+    rows a job, and two more statements for the write. A job's first write (nothing stored
+    before) has all its points here, so its levels come straight from them. Call in the
+    transaction that stored the points.
     """
-    points_add(HEADLINE, _headline_points(created))
+    # The span whose levels each job's new points go into: before the write, or after it
+    # for a job's first write.
+    counted_in = {
+        job_id: after if before == 0 else before for job_id, (before, after) in spans.items()
+    }
+    widest = max((kept_widths(span)[-1] for span in counted_in.values()), default=FINEST_WIDTH)
+    rows = level_rows(HEADLINE, _headline_points(created), upto=widest)
+    if len(rows["job_id"]):
+        kept = (rows["width"] == FINEST_WIDTH) | (
+            rows["width"] < _per_row(rows["job_id"], counted_in)
+        )
+        _upsert(HEADLINE, {name: column[kept] for name, column in rows.items()})
+    reached = {
+        job_id: (before, after)
+        for job_id, (before, after) in spans.items()
+        if before and len(kept_widths(after)) > len(kept_widths(before))
+    }
+    if reached:
+        _levels_build(reached)
+
+
+def _per_row(job_ids: np.ndarray, spans: Mapping[int, int]) -> np.ndarray:
+    """Each row's job's span, from {job id: span}."""
+    jobs = np.array(sorted(spans), dtype=np.int64)
+    values = np.array([spans[job_id] for job_id in jobs.tolist()], dtype=np.int64)
+    return values[np.searchsorted(jobs, job_ids)]
+
+
+def _levels_build(reached: Mapping[int, tuple[int, int]]) -> None:
+    """Build the levels these jobs reach: from the coarsest level each kept before (every
+    point already counted in), coarsened in numpy, replacing any rows such a level has."""
+    sources = [(job_id, kept_widths(before)[-1]) for job_id, (before, _) in reached.items()]
+    source, params = json_rows((("job_id", "bigint"), ("width", "bigint")), sources)
+    names = [name for name, _ in HEADLINE.columns]
+    table = HEADLINE.summary._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(f's.{name}' for name in names)} FROM {table} s"
+            f" JOIN {source} AS w ON s.job_id = w.job_id AND s.width = w.width"
+            f" ORDER BY s.job_id, s.bucket",
+            params,
+        )
+        fetched = cursor.fetchall()
+    if not fetched:
+        return  # jobs with named points only: no headline to summarise
+    finer = {
+        name: np.array(
+            [row[index] for row in fetched],
+            dtype=np.float64 if sql_type == "double precision" else np.int64,
+        )
+        for index, (name, sql_type) in enumerate(HEADLINE.columns)
+    }
+    built = []
+    for width in SUMMARY_WIDTHS[1:]:
+        needed = [
+            job_id
+            for job_id, (before, after) in reached.items()
+            if width in kept_widths(after) and width not in kept_widths(before)
+        ]
+        rows = np.isin(finer["job_id"], needed)
+        if rows.any():
+            built.append(_coarsen(HEADLINE, {n: c[rows] for n, c in finer.items()}, width))
+    if built:
+        _upsert(
+            HEADLINE,
+            {name: np.concatenate([level[name] for level in built]) for name in names},
+            replace=True,
+        )
 
 
 def points_add(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> None:
-    """Count new points (columns: owner, step, value, carried) into `spec`'s buckets: one
-    upsert for everything. Non-finite values are left out where the spec says so."""
-    rows = level_rows(spec, points)
+    """Count new points (columns: owner, step, value, carried) into every level of `spec`'s
+    buckets: one upsert for everything. Non-finite values are left out where the spec says
+    so."""
+    _upsert(spec, level_rows(spec, points))
+
+
+def _upsert(spec: SummarySpec, rows: Mapping[str, np.ndarray], *, replace: bool = False) -> None:
+    """Add bucket rows into `spec`'s table (or, with `replace`, overwrite the rows there):
+    one statement."""
     if not len(rows[spec.owner]):
         return
     # In index order, so the upsert walks the unique index forwards instead of once per level.
@@ -165,6 +266,11 @@ def points_add(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> None:
     rows = {name: column[order] for name, column in rows.items()}
     table = spec.summary._meta.db_table
     names = [name for name, _ in spec.columns]
+    assignments = (
+        ", ".join(f"{name} = excluded.{name}" for name, _ in spec.value_columns)
+        if replace
+        else _upsert_assignments(spec)
+    )
     conflict = f"ON CONFLICT ({spec.owner}, width, bucket) DO UPDATE SET"
     with connection.cursor() as cursor:
         source, params = staged_rows(
@@ -173,8 +279,7 @@ def points_add(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> None:
         # "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the INSERT.
         cursor.execute(
             f"INSERT INTO {table} AS s ({', '.join(names)})"
-            f" SELECT {', '.join(names)} {source} WHERE true {conflict}"
-            f" {_upsert_assignments(spec)}",
+            f" SELECT {', '.join(names)} {source} WHERE true {conflict} {assignments}",
             params,
         )
 
@@ -270,8 +375,11 @@ def _headline_points(created: Sequence[tuple[int, MetricBatch]]) -> dict[str, np
     }
 
 
-def level_rows(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The bucket rows (one per owner, width and bucket touched) of a set of new points.
+def level_rows(
+    spec: SummarySpec, points: Mapping[str, np.ndarray], *, upto: int = SUMMARY_WIDTHS[-1]
+) -> dict[str, np.ndarray]:
+    """The bucket rows (one per owner, width and bucket touched) of a set of new points, at
+    every level up to width `upto`.
 
     Vectorised: points are sorted by (owner, step) once, each level is reduced from the
     level below with `ufunc.reduceat` over runs of equal (owner, bucket).
@@ -301,6 +409,8 @@ def level_rows(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> dict[str,
         level |= {f"{prefix}_{name}": column for name, column in picked.items()}
     levels = []
     for width in SUMMARY_WIDTHS:
+        if width > upto:
+            break
         level = _coarsen(spec, level, width)
         levels.append(level)
     return {name: np.concatenate([lv[name] for lv in levels]) for name, _ in spec.columns}
@@ -389,6 +499,13 @@ def rebuild_sql(
     finite = spec.finite(f"m.{value}")
     if finite:
         where = f"{where}{finite}" if where else f"WHERE {finite.removeprefix(' AND ')}"
+    levels = f"CROSS JOIN ({widths}) w"
+    if spec is HEADLINE:  # the levels each job keeps (`kept_widths`)
+        jobs = TrainingJob._meta.db_table
+        levels = (
+            f"JOIN {jobs} j ON j.id = m.job_id JOIN ({widths}) w"
+            f" ON w.width = {FINEST_WIDTH} OR w.width < j.current_step"
+        )
     carried = "".join(f", m.{name}" for name in spec.carried)
     return f"""
         INSERT INTO {summary_table} ({names})
@@ -400,7 +517,7 @@ def rebuild_sql(
                        {partition} ORDER BY m.{value} DESC, m.step DESC
                    ) AS max_rank,
                    ROW_NUMBER() OVER ({partition} ORDER BY m.step DESC) AS last_rank
-            FROM {metric_table} m CROSS JOIN ({widths}) w
+            FROM {metric_table} m {levels}
             {where}
         ) ranked
         GROUP BY {owner}, width, bucket
@@ -410,8 +527,11 @@ def rebuild_sql(
 # --- reading ----------------------------------------------------------------------------------
 
 
-def summary_width_for(current_step: int, buckets: int) -> int | None:
-    """The coarsest level with at least `buckets` buckets over steps 0..current_step-1.
+def summary_width_for(
+    current_step: int, buckets: int, widths: Sequence[int] = SUMMARY_WIDTHS
+) -> int | None:
+    """The coarsest level of `widths` (the levels kept for the series) with at least
+    `buckets` buckets over steps 0..current_step-1.
 
     None when even the finest level has fewer: the job is small enough (under
     buckets * 64 steps) that its raw rows are the cheaper answer. Except when that level
@@ -419,11 +539,10 @@ def summary_width_for(current_step: int, buckets: int) -> int | None:
     a chart (the API allows 10,000) then gets that level's points, fewer than it asked
     for, rather than a scan of up to 64 * buckets raw rows.
     """
-    fitting = [w for w in SUMMARY_WIDTHS if -(-current_step // w) >= buckets]
+    fitting = [w for w in widths if -(-current_step // w) >= buckets]
     if fitting:
         return max(fitting)
-    finest = SUMMARY_WIDTHS[0]
-    return finest if -(-current_step // finest) >= CHART_GROUPS else None
+    return FINEST_WIDTH if -(-current_step // FINEST_WIDTH) >= CHART_GROUPS else None
 
 
 def summary_series(
@@ -472,7 +591,8 @@ def summary_points(
     per point in the raw rows, most of the query's time."""
     check_max_points(max_points)
     groups = (max_points - 1) // POINTS_PER_BUCKET
-    width = summary_width_for(end_step - (after_step + 1), groups)
+    kept = kept_widths(end_step) if spec is HEADLINE else SUMMARY_WIDTHS
+    width = summary_width_for(end_step - (after_step + 1), groups, kept)
     if width is None:
         return None
     with connection.cursor() as cursor:

@@ -9,9 +9,11 @@ from jobs.models import TrainingJob
 from metrics.models import KeySummary, MetricKey, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
 from metrics.selectors import named_series_downsampled
+from metrics.series import MIN_DOWNSAMPLED_POINTS
 from metrics.summary import (
     KEYS,
     SUMMARY_WIDTHS,
+    kept_widths,
     summary_rebuild,
     summary_rows,
     summary_series,
@@ -57,9 +59,16 @@ def stored_buckets(job):
 
 
 def raw_buckets(job):
-    """What every bucket must hold, from the raw rows: GROUP BY in SQL, points in Python."""
+    """What every bucket the job keeps must hold, from the raw rows: GROUP BY in SQL, points
+    in Python."""
+    span = TrainingJob.objects.get(pk=job.pk).current_step
     return buckets_from_raw_rows(
-        TrainingMetric, "job_id", job.pk, "loss", ("accuracy", "learning_rate")
+        TrainingMetric,
+        "job_id",
+        job.pk,
+        "loss",
+        ("accuracy", "learning_rate"),
+        widths=kept_widths(span),
     )
 
 
@@ -67,12 +76,13 @@ def raw_buckets(job):
 FINITE = "BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"
 
 
-def buckets_from_raw_rows(model, owner, owner_id, value, carried=()):
-    """Every bucket of one series with finite values, from the raw rows of `model`."""
+def buckets_from_raw_rows(model, owner, owner_id, value, carried=(), *, widths=SUMMARY_WIDTHS):
+    """Every bucket of one series with finite values at `widths`, from the raw rows of
+    `model`."""
     table = model._meta.db_table
     expected = {}
     with connection.cursor() as cursor:
-        for width in SUMMARY_WIDTHS:
+        for width in widths:
             cursor.execute(
                 f"SELECT step / %s, COUNT(*), MIN({value}), MAX({value}), SUM({value}),"
                 f" MAX(step) FROM {table} WHERE {owner} = %s AND {value} {FINITE}"
@@ -92,7 +102,7 @@ def buckets_from_raw_rows(model, owner, owner_id, value, carried=()):
         for row in model.objects.filter(**{owner: owner_id}).values_list("step", value, *carried)
         if row[1] is not None and np.isfinite(row[1])
     ]
-    for width in SUMMARY_WIDTHS:
+    for width in widths:
         by_bucket: dict[int, list[tuple]] = {}
         for row in rows:
             by_bucket.setdefault(row[0] // width, []).append(row)
@@ -219,6 +229,73 @@ class TestMaintenance:
         for key, row in maintained.items():
             assert rebuilt[key]["sum_loss"] == pytest.approx(row.pop("sum_loss"))
             assert {k: rebuilt[key][k] for k in row} == row
+
+
+def long_job(user):
+    return TrainingJobFactory(owner=user, total_epochs=2000, steps_per_epoch=FINEST)
+
+
+class TestKeptLevels:
+    """A job keeps the finest level and each level with two buckets (`kept_widths`); a level
+    is built whole when the job reaches it."""
+
+    def test_the_levels_kept_follow_the_steps_reached(self):
+        assert kept_widths(0) == kept_widths(256) == (64,)
+        assert kept_widths(257) == (64, 256)
+        assert kept_widths(600) == (64, 256)
+        assert kept_widths(1_000_000) == SUMMARY_WIDTHS
+
+    def test_levels_are_built_as_the_job_reaches_them(self, user):
+        job = long_job(user)
+        for start in range(0, 5000, 397):
+            batches_write((job, points(range(start, min(start + 397, 5000)), seed=start)))
+            job.refresh_from_db()
+            assert {width for width, _ in stored_buckets(job)} == set(kept_widths(job.current_step))
+            assert_summary_exact(job)
+
+    def test_a_write_reaching_many_levels_at_once(self, user):
+        job = long_job(user)
+        batches_write((job, points(range(0, 100), seed=1)))
+        batches_write((job, points(range(100, 70_000), seed=2)))
+        job.refresh_from_db()
+        assert {width for width, _ in stored_buckets(job)} == set(SUMMARY_WIDTHS[:-1])
+        assert_summary_exact(job)
+
+    def test_named_points_alone_can_take_the_job_to_a_level(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(0, 200), seed=3)))
+        named_write(job, {"val/loss": (range(0, 2000, 100), 1.0)})
+        job.refresh_from_db()
+        assert job.current_step == 1901
+        assert {width for width, _ in stored_buckets(job)} == {64, 256, 1024}
+        assert_summary_exact(job)
+
+    def test_rows_of_a_level_not_kept_never_reach_a_read_and_are_replaced_once_kept(self, user):
+        job = big_job(user)
+        batches_write((job, points(range(0, 600), seed=4)))
+        job.refresh_from_db()
+        honest = summary_series(job, MIN_DOWNSAMPLED_POINTS)
+        assert honest is not None and honest.total == 600
+        # Rows such as every level held before levels were kept from two buckets on, since
+        # left behind by the writes: they must not be read, and are rebuilt when reached.
+        stale = {"count": 1, "sum_loss": 9.0, "last_step": 0, "last_loss": 9.0}
+        stale |= {"min_loss": 9.0, "min_step": 0, "max_loss": 9.0, "max_step": 0}
+        for width in SUMMARY_WIDTHS[2:]:
+            MetricSummary.objects.create(job=job, width=width, bucket=0, **stale)
+
+        assert summary_series(job, MIN_DOWNSAMPLED_POINTS) == honest
+
+        batches_write((job, points(range(600, 1500), seed=5)))
+        job.refresh_from_db()
+        kept = {b: row for b, row in stored_buckets(job).items() if b[0] in kept_widths(1500)}
+        expected = raw_buckets(job)
+        assert kept.keys() == expected.keys()
+        assert kept[(1024, 0)]["count"] == 1024 and kept[(1024, 1)]["count"] == 476
+        assert stored_buckets(job)[(4096, 0)]["count"] == 1  # not kept yet, never read
+
+    def test_a_read_of_one_group_uses_the_coarsest_level_kept(self):
+        assert summary_width_for(600, 1, kept_widths(600)) == 256
+        assert summary_width_for(600, 1) == SUMMARY_WIDTHS[-1]
 
 
 class TestSummaryRows:
@@ -480,4 +557,6 @@ class TestKeySummary:
             bucket: (row["count"], row["min_value"], row["min_step"], row["last_step"])
             for bucket, row in key_buckets_stored(key).items()
         }
-        assert named == headline
+        # A key keeps every level once summarised; the headline only those with two buckets.
+        assert {width for width, _ in headline} == set(kept_widths(500)) == {64, 256}
+        assert {b: row for b, row in named.items() if b[0] in kept_widths(500)} == headline
