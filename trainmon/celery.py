@@ -2,8 +2,9 @@ import gc
 import os
 from typing import Any
 
-from celery import Celery
-from celery.signals import worker_process_init
+from celery import Celery, Task
+from celery.signals import task_postrun, task_prerun, worker_process_init
+from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trainmon.settings")
 
@@ -19,3 +20,15 @@ def freeze_loaded_objects(**_: Any) -> None:
     enough to set off a full collection every ~20 chunks, which walked those ~100,000
     objects for about 80 ms."""
     gc.freeze()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def close_old_database_connections(task: "Task[Any, Any] | None" = None, **_: Any) -> None:
+    """Around each task, what Django does around each request: close a connection past
+    CONN_MAX_AGE or left unusable by an error, keep the others (CELERY_DB_REUSE_MAX stops
+    Celery from closing every one). A task run eagerly runs inside its caller's transaction:
+    left alone."""
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
+    close_old_connections()

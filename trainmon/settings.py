@@ -257,6 +257,12 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Unless this is set, Celery's Django fix-up closes the database connection before and after
+# every task, so each 500-job tick chunk paid for a new PostgreSQL backend: its start, its
+# catalog caches, its staging tables created anew. Set, the fix-up closes it only every this
+# many tasks, and trainmon.celery closes it by Django's own rule (CONN_MAX_AGE, errors), as
+# after a request.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE

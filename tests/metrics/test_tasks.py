@@ -27,6 +27,7 @@ from metrics.tasks import (
 )
 from tests.support.factories import TrainingJobFactory, reload
 from tests.support.metric_points import named_write
+from tests.support.processes import running_processes
 from tests.support.services import TEST_REDIS_URL
 from trainmon.celery import app as celery_app
 
@@ -223,3 +224,37 @@ class TestPruneIngestLog:
     def test_beat_runs_it(self):
         tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
         assert "metrics.tasks.prune_ingest_log" in tasks
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_keeps_its_database_connection_from_task_to_task(user, tmp_path):
+    """Celery's Django fix-up would close it after every task (CELERY_DB_REUSE_MAX)."""
+    job = TrainingJobFactory(owner=user, total_epochs=10)
+    with running_processes(tmp_path, tick_seconds=3600) as processes:
+        processes.worker("worker", beat=False, concurrency=1, application_name="reusing-worker")
+        # An explicit connection: CELERY_BROKER_URL, if the run sets it, outranks conf.
+        with celery_app.connection_for_write(processes.broker_url) as broker:
+            advance_jobs.apply_async(([job.pk],), connection=broker)
+            wait_for_step(job, 10)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT now()")
+                (after_the_first_task,) = cursor.fetchone()
+            for _ in range(3):
+                advance_jobs.apply_async(([job.pk],), connection=broker)
+            wait_for_step(job, 40)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT backend_start FROM pg_stat_activity WHERE application_name = %s",
+                ["reusing-worker"],
+            )
+            started = [row[0] for row in cursor.fetchall()]
+    assert len(started) == 1, "the worker holds one connection after its tasks"
+    assert started[0] < after_the_first_task, "opened for the first task, kept for the next"
+
+
+def wait_for_step(job: TrainingJob, step: int) -> None:
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
+    while reload(job).current_step < step:
+        assert time.monotonic() < deadline, f"job at step {job.current_step}, waiting for {step}"
+        time.sleep(POLL_SECONDS)
