@@ -45,6 +45,7 @@ a tick wrote, and most of an MLflow `log_batch` of one point for each of 1,000 k
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +185,7 @@ def summary_add(
     counted_in = {
         job_id: after if before == 0 else before for job_id, (before, after) in spans.items()
     }
-    widest = max((kept_widths(span)[-1] for span in counted_in.values()), default=FINEST_WIDTH)
+    widest = kept_widths(max(counted_in.values(), default=0))[-1]
     rows = level_rows(HEADLINE, _headline_points(created), upto=widest)
     if len(rows["job_id"]):
         kept = (rows["width"] == FINEST_WIDTH) | (
@@ -194,10 +195,15 @@ def summary_add(
     reached = {
         job_id: (before, after)
         for job_id, (before, after) in spans.items()
-        if before and len(kept_widths(after)) > len(kept_widths(before))
+        if before and _levels_kept(after) > _levels_kept(before)
     }
     if reached:
         _levels_build(reached)
+
+
+def _levels_kept(span: int) -> int:
+    """len(kept_widths(span)), without building it: this runs twice for every job written."""
+    return bisect_left(SUMMARY_WIDTHS, span, lo=1)
 
 
 def _per_row(job_ids: np.ndarray, spans: Mapping[int, int]) -> np.ndarray:
