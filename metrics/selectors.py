@@ -25,6 +25,7 @@ from metrics.summary import (
     HEADLINE,
     KEYS,
     SummarySpec,
+    kept_widths,
     key_is_summarised,
     summary_points,
     summary_points_many,
@@ -193,7 +194,13 @@ def named_series_downsampled(
     found = None
     if key_is_summarised(key.count):
         found = summary_points(
-            KEYS, key.pk, end_step, max_points, after_step=after_step, times=times
+            KEYS,
+            key.pk,
+            end_step,
+            max_points,
+            kept=kept_widths(key.count),
+            after_step=after_step,
+            times=times,
         )
     if found is None:
         found = _downsampled_range(KEYS, key.pk, after_step, max_points)
@@ -223,7 +230,9 @@ def named_series_many(
             short.append(key)
         elif not key_is_summarised(key.count):
             alone.append(key)
-        elif (width := summary_width_for(key.last_step + 1, groups)) is not None:
+        elif (
+            width := summary_width_for(key.last_step + 1, groups, kept_widths(key.count))
+        ) is not None:
             widths[key.pk] = width
         else:
             alone.append(key)

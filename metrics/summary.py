@@ -26,7 +26,7 @@ level with at least two buckets over the steps the job has reached (its current_
 600-step job keeps 2 levels, not 7, and each write to it upserts 2 rows, not 7. The write
 that takes a job to a new level builds that level from the coarsest one it kept, which
 already holds every point (`summary_add`); readers never pick a level the job does not keep
-(`summary_points`). Keys, summarised only from 2,000 points on, keep every level.
+(`summary_points`). A summarised key keeps its levels the same way, by its point count.
 
 Two series kinds are summarised by this one mechanism, each described by a `SummarySpec`:
 the headline series (`HEADLINE`: MetricSummary over TrainingMetric, per job, ranked by loss
@@ -54,7 +54,7 @@ import numpy as np
 from django.db import connection, models
 
 from jobs.models import TrainingJob
-from metrics.models import KeySummary, MetricSummary, NamedMetric, TrainingMetric
+from metrics.models import KeySummary, MetricKey, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
 from metrics.series import (
     POINTS_PER_BUCKET,
@@ -155,13 +155,17 @@ KEYS = SummarySpec(
 
 
 def kept_widths(span: int) -> tuple[int, ...]:
-    """The headline levels kept for a job whose steps reach `span` - 1 (its current_step):
-    the finest, and every level that has at least two buckets over steps 0..span-1.
+    """The levels kept for a series of `span`: the finest, and every level that has at
+    least two buckets over steps 0..span-1.
 
+    A job's headline is measured by its current_step, a key by its point count
+    (MetricKey.count): each is known before and after every write, so a write knows which
+    levels it takes a series to. For a key with a point every step the two agree; a sparse
+    key keeps fewer levels, which its few points make cheap to read from the finer ones.
     A coarser level would hold one bucket, which no read needs (the coarsest kept level
     answers it in at most 4 rows); keeping it would cost every write an upsert for each.
-    A 600-step job keeps 2 levels, not 7; a level is built when the job first reaches it
-    (`summary_add`).
+    A 600-step job keeps 2 levels, not 7; a level is built when the series first reaches it
+    (`summary_add`, `key_points_add`).
     """
     return tuple(width for width in SUMMARY_WIDTHS if width == FINEST_WIDTH or width < span)
 
@@ -185,20 +189,24 @@ def summary_add(
     counted_in = {
         job_id: after if before == 0 else before for job_id, (before, after) in spans.items()
     }
+    _levels_add(HEADLINE, _headline_points(created), counted_in)
+    _levels_build(
+        HEADLINE, {job_id: (before, after) for job_id, (before, after) in spans.items() if before}
+    )
+
+
+def _levels_add(
+    spec: SummarySpec, points: Mapping[str, np.ndarray], counted_in: Mapping[int, int]
+) -> None:
+    """Count points into the levels their series keeps at the span `counted_in` gives it
+    ({owner: span}, every owner of the points): one upsert for everything."""
     widest = kept_widths(max(counted_in.values(), default=0))[-1]
-    rows = level_rows(HEADLINE, _headline_points(created), upto=widest)
-    if len(rows["job_id"]):
+    rows = level_rows(spec, points, upto=widest)
+    if len(rows[spec.owner]):
         kept = (rows["width"] == FINEST_WIDTH) | (
-            rows["width"] < _per_row(rows["job_id"], counted_in)
+            rows["width"] < _per_row(rows[spec.owner], counted_in)
         )
-        _upsert(HEADLINE, {name: column[kept] for name, column in rows.items()})
-    reached = {
-        job_id: (before, after)
-        for job_id, (before, after) in spans.items()
-        if before and _levels_kept(after) > _levels_kept(before)
-    }
-    if reached:
-        _levels_build(reached)
+        _upsert(spec, {name: column[kept] for name, column in rows.items()})
 
 
 def _levels_kept(span: int) -> int:
@@ -213,53 +221,55 @@ def _per_row(job_ids: np.ndarray, spans: Mapping[int, int]) -> np.ndarray:
     return values[np.searchsorted(jobs, job_ids)]
 
 
-def _levels_build(reached: Mapping[int, tuple[int, int]]) -> None:
-    """Build the levels these jobs reach: from the coarsest level each kept before (every
-    point already counted in), coarsened in numpy, replacing any rows such a level has."""
-    sources = [(job_id, kept_widths(before)[-1]) for job_id, (before, _) in reached.items()]
-    source, params = json_rows((("job_id", "bigint"), ("width", "bigint")), sources)
-    names = [name for name, _ in HEADLINE.columns]
-    table = HEADLINE.summary._meta.db_table
+def _levels_build(spec: SummarySpec, spans: Mapping[int, tuple[int, int]]) -> None:
+    """Build the levels that series reach with this write ({owner: (span before, span
+    after)}, spans before it above 0): from the coarsest level each kept before, which
+    holds every point already, coarsened in numpy, replacing any rows such a level has. Two
+    statements when some series reaches a level, none otherwise."""
+    reached = {
+        owner: (before, after)
+        for owner, (before, after) in spans.items()
+        if _levels_kept(after) > _levels_kept(before)
+    }
+    if not reached:
+        return
+    sources = [(owner, kept_widths(before)[-1]) for owner, (before, _) in reached.items()]
+    source, params = json_rows(((spec.owner, "bigint"), ("width", "bigint")), sources)
+    names = [name for name, _ in spec.columns]
+    table, owner = spec.summary._meta.db_table, spec.owner
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {', '.join(f's.{name}' for name in names)} FROM {table} s"
-            f" JOIN {source} AS w ON s.job_id = w.job_id AND s.width = w.width"
-            f" ORDER BY s.job_id, s.bucket",
+            f" JOIN {source} AS w ON s.{owner} = w.{owner} AND s.width = w.width"
+            f" ORDER BY s.{owner}, s.bucket",
             params,
         )
         fetched = cursor.fetchall()
     if not fetched:
-        return  # jobs with named points only: no headline to summarise
+        return  # no rows to build from: a job with named points only, a key never finite
     finer = {
         name: np.array(
             [row[index] for row in fetched],
             dtype=np.float64 if sql_type == "double precision" else np.int64,
         )
-        for index, (name, sql_type) in enumerate(HEADLINE.columns)
+        for index, (name, sql_type) in enumerate(spec.columns)
     }
     built = []
     for width in SUMMARY_WIDTHS[1:]:
         needed = [
-            job_id
-            for job_id, (before, after) in reached.items()
+            owner_id
+            for owner_id, (before, after) in reached.items()
             if width in kept_widths(after) and width not in kept_widths(before)
         ]
-        rows = np.isin(finer["job_id"], needed)
+        rows = np.isin(finer[owner], needed)
         if rows.any():
-            built.append(_coarsen(HEADLINE, {n: c[rows] for n, c in finer.items()}, width))
+            built.append(_coarsen(spec, {n: c[rows] for n, c in finer.items()}, width))
     if built:
         _upsert(
-            HEADLINE,
+            spec,
             {name: np.concatenate([level[name] for level in built]) for name in names},
             replace=True,
         )
-
-
-def points_add(spec: SummarySpec, points: Mapping[str, np.ndarray]) -> None:
-    """Count new points (columns: owner, step, value, carried) into every level of `spec`'s
-    buckets: one upsert for everything. Non-finite values are left out where the spec says
-    so."""
-    _upsert(spec, level_rows(spec, points))
 
 
 def _upsert(spec: SummarySpec, rows: Mapping[str, np.ndarray], *, replace: bool = False) -> None:
@@ -297,25 +307,43 @@ def key_is_summarised(count: int) -> bool:
 
 def key_points_add(points: Mapping[str, np.ndarray], counts: np.ndarray) -> None:
     """Count a write's new named points (columns key_id, step, value; in key order, one run
-    per key) into the buckets of the keys that are summarised (`KEY_SUMMARY_FROM`).
+    per key) into the buckets of the keys that are summarised (`KEY_SUMMARY_FROM`), at the
+    levels each keeps for its point count (`kept_widths`).
 
     `counts` holds each run's key's point count after the write. A key the write takes past
     the threshold gets all its raw rows counted instead, the new ones among them: one read
-    for all such keys, then the same single upsert.
+    for all such keys, then the same single upsert. A level a summarised key reaches is
+    built as the headline's are (`summary_add`).
     """
     key_ids = points["key_id"]
     if not len(key_ids):
         return
     starts = np.flatnonzero(np.r_[True, key_ids[1:] != key_ids[:-1]])
     created = np.diff(np.r_[starts, len(key_ids)])
-    summarised = counts - created > KEY_SUMMARY_FROM  # key_is_summarised, for every key
+    before = counts - created
+    summarised = before > KEY_SUMMARY_FROM  # key_is_summarised, for every key
     keep = np.repeat(summarised, created)
     columns = {name: points[name][keep] for name in ("key_id", "step", "value")}
-    starting = key_ids[starts][~summarised & (counts > KEY_SUMMARY_FROM)]
-    if len(starting):
-        whole = _key_raw_points(starting.tolist())
+    owners = key_ids[starts]
+    counted_in = dict(zip(owners[summarised].tolist(), before[summarised].tolist(), strict=True))
+    starting = ~summarised & (counts > KEY_SUMMARY_FROM)
+    if starting.any():
+        whole = _key_raw_points(owners[starting].tolist())
         columns = {name: np.concatenate([columns[name], whole[name]]) for name in columns}
-    points_add(KEYS, columns)
+        counted_in |= dict(zip(owners[starting].tolist(), counts[starting].tolist(), strict=True))
+    if not counted_in:
+        return
+    _levels_add(KEYS, columns, counted_in)
+    _levels_build(
+        KEYS,
+        dict(
+            zip(
+                owners[summarised].tolist(),
+                zip(before[summarised].tolist(), counts[summarised].tolist(), strict=True),
+                strict=True,
+            )
+        ),
+    )
 
 
 def _key_raw_points(key_ids: list[int]) -> dict[str, np.ndarray]:
@@ -505,13 +533,16 @@ def rebuild_sql(
     finite = spec.finite(f"m.{value}")
     if finite:
         where = f"{where}{finite}" if where else f"WHERE {finite.removeprefix(' AND ')}"
-    levels = f"CROSS JOIN ({widths}) w"
-    if spec is HEADLINE:  # the levels each job keeps (`kept_widths`)
-        jobs = TrainingJob._meta.db_table
-        levels = (
-            f"JOIN {jobs} j ON j.id = m.job_id JOIN ({widths}) w"
-            f" ON w.width = {FINEST_WIDTH} OR w.width < j.current_step"
-        )
+    # The levels each series keeps (`kept_widths`): by its job's current_step, its key's count.
+    owners, span = (
+        (TrainingJob._meta.db_table, "current_step")
+        if spec is HEADLINE
+        else (MetricKey._meta.db_table, "count")
+    )
+    levels = (
+        f"JOIN {owners} o ON o.id = m.{owner} JOIN ({widths}) w"
+        f" ON w.width = {FINEST_WIDTH} OR w.width < o.{span}"
+    )
     carried = "".join(f", m.{name}" for name in spec.carried)
     return f"""
         INSERT INTO {summary_table} ({names})
@@ -573,7 +604,13 @@ def summary_series(
     path). One query; after a None the caller's raw read is a second one.
     """
     found = summary_points(
-        HEADLINE, job.pk, job.current_step, max_points, after_step=after_step, times=times
+        HEADLINE,
+        job.pk,
+        job.current_step,
+        max_points,
+        kept=kept_widths(job.current_step),
+        after_step=after_step,
+        times=times,
     )
     if found is None:
         return None
@@ -587,17 +624,18 @@ def summary_points(
     end_step: int,
     max_points: int,
     *,
+    kept: Sequence[int],
     after_step: int = -1,
     times: bool = True,
 ) -> tuple[list[tuple[Any, ...]], int] | None:
     """The downsampled points of one series from `spec`'s summary (see `summary_series`):
     rows of (step, value, *carried, unix time) in step order, and the total; None where raw
-    rows should answer. `end_step` is one past the series' last step. `times=False` leaves
+    rows should answer. `end_step` is one past the series' last step; `kept` the levels the
+    series keeps (`kept_widths`), the only ones read. `times=False` leaves
     the times None: the summary does not hold them, and reading them back costs a lookup
     per point in the raw rows, most of the query's time."""
     check_max_points(max_points)
     groups = (max_points - 1) // POINTS_PER_BUCKET
-    kept = kept_widths(end_step) if spec is HEADLINE else SUMMARY_WIDTHS
     width = summary_width_for(end_step - (after_step + 1), groups, kept)
     if width is None:
         return None

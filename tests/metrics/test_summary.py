@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from jobs.models import TrainingJob
 from metrics.models import KeySummary, MetricKey, MetricSummary, NamedMetric, TrainingMetric
 from metrics.points import MetricBatch
-from metrics.selectors import named_series_downsampled
+from metrics.selectors import named_series_downsampled, named_series_many
 from metrics.series import MIN_DOWNSAMPLED_POINTS
 from metrics.summary import (
     KEYS,
@@ -455,7 +455,10 @@ def key_buckets_stored(key):
 
 def assert_key_buckets_exact(key):
     stored = key_buckets_stored(key)
-    expected = buckets_from_raw_rows(NamedMetric, "key_id", key.pk, "value")
+    count = MetricKey.objects.get(pk=key.pk).count
+    expected = buckets_from_raw_rows(
+        NamedMetric, "key_id", key.pk, "value", widths=kept_widths(count)
+    )
     assert stored.keys() == expected.keys()
     for bucket, want in expected.items():
         got = stored[bucket]
@@ -525,6 +528,53 @@ class TestKeySummary:
         series = named_series_downsampled(key=key, max_points=100)
         assert series.total == 601 and series.steps[-1] == 60_000
 
+    def test_a_key_keeps_the_levels_of_its_point_count_and_builds_them_as_it_grows(
+        self, user, every_key_summarised
+    ):
+        job = long_job(user)
+        rng = np.random.default_rng(6)
+        for start in range(0, 5000, 397):
+            steps = np.arange(start, min(start + 397, 5000))
+            values = rng.integers(1, 6, len(steps)) / 4
+            values[::11] = np.nan  # counted, never summarised
+            named_write(job, {"train/grad_norm": (steps, values)})
+            key = MetricKey.objects.get(job=job, name="train/grad_norm")
+            assert {width for width, _ in key_buckets_stored(key)} == set(kept_widths(key.count))
+            assert_key_buckets_exact(key)
+
+    def test_a_sparse_key_keeps_fewer_levels_and_reads_the_same_extremes(self, user):
+        job = TrainingJobFactory(owner=user, total_epochs=1000, steps_per_epoch=1000)
+        values = np.linspace(1.0, 2.0, 3000)
+        values[1234], values[2345] = -5.0, 50.0
+        named_write(job, {"val/loss": (range(0, 300_000, 100), values)})
+        key = MetricKey.objects.get(job=job, name="val/loss")
+        assert {width for width, _ in key_buckets_stored(key)} == {64, 256, 1024}
+        assert_key_buckets_exact(key)
+        series = named_series_downsampled(key=key, max_points=100)
+        assert series.total == 3000
+        assert min(series.values) == -5.0 and max(series.values) == 50.0
+        assert series.steps[0] == 0 and series.steps[-1] == 299_900
+        assert named_series_many([key], max_points=100)[key.pk] == series
+
+    def test_rows_of_a_level_a_key_does_not_keep_never_reach_a_read(
+        self, user, every_key_summarised
+    ):
+        job = long_job(user)
+        named_write(job, {"k": (range(600), np.linspace(2.0, 1.0, 600))})
+        key = MetricKey.objects.get(job=job, name="k")
+        honest = named_series_downsampled(key=key, max_points=MIN_DOWNSAMPLED_POINTS)
+        assert honest.total == 600 and 9.0 not in honest.values
+        for width in SUMMARY_WIDTHS[2:]:
+            KeySummary.objects.create(
+                key=key, width=width, bucket=0, count=600, sum_value=9.0,
+                min_value=9.0, min_step=0, max_value=9.0, max_step=0,
+                last_value=9.0, last_step=0,
+            )  # fmt: skip
+        assert named_series_downsampled(key=key, max_points=MIN_DOWNSAMPLED_POINTS) == honest
+        named_write(job, {"k": (range(600, 1500), 1.0)})
+        key.refresh_from_db()
+        assert key_buckets_stored(key)[(1024, 0)]["count"] == 1024
+
     def test_a_rebuild_gives_the_maintained_rows(self, user, every_key_summarised):
         job = big_job(user)
         rng = np.random.default_rng(4)
@@ -557,6 +607,6 @@ class TestKeySummary:
             bucket: (row["count"], row["min_value"], row["min_step"], row["last_step"])
             for bucket, row in key_buckets_stored(key).items()
         }
-        # A key keeps every level once summarised; the headline only those with two buckets.
+        # A point every step: the key's count and the job's current_step keep the same levels.
         assert {width for width, _ in headline} == set(kept_widths(500)) == {64, 256}
-        assert {b: row for b, row in named.items() if b[0] in kept_widths(500)} == headline
+        assert named == headline
