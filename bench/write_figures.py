@@ -166,7 +166,7 @@ _PARTS: tuple[tuple[str, str], ...] = (
     (r"^SELECT s\.job_id, s\.width", "headline: levels reached, read from the one below"),
     (r"metrics_metrickey k ON|^INSERT INTO metrics_metrickey\b", "named: key ids"),
     (r"^INSERT INTO metrics_namedmetric\b", "named: INSERT ... SELECT (+ unique index)"),
-    (r"^INSERT INTO metrics_keysummary\b", "named: summary upsert (7 levels)"),
+    (r"^INSERT INTO metrics_keysummary\b", "named: summary upsert (kept levels)"),
     (r"^UPDATE metrics_metrickey\b", "named: key stats UPDATE"),
     (r"^INSERT INTO metrics_ingestlog\b", "ingest log INSERT"),
     (r"^UPDATE jobs_trainingjob\b", "progress UPDATE"),
