@@ -141,3 +141,25 @@ def test_a_batch_of_only_duplicates_still_counts_as_a_report(user):
     job.refresh_from_db()
     assert job.status == Status.RUNNING
     assert job.current_step == 2
+
+
+def test_each_job_of_a_write_gets_its_own_batch_s_progress(user):
+    """Many jobs in one write, steps out of order, ties on the lowest loss, accuracy missing
+    at some last steps: each job's progress is what its own batch says."""
+    rng = np.random.default_rng(20)
+    jobs = TrainingJobFactory.create_batch(6, owner=user, total_epochs=100)
+    batches = []
+    for index, job in enumerate(jobs):
+        steps = rng.permutation(np.arange(index * 7, index * 7 + 3 + 2 * index))
+        losses = rng.integers(1, 4, len(steps)) / 2  # ties on the minimum are common
+        accuracies = np.where(rng.random(len(steps)) < 0.5, np.nan, rng.random(len(steps)))
+        batches.append((job, batch(steps, losses=losses, accuracies=accuracies)))
+    batches_write(*batches)
+    for job, points in batches:
+        job.refresh_from_db()
+        last, best = int(np.argmax(points.steps)), int(np.argmin(points.losses))
+        accuracy = points.accuracies[last]
+        assert job.current_step == points.steps[last] + 1
+        assert job.last_loss == points.losses[last]
+        assert job.last_accuracy == (None if np.isnan(accuracy) else accuracy)
+        assert (job.best_loss, job.best_loss_step) == (points.losses[best], points.steps[best])
