@@ -607,17 +607,25 @@ def measure(
 
 def wal_counters() -> dict[str, float]:
     """The server's WAL and checkpoint counters (PostgreSQL 14 to 16; empty elsewhere): what
-    the writes cost the disk beyond their rows. Server-wide, so other clients count too."""
+    the writes cost the disk beyond their rows. Server-wide, so other clients count too.
+    Also the sessions opened on the bench's database: a backend that lives less than
+    CPU_SAMPLE_SECONDS escapes the CPU figure, as every worker's did while Celery closed
+    its connection after each task."""
     from django.db import DatabaseError, connection
 
     try:
         with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # not a transaction's old copy
             cursor.execute("SELECT wal_bytes, wal_fpi FROM pg_stat_wal")
             wal_bytes, full_page_images = cursor.fetchone()
             cursor.execute(
                 "SELECT checkpoints_timed, checkpoints_req, buffers_backend FROM pg_stat_bgwriter"
             )
             timed, requested, backend_writes = cursor.fetchone()
+            cursor.execute(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            )
+            (sessions,) = cursor.fetchone()
     except DatabaseError:
         return {}
     return {
@@ -626,6 +634,7 @@ def wal_counters() -> dict[str, float]:
         "checkpoints_timed": float(timed),
         "checkpoints_requested": float(requested),
         "backend_buffer_writes": float(backend_writes),
+        "sessions": float(sessions),
     }
 
 
@@ -815,7 +824,9 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
                 f"written), {wal['full_page_images']:,.0f} full-page images, checkpoints "
                 f"{wal['checkpoints_timed'] + wal['checkpoints_requested']:.0f} "
                 f"({wal['checkpoints_requested']:.0f} forced by WAL volume), "
-                f"{wal['backend_buffer_writes']:,.0f} buffers written by backends themselves"
+                f"{wal['backend_buffer_writes']:,.0f} buffers written by backends themselves; "
+                f"{wal.get('sessions', 0):,.0f} database sessions opened (each backend's CPU "
+                f"is sampled every {CPU_SAMPLE_SECONDS:g} s: one shorter-lived escapes it)"
             )
     notes.append(f"PostgreSQL settings: {server_settings()}")
     notes.append(

@@ -14,11 +14,13 @@ from bench.scaling import (
     ScalingPlan,
     all_stopped,
     beat_sends,
+    counters_delta,
     cpu_seconds,
     efficiency,
     runqueue_wait_seconds,
     share_inside,
     tick_walls,
+    wal_counters,
 )
 
 BEAT_LOG = """\
@@ -115,3 +117,21 @@ def test_all_stopped_stops_every_process_even_when_the_body_fails(tmp_path):
 
     assert all(not sleeper.alive for sleeper in sleepers)
     assert all(sleeper.returncode is not None for sleeper in sleepers)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_server_counters_count_the_sessions_opened_on_the_database():
+    import time
+
+    import psycopg
+
+    from tests.support.processes import shared_database_url
+
+    before = wal_counters()
+    for _ in range(3):
+        psycopg.connect(shared_database_url()).close()
+    deadline = time.monotonic() + 10
+    while (opened := counters_delta(before, wal_counters())["sessions"]) < 3:
+        assert time.monotonic() < deadline, f"{opened} sessions counted"
+        time.sleep(0.1)
