@@ -164,7 +164,8 @@ def _first_key(batch: NamedBatch | None) -> str | None:
 
 
 class _Extremes(NamedTuple):
-    """What a job's created headline points say about its progress."""
+    """What a job's created headline points say about its progress (fields named as
+    BatchSummary's)."""
 
     max_step: int
     last_loss: float  # at max_step, as are the next two
@@ -221,24 +222,13 @@ def _summary(
     named_max_step: int | None,
     first_key: str | None,
 ) -> BatchSummary:
-    if extremes is None:
-        return BatchSummary(
-            job=job,
-            diverged_at_step=diverged_at_step,
-            named_max_step=named_max_step,
-            first_key=first_key,
-        )
+    # _Extremes' fields are BatchSummary's: a job without created points has none of them.
     return BatchSummary(
         job=job,
+        diverged_at_step=diverged_at_step,
         named_max_step=named_max_step,
         first_key=first_key,
-        max_step=extremes.max_step,
-        last_loss=extremes.last_loss,
-        last_accuracy=extremes.last_accuracy,
-        last_learning_rate=extremes.last_learning_rate,
-        min_loss=extremes.min_loss,
-        min_loss_step=extremes.min_loss_step,
-        diverged_at_step=diverged_at_step,
+        **({} if extremes is None else extremes._asdict()),
     )
 
 

@@ -190,9 +190,7 @@ def summary_add(
         job_id: after if before == 0 else before for job_id, (before, after) in spans.items()
     }
     _levels_add(HEADLINE, _headline_points(created), counted_in)
-    _levels_build(
-        HEADLINE, {job_id: (before, after) for job_id, (before, after) in spans.items() if before}
-    )
+    _levels_build(HEADLINE, spans)
 
 
 def _levels_add(
@@ -223,13 +221,14 @@ def _per_row(job_ids: np.ndarray, spans: Mapping[int, int]) -> np.ndarray:
 
 def _levels_build(spec: SummarySpec, spans: Mapping[int, tuple[int, int]]) -> None:
     """Build the levels that series reach with this write ({owner: (span before, span
-    after)}, spans before it above 0): from the coarsest level each kept before, which
-    holds every point already, coarsened in numpy, replacing any rows such a level has. Two
-    statements when some series reaches a level, none otherwise."""
+    after)}): from the coarsest level each kept before, which holds every point already,
+    coarsened in numpy, replacing any rows such a level has. Two statements when some
+    series reaches a level, none otherwise. A series with nothing before (span 0) had all
+    its points in this write, which counted them into every level it reaches."""
     reached = {
         owner: (before, after)
         for owner, (before, after) in spans.items()
-        if _levels_kept(after) > _levels_kept(before)
+        if before and _levels_kept(after) > _levels_kept(before)
     }
     if not reached:
         return
@@ -334,16 +333,13 @@ def key_points_add(points: Mapping[str, np.ndarray], counts: np.ndarray) -> None
     if not counted_in:
         return
     _levels_add(KEYS, columns, counted_in)
-    _levels_build(
-        KEYS,
-        dict(
-            zip(
-                owners[summarised].tolist(),
-                zip(before[summarised].tolist(), counts[summarised].tolist(), strict=True),
-                strict=True,
-            )
-        ),
+    spans = zip(
+        owners[summarised].tolist(),
+        before[summarised].tolist(),
+        counts[summarised].tolist(),
+        strict=True,
     )
+    _levels_build(KEYS, {key_id: (was, now) for key_id, was, now in spans})
 
 
 def _key_raw_points(key_ids: list[int]) -> dict[str, np.ndarray]:
