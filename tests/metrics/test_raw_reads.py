@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from metrics.series import POINTS_PER_BUCKET, POLL_MAX_POINTS, SERIES_MAX_POINTS
 from metrics.summary import KEY_SUMMARY_FROM, summary_width_for
 from tests.support.factories import TrainingJobFactory
 from tests.support.metric_points import batches_write, metric_batch, named_write
+from tests.support.plans import plan_nodes, rows_taken
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -77,25 +78,12 @@ def raw_rows_read(request: Callable[[], Any]) -> tuple[int, Any]:
                 continue
             cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
             [plan] = cursor.fetchone()[0]
-            read += sum(_rows_taken(node) for node in _nodes(plan["Plan"]))
+            read += sum(
+                rows_taken(node)
+                for node in plan_nodes(plan["Plan"])
+                if node.get("Relation Name") in RAW_TABLES
+            )
     return read, answer
-
-
-def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", ()):
-        yield from _nodes(child)
-
-
-def _rows_taken(node: dict[str, Any]) -> int:
-    if node.get("Relation Name") not in RAW_TABLES:
-        return 0
-    per_loop = (
-        node["Actual Rows"]
-        + node.get("Rows Removed by Filter", 0)
-        + node.get("Rows Removed by Index Recheck", 0)
-    )
-    return int(per_loop * node["Actual Loops"])
 
 
 def bucket_width(steps_in_range: int, max_points: int) -> int:
@@ -305,12 +293,7 @@ def _rows_read_by_prepared(name: str, params: list[Any]) -> Counter[str]:
         cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}({placeholders})", params)
         [plan] = cursor.fetchone()[0]
     read: Counter[str] = Counter()
-    for node in _nodes(plan["Plan"]):
+    for node in plan_nodes(plan["Plan"]):
         if "Relation Name" in node:
-            per_loop = (
-                node["Actual Rows"]
-                + node.get("Rows Removed by Filter", 0)
-                + node.get("Rows Removed by Index Recheck", 0)
-            )
-            read[node["Relation Name"]] += int(per_loop * node["Actual Loops"])
+            read[node["Relation Name"]] += rows_taken(node)
     return read

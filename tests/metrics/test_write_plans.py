@@ -25,6 +25,7 @@ from metrics.models import MetricKey
 from metrics.services import simulation_advance
 from tests.support.factories import TrainingJobFactory
 from tests.support.metric_points import named_write
+from tests.support.plans import plan_nodes, rows_taken
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -38,8 +39,8 @@ class _RolledBack(Exception):
 
 
 def keys_read(statements: list[str], *, starting: str) -> int:
-    """Rows of the keys table that the statements starting with `starting` took: returned by
-    a plan node scanning the table, or removed by its filter, times its loops."""
+    """Rows of the keys table that the statements starting with `starting` took (see
+    `rows_taken`)."""
     read = 0
     for sql in statements:
         if not sql.lstrip().startswith(starting):
@@ -51,15 +52,12 @@ def keys_read(statements: list[str], *, starting: str) -> int:
                 raise _RolledBack
         except _RolledBack:
             pass
-        for node in _nodes(plan["Plan"]):
-            if node.get("Relation Name") == KEYS_TABLE and node["Node Type"] != "ModifyTable":
-                per_loop = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-                read += int(per_loop * node["Actual Loops"])
+        read += sum(
+            rows_taken(node)
+            for node in plan_nodes(plan["Plan"])
+            if node.get("Relation Name") == KEYS_TABLE and node["Node Type"] != "ModifyTable"
+        )
     return read
-
-
-def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node, *(found for child in node.get("Plans", ()) for found in _nodes(child))]
 
 
 @pytest.fixture
