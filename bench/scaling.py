@@ -459,7 +459,7 @@ class Run:
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     chunk_seconds: list[float] = field(default_factory=list)
     poll_ms: float = 0.0
-    wal: dict[str, float] = field(default_factory=dict)  # wal_counters() over the window
+    wal: dict[str, float] = field(default_factory=dict)  # server_counters() over the window
 
     @property
     def points_per_s(self) -> float:
@@ -558,13 +558,13 @@ def measure(
             time.sleep(plan.warm_up_seconds)
             poller.start_cpu_window()
             busy_before, _ = machine_busy_seconds()
-            wal_before = wal_counters()
+            wal_before = server_counters()
             started_at = time.time()
             headline_before, named_before = points_stored(owner_id)
             time.sleep(plan.window_seconds)
             headline_after, named_after = points_stored(owner_id)
             run.seconds = time.time() - started_at
-            run.wal = counters_delta(wal_before, wal_counters())
+            run.wal = counters_delta(wal_before, server_counters())
             run.load_average = os.getloadavg()
             (
                 run.worker_cpu,
@@ -605,7 +605,7 @@ def measure(
     return run
 
 
-def wal_counters() -> dict[str, float]:
+def server_counters() -> dict[str, float]:
     """The server's WAL and checkpoint counters (PostgreSQL 14 to 16; empty elsewhere): what
     the writes cost the disk beyond their rows. Server-wide, so other clients count too.
     Also the sessions opened on the bench's database: a backend that lives less than

@@ -18,9 +18,9 @@ from bench.scaling import (
     cpu_seconds,
     efficiency,
     runqueue_wait_seconds,
+    server_counters,
     share_inside,
     tick_walls,
-    wal_counters,
 )
 
 BEAT_LOG = """\
@@ -128,10 +128,10 @@ def test_the_server_counters_count_the_sessions_opened_on_the_database():
 
     from tests.support.processes import shared_database_url
 
-    before = wal_counters()
+    before = server_counters()
     for _ in range(3):
         psycopg.connect(shared_database_url()).close()
     deadline = time.monotonic() + 10
-    while (opened := counters_delta(before, wal_counters())["sessions"]) < 3:
+    while (opened := counters_delta(before, server_counters())["sessions"]) < 3:
         assert time.monotonic() < deadline, f"{opened} sessions counted"
         time.sleep(0.1)
