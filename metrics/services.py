@@ -164,8 +164,8 @@ def _first_key(batch: NamedBatch | None) -> str | None:
 
 
 class _Extremes(NamedTuple):
-    """What a job's created headline points say about its progress (fields named as
-    BatchSummary's)."""
+    """What a job's created headline points say about its progress: BatchSummary's fields
+    after `job`, named and ordered as there."""
 
     max_step: int
     last_loss: float  # at max_step, as are the next two
@@ -222,14 +222,12 @@ def _summary(
     named_max_step: int | None,
     first_key: str | None,
 ) -> BatchSummary:
-    # _Extremes' fields are BatchSummary's: a job without created points has none of them.
-    return BatchSummary(
-        job=job,
-        diverged_at_step=diverged_at_step,
-        named_max_step=named_max_step,
-        first_key=first_key,
-        **({} if extremes is None else extremes._asdict()),
-    )
+    # _Extremes' fields are BatchSummary's next after job, in order (positional: _asdict()
+    # was a fortieth of a tick's Python); a job without created points has none of them.
+    tail = {"diverged_at_step": diverged_at_step, "named_max_step": named_max_step}
+    if extremes is None:
+        return BatchSummary(job, **tail, first_key=first_key)
+    return BatchSummary(job, *extremes, **tail, first_key=first_key)
 
 
 def _optional(value: float) -> float | None:
@@ -429,17 +427,23 @@ def _named_points(
     them, before anything is written.
     """
     with_points = [(job.pk, named[job.pk]) for job in jobs if job.pk in named]
-    wanted = [(job_id, name) for job_id, batch in with_points for name in batch.names]
-    ids = _key_ids(jobs, wanted, now)
-    # Every batch's key indexes point into one array of all (job, name) key ids: a few
-    # numpy calls for the whole write, not a handful per job.
-    key_of = np.array([ids[pair] for pair in wanted], dtype=np.int64)
+    named_pairs = [(job_id, name) for job_id, batch in with_points for name in batch.names]
+    # Every batch's key indexes point into one array of all (job, name) pairs: a few numpy
+    # calls for the whole write, not a handful per job.
     lengths = np.array([len(batch) for _, batch in with_points], dtype=np.int64)
     first_key = np.cumsum([0] + [len(batch.names) for _, batch in with_points[:-1]])
     key_index = np.concatenate([batch.key_index for _, batch in with_points])
+    pair_of_point = key_index + np.repeat(first_key, lengths)
+    # Only names with points get a key: a tick's batches name the validation keys, which
+    # hold points only at an epoch's end (two thirds of its key lookups, otherwise).
+    with_values = np.zeros(len(named_pairs), dtype=bool)
+    with_values[pair_of_point] = True
+    wanted = [pair for pair, used in zip(named_pairs, with_values.tolist(), strict=True) if used]
+    ids = _key_ids(jobs, wanted, now)
+    key_of = np.array([ids.get(pair, -1) for pair in named_pairs], dtype=np.int64)
     points = _NamedPoints(
         np.repeat(np.array([job_id for job_id, _ in with_points], dtype=np.int64), lengths),
-        key_of[key_index + np.repeat(first_key, lengths)],
+        key_of[pair_of_point],
         np.concatenate([batch.steps for _, batch in with_points]),
         np.concatenate([batch.values for _, batch in with_points]),
         np.concatenate([batch.times for _, batch in with_points]),
@@ -806,7 +810,12 @@ def simulation_advance(
             .defer(*_TICK_UNUSED_FIELDS)
         )
         if job_ids is not None:
-            claim = claim.filter(pk__in=list(job_ids))
+            job_ids = list(job_ids)
+            # The id range too: given only the list, PostgreSQL scanned every running job
+            # (or the whole table) and kept 500; a chunk's ids are dense, so its range
+            # reads about as many index entries as it claims.
+            bounds = (min(job_ids, default=0), max(job_ids, default=0))
+            claim = claim.filter(pk__in=job_ids, pk__range=bounds)
         jobs = list(claim.order_by("pk"))
         if not jobs:
             return TickResult()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.db.models.signals import post_init
 
 from jobs.models import TrainingJob
 from tests.support.factories import TrainingJobFactory
@@ -121,3 +122,33 @@ def test_a_job_loaded_with_fields_deferred_has_every_other_field_in_place(user, 
     for field in TrainingJob._meta.concrete_fields:
         # A deferred one is read on first use.
         assert getattr(partial, field.attname) == getattr(full, field.attname), field.name
+
+
+def test_a_loaded_job_is_saved_and_related_as_one_built_by_its_constructor(user):
+    # Loading skips Model.__init__ (jobs/models.py, from_db): the instance must behave as a
+    # constructed one does.
+    job = TrainingJobFactory(owner=user, name="before")
+    loaded = TrainingJob.objects.defer("description").get(pk=job.pk)
+    assert (loaded._state.adding, loaded._state.db) == (False, "default")
+    assert loaded.owner == user  # the foreign key resolves from owner_id
+    loaded.name = "after"
+    loaded.save(update_fields=["name"])
+    assert TrainingJob.objects.get(pk=job.pk).name == "after"
+    assert loaded == job and hash(loaded) == hash(job)
+
+
+def test_a_post_init_receiver_still_sees_every_loaded_job(user):
+    job = TrainingJobFactory(owner=user)
+    seen: list[tuple[int, bool]] = []
+
+    def receiver(sender: type[TrainingJob], instance: TrainingJob, **kwargs: object) -> None:
+        seen.append((instance.pk, instance._state.adding))
+
+    post_init.connect(receiver, sender=TrainingJob)
+    try:
+        loaded = TrainingJob.objects.defer("tags").get(pk=job.pk)
+    finally:
+        post_init.disconnect(receiver, sender=TrainingJob)
+    # Django sends post_init before from_db marks the instance loaded.
+    assert seen == [(job.pk, True)]
+    assert loaded._state.adding is False

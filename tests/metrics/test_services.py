@@ -153,7 +153,10 @@ def test_each_job_of_a_write_gets_its_own_batch_s_progress(user):
         steps = rng.permutation(np.arange(index * 7, index * 7 + 3 + 2 * index))
         losses = rng.integers(1, 4, len(steps)) / 2  # ties on the minimum are common
         accuracies = np.where(rng.random(len(steps)) < 0.5, np.nan, rng.random(len(steps)))
-        batches.append((job, batch(steps, losses=losses, accuracies=accuracies)))
+        rates = rng.random(len(steps)) / 100
+        batches.append(
+            (job, batch(steps, losses=losses, accuracies=accuracies, learning_rates=rates))
+        )
     batches_write(*batches)
     for job, points in batches:
         job.refresh_from_db()
@@ -162,4 +165,5 @@ def test_each_job_of_a_write_gets_its_own_batch_s_progress(user):
         assert job.current_step == points.steps[last] + 1
         assert job.last_loss == points.losses[last]
         assert job.last_accuracy == (None if np.isnan(accuracy) else accuracy)
+        assert job.last_learning_rate == points.learning_rates[last]
         assert (job.best_loss, job.best_loss_step) == (points.losses[best], points.steps[best])

@@ -126,6 +126,22 @@ class TestAdvance:
         key = MetricKey.objects.get(job=job, name=VAL_LOSS_KEY)
         assert (key.count, key.last_step) == (2, 39)
 
+    def test_validation_keys_appear_with_the_first_epoch_end(self, user):
+        # The tick's batches name all three keys; a key is created with its first point.
+        job = TrainingJobFactory(owner=user, total_epochs=3, steps_per_epoch=20, steps_per_tick=7)
+        simulation_advance()
+        simulation_advance()
+        assert set(MetricKey.objects.filter(job=job).values_list("name", flat=True)) == {
+            GRAD_NORM_KEY
+        }
+        simulation_advance()  # steps 14-20: the first epoch ends at step 19
+        assert set(MetricKey.objects.filter(job=job).values_list("name", flat=True)) == {
+            GRAD_NORM_KEY,
+            VAL_LOSS_KEY,
+            VAL_ACCURACY_KEY,
+        }
+        assert sorted(named_of(job, VAL_LOSS_KEY)) == [19]
+
     def test_named_points_are_identical_however_ticks_split(self, user):
         fast = TrainingJobFactory(owner=user, steps_per_tick=25, seed=7, steps_per_epoch=10)
         slow = TrainingJobFactory(owner=user, steps_per_tick=3, seed=7, steps_per_epoch=10)
@@ -281,9 +297,13 @@ class TestQueryCount:
         assert result.jobs_advanced == 200
         assert result.points_written == 2000
         assert TrainingMetric.objects.count() == 2010
-        # With every job's named series: grad_norm at each step, three keys per job.
+        # With every job's named series: grad_norm at each step. A key exists once it has a
+        # point: the validation keys only where an epoch ended.
         assert NamedMetric.objects.filter(key__name=GRAD_NORM_KEY).count() == 2010
-        assert MetricKey.objects.count() == 600
+        assert MetricKey.objects.filter(name=GRAD_NORM_KEY).count() == 200
+        assert set(
+            MetricKey.objects.exclude(name=GRAD_NORM_KEY).values_list("pk", flat=True)
+        ) == set(NamedMetric.objects.exclude(key__name=GRAD_NORM_KEY).values_list("key", flat=True))
 
     def test_a_tick_costs_the_same_queries_for_any_number_of_named_points(self, user):
         # Ticks that write validation points (epoch ends) and ticks that do not.
