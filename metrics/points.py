@@ -65,12 +65,19 @@ class MetricBatch:
 
     def first_diverged_loss(self) -> int | None:
         """The index of the first loss that is NaN, infinite or beyond MAX_LOSS_MAGNITUDE."""
+        if self.__dict__.get(_FINITE_LOSSES):
+            return None
         bad = np.flatnonzero(diverged_losses(self.losses))
         return int(bad[0]) if bad.size else None
 
-    def rows(self, start: int, stop: int) -> MetricBatch:
-        """Rows start:stop, as views. A slice of a checked batch needs no checks."""
-        return _unchecked(self, {f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+    def rows(self, start: int, stop: int, *, finite_losses: bool = False) -> MetricBatch:
+        """Rows start:stop, as views. A slice of a checked batch needs no checks;
+        `finite_losses` tells it none of its losses diverged (a tick checks every job's
+        points in one pass), so first_diverged_loss need not look."""
+        batch = _unchecked(self, {name: getattr(self, name)[start:stop] for name in _DTYPES})
+        if finite_losses:
+            batch.__dict__[_FINITE_LOSSES] = True
+        return batch
 
     def head(self, n: int) -> MetricBatch:
         if n < 0:
@@ -170,6 +177,9 @@ _Batch = TypeVar("_Batch", MetricBatch, NamedBatch)
 def _unchecked(like: _Batch, columns: dict[str, object]) -> _Batch:
     # A frozen dataclass built without __post_init__: for slices of one already checked.
     batch = object.__new__(type(like))
-    for name, value in columns.items():
-        object.__setattr__(batch, name, value)
+    batch.__dict__.update(columns)
     return batch
+
+
+# Not a field: set on a slice whose maker knows none of its losses diverged.
+_FINITE_LOSSES = "_finite_losses"

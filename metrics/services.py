@@ -711,15 +711,8 @@ def _ingest_log_write(
     """One log row per series that got points in this write, at the job's next ingest_seq
     (`jobs_record_progress` moves the job there)."""
     seq = {job.pk: job.ingest_seq + 1 for job in jobs}
-    rows = [
-        (job_id, int(batch.steps.min()), int(batch.steps.max()))
-        for job_id, batch in headline.items()
-        if len(batch)
-    ]
-    job_ids = [job_id for job_id, _, _ in rows]
-    key_ids = [math.nan] * len(rows)
-    lows = [low for _, low, _ in rows]
-    highs = [high for _, _, high in rows]
+    job_ids, lows, highs = _step_ranges([(job_id, batch) for job_id, batch in headline.items()])
+    key_ids = [math.nan] * len(job_ids)
     if named is not None and len(named):
         job_ids += named.first("job_ids")
         key_ids += named.first("key_ids")
@@ -743,6 +736,24 @@ def _ingest_log_write(
             f" SELECT %s, job_id, seq, CAST(key_id AS bigint), min_step, max_step {source} AS l",
             [db_now, *params],
         )
+
+
+def _step_ranges(
+    batches: Sequence[tuple[int, MetricBatch]],
+) -> tuple[list[int], list[int], list[int]]:
+    """The ids of the jobs whose batch has points, with each batch's lowest and highest step:
+    one numpy pass over every batch (a min and a max per 10-point batch cost more in calls
+    than in work)."""
+    batches = [(job_id, batch) for job_id, batch in batches if len(batch)]
+    if not batches:
+        return [], [], []
+    steps = np.concatenate([batch.steps for _, batch in batches])
+    starts = np.cumsum([0] + [len(batch) for _, batch in batches[:-1]])
+    return (
+        [job_id for job_id, _ in batches],
+        np.minimum.reduceat(steps, starts).tolist(),
+        np.maximum.reduceat(steps, starts).tolist(),
+    )
 
 
 def ingest_log_prune(*, now: datetime | None = None) -> int:
@@ -819,6 +830,7 @@ def simulation_advance(
         jobs = list(claim.order_by("pk"))
         if not jobs:
             return TickResult()
+        _commit_without_waiting_for_the_disk()
         results = _advance_each_alone_if_needed(jobs, now, tick)
     return TickResult(
         jobs_advanced=len(jobs),
@@ -827,6 +839,20 @@ def simulation_advance(
         jobs_failed=sum(job.status == TrainingJob.Status.FAILED for job in jobs),
         job_ids=tuple(job.pk for job in jobs),
     )
+
+
+def _commit_without_waiting_for_the_disk() -> None:
+    """Let this transaction's COMMIT return before its WAL reaches the disk (PostgreSQL).
+
+    A tick's points are a pure function of each job's seed and steps, and the job's progress
+    commits with them: a crash loses at most the last few hundred milliseconds of ticks as a
+    whole, jobs and points together, and the next ticks write the same points again. Waiting
+    for the flush held each 500-job chunk ~2 ms with its worker idle. Writes that carry a
+    user's data (the API, MLflow) keep waiting.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 # Job fields a tick never reads: loading them (JSON, dates, text) was a third of the time

@@ -388,9 +388,14 @@ class SimulatedBatches:
     headline_ends: list[int]
     named: NamedBatch
     named_ends: list[int]
+    finite_losses: list[bool]  # per job: none of its headline losses diverged
 
     def headline_of(self, job: int) -> MetricBatch:
-        return self.headline.rows(_start(self.headline_ends, job), self.headline_ends[job])
+        return self.headline.rows(
+            _start(self.headline_ends, job),
+            self.headline_ends[job],
+            finite_losses=self.finite_losses[job],
+        )
 
     def named_of(self, job: int) -> NamedBatch:
         return self.named.rows(_start(self.named_ends, job), self.named_ends[job])
@@ -518,7 +523,10 @@ def simulated_batches(runs: SimulatedRuns, time: float) -> SimulatedBatches:
         values=values,
         times=np.full(size, time, dtype=np.float64),
     )
-    return SimulatedBatches(headline, ends.tolist(), named, named_ends.tolist())
+    finite_losses = diverged_so_far[ends] == diverged_so_far[starts]
+    return SimulatedBatches(
+        headline, ends.tolist(), named, named_ends.tolist(), finite_losses.tolist()
+    )
 
 
 def _check_point(step: int, total_steps: int) -> None:

@@ -14,6 +14,7 @@ from bench.scaling import (
     ScalingPlan,
     all_stopped,
     beat_sends,
+    chunk_landings,
     counters_delta,
     cpu_seconds,
     efficiency,
@@ -21,6 +22,7 @@ from bench.scaling import (
     server_counters,
     share_inside,
     tick_walls,
+    tick_walls_from_chunks,
 )
 
 BEAT_LOG = """\
@@ -30,6 +32,13 @@ BEAT_LOG = """\
 [2026-12-01 04:41:47,767: INFO/MainProcess] Scheduler: Sending due task simulate-tick (metrics.tasks.simulate_tick)
 """  # noqa: E501
 FIRST_SEND = 1796100105.766  # 2026-12-01 04:41:45.766 UTC
+
+WORKER_LOG = """\
+[2026-12-01 04:41:45,801: INFO/MainProcess] Task metrics.tasks.advance_jobs[5b0c7e1a-9f0e-4c55-a5b2-8c1f0d6f3e11] received
+[2026-12-01 04:41:46,212: INFO/ForkPoolWorker-1] Task metrics.tasks.advance_jobs[5b0c7e1a-9f0e-4c55-a5b2-8c1f0d6f3e11] succeeded in 0.071s: {'tick': 1796100105, 'jobs_advanced': 500, 'points_written': 10000, 'jobs_completed': 0, 'jobs_failed': 0}
+[2026-12-01 04:41:46,250: INFO/ForkPoolWorker-1] Task metrics.tasks.simulate_tick[0d9e] succeeded in 0.02s: {'tick': 1796100106, 'jobs_due': 1000, 'subtasks': 2}
+[2026-12-01 04:41:46,731: INFO/ForkPoolWorker-1] Task metrics.tasks.advance_jobs[c1d2] succeeded in 0.069s: {'tick': 1796100105, 'jobs_advanced': 499, 'points_written': 9980, 'jobs_completed': 0, 'jobs_failed': 0}
+"""  # noqa: E501
 
 
 def test_efficiency_is_the_rate_with_n_over_n_times_the_rate_with_one():
@@ -61,6 +70,24 @@ def test_ticks_never_done_count_as_outside_their_second():
     assert walls == {1: 0.5, 2: None}
     assert share_inside(walls, 1.0) == 0.5
     assert share_inside({}, 1.0) is None
+
+
+def test_chunk_landings_read_each_chunk_s_tick_commit_time_and_jobs_from_a_worker_log():
+    assert chunk_landings(WORKER_LOG) == [
+        (1796100105, pytest.approx(FIRST_SEND + 0.446), 500),
+        (1796100105, pytest.approx(FIRST_SEND + 0.965), 499),
+    ]
+
+
+def test_a_tick_lands_with_its_last_chunk_once_its_chunks_advanced_every_job():
+    landings = [(10, 100.5, 500), (11, 101.4, 500), (10, 100.9, 500), (11, 102.3, 499)]
+
+    walls = tick_walls_from_chunks({10: 100.2, 11: 101.2, 12: 102.2}, landings, jobs=1000)
+
+    assert walls[10] == pytest.approx(0.7)
+    assert walls[11] is None  # a job sat tick 11 out
+    assert walls[12] is None  # no chunk logged
+    assert share_inside(walls, 1.0) == pytest.approx(1 / 3)
 
 
 def test_beat_sends_reads_the_tick_sends_in_utc_and_their_slots():

@@ -13,7 +13,7 @@ from jobs.models import TrainingJob
 from metrics.models import IngestLog, KeySummary, MetricKey, NamedMetric, TrainingMetric
 from metrics.services import KeyLimitExceeded, WriteResult
 from tests.support.factories import TrainingJobFactory, reload
-from tests.support.metric_points import metric_batch, named_batch, named_write
+from tests.support.metric_points import batches_write, metric_batch, named_batch, named_write
 
 Status = TrainingJob.Status
 pytestmark = pytest.mark.django_db
@@ -141,6 +141,15 @@ def test_headline_and_named_points_share_one_write(job):
         IngestLog.objects.filter(job=job).values_list("seq", "key__name", "min_step", "max_step")
     )
     assert logged == {(1, None, 0, 2), (1, "val/loss", 2, 2)}
+
+
+def test_each_job_s_log_row_spans_its_own_lowest_to_highest_step(user):
+    # Steps out of order, jobs of different batch sizes, one with no points, in one write.
+    jobs = TrainingJobFactory.create_batch(3, owner=user, total_epochs=100)
+    steps = {jobs[0].pk: [7, 2, 9, 4], jobs[1].pk: [30], jobs[2].pk: []}
+    batches_write(*((job, metric_batch(steps[job.pk], steps_per_epoch=20)) for job in jobs))
+    logged = set(IngestLog.objects.values_list("job", "min_step", "max_step"))
+    assert logged == {(jobs[0].pk, 2, 9), (jobs[1].pk, 30, 30)}
 
 
 def test_a_write_costs_the_same_statements_for_any_number_of_jobs_keys_and_points(user):

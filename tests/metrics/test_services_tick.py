@@ -26,6 +26,7 @@ from metrics.simulator import (
     SimulatedRuns,
 )
 from tests.support.factories import TrainingJobFactory, reload
+from tests.support.metric_points import batches_write, metric_batch
 
 Status = TrainingJob.Status
 Source = TrainingJob.Source
@@ -465,3 +466,23 @@ class TestOneBadJob:
             "loss diverged at step 0",
         )
         assert steps_of(reload(healthy)) == list(range(10))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_tick_commits_without_waiting_for_the_disk_and_reported_points_still_wait(user):
+    # A tick can be replayed from its seeds; a user's reported points cannot.
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    TrainingJobFactory(owner=user)
+    with transaction.atomic():
+        assert simulation_advance().points_written == 10
+        assert synchronous_commit() == "off"
+    assert synchronous_commit() == "on"
+    external = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
+    with transaction.atomic():
+        batches_write((external, metric_batch([0, 1], steps_per_epoch=10)))
+        assert synchronous_commit() == "on"
