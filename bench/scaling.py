@@ -123,7 +123,7 @@ def chunk_landings(log: str) -> list[tuple[int, float, int]]:
     the chunk's transaction committed, to the millisecond of the log's clock.
     """
     landings = []
-    for stamp, millis, tick, advanced in CHUNK_LANDED.findall(log):
+    for stamp, millis, _, tick, advanced in CHUNK_LANDED.findall(log):
         moment = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
         landings.append((int(tick), moment.timestamp() + int(millis) / 1000, int(advanced)))
     return landings
@@ -519,7 +519,7 @@ class Run:
         return self.worker_cpu / jobs * 1e6, self.backend_cpu / jobs * 1e6
 
     def finished(self) -> list[float]:
-        return [wall for wall in self.walls.values() if wall is not None]
+        return _landed(self.walls)
 
     def summary(self, period: float, steps_per_tick: int, jobs: int) -> dict[str, Any]:
         finished = self.finished()
@@ -559,10 +559,10 @@ class Run:
         }
 
 
-CHUNK_DONE = re.compile(r"Task metrics\.tasks\.advance_jobs\[[^\]]+\] succeeded in ([\d.]+)s", re.M)
+# An `advance_jobs` chunk's success line: when, how long, which tick, how many jobs.
 CHUNK_LANDED = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): INFO/[^\]]+\] Task "
-    r"metrics\.tasks\.advance_jobs\[[^\]]+\] succeeded in [\d.]+s: "
+    r"metrics\.tasks\.advance_jobs\[[^\]]+\] succeeded in ([\d.]+)s: "
     r"\{'tick': (\d+), 'jobs_advanced': (\d+)",
     re.M,
 )
@@ -658,7 +658,7 @@ def _read_worker_logs(
     landings = []
     for process in processes:
         log = process.log()
-        run.chunk_seconds += [float(s) for s in CHUNK_DONE.findall(log)]
+        run.chunk_seconds += [float(line[2]) for line in CHUNK_LANDED.findall(log)]
         landings += chunk_landings(log)
     run.walls = tick_walls_from_chunks(sends, landings, jobs)
 
@@ -946,9 +946,13 @@ def _notes(plan: ScalingPlan, runs: dict[int, Run], figure: Figure, period: floa
     return notes
 
 
+def _landed(walls: dict[int, float | None]) -> list[float]:
+    return [wall for wall in walls.values() if wall is not None]
+
+
 def _median_of(walls: dict[int, float | None]) -> float | None:
-    finished = [wall for wall in walls.values() if wall is not None]
-    return statistics.median(finished) if finished else None
+    landed = _landed(walls)
+    return statistics.median(landed) if landed else None
 
 
 def _micros(value: float | None) -> str:

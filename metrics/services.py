@@ -110,9 +110,8 @@ def metric_batches_write(
         named_points = _named_points(jobs, named, now) if named else None
         created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
         named_created = _insert_named(named_points, now) if named_points else None
-        created_points = dict(created)
         named_steps = {} if named_created is None else named_created.max_step_by_job()
-        _ingest_log_write(jobs, created_points, named_created, now)
+        _ingest_log_write(jobs, created, named_created, now)
         # Progress follows what was stored: a retried batch's duplicates may carry other
         # values, and the stored ones win.
         extremes = _created_extremes(created)
@@ -133,13 +132,13 @@ def metric_batches_write(
         )
         # After the progress: which summary levels a job keeps follows its current_step.
         summary_add(
-            created,
+            created.columns(),
             {
                 job.pk: (before, job.current_step)
                 for job, before in zip(jobs, steps_before, strict=True)
             },
         )
-    created_by_job = Counter({job_id: len(points) for job_id, points in created})
+    created_by_job = created.counts()
     named_by_job: Counter[int] = Counter()
     if named_created is not None:
         # Counted in numpy: a tick creates ~100,000 named points.
@@ -175,20 +174,75 @@ class _Extremes(NamedTuple):
     min_loss_step: int
 
 
-def _created_extremes(created: Sequence[tuple[int, MetricBatch]]) -> dict[int, _Extremes]:
+@dataclass(frozen=True)
+class _CreatedHeadline:
+    """The headline points a write created, as columns over every job, job after job: built
+    once, then read by the progress, the ingest log and the summary (per job, slicing and
+    concatenating 10-point batches costs more in calls than in work)."""
+
+    job_ids: np.ndarray  # per point
+    epochs: np.ndarray
+    steps: np.ndarray
+    losses: np.ndarray
+    accuracies: np.ndarray
+    learning_rates: np.ndarray
+    owners: np.ndarray  # the jobs with created points, in order
+    starts: np.ndarray  # index of each owner's first point
+
+    @classmethod
+    def of(cls, columns: Sequence[np.ndarray], kept: np.ndarray | None = None) -> _CreatedHeadline:
+        """From the write's columns (job_id, then _BATCH_COLUMNS), each job's rows together;
+        `kept`, where some already existed, marks the rows created."""
+        if kept is not None:
+            columns = [column[kept] for column in columns]
+        job_ids, epochs, steps, losses, accuracies, learning_rates = columns
+        starts = np.flatnonzero(np.r_[len(job_ids) > 0, job_ids[1:] != job_ids[:-1]])
+        return cls(
+            job_ids, epochs, steps, losses, accuracies, learning_rates, job_ids[starts], starts
+        )
+
+    @classmethod
+    def empty(cls) -> _CreatedHeadline:
+        return cls.of([np.empty(0, dtype=np.int64)] * 3 + [np.empty(0)] * 3)
+
+    def __len__(self) -> int:
+        return len(self.job_ids)
+
+    def counts(self) -> Counter[int]:
+        lengths = np.diff(np.r_[self.starts, len(self)])
+        return Counter(dict(zip(self.owners.tolist(), lengths.tolist(), strict=True)))
+
+    def step_ranges(self) -> tuple[list[int], list[int], list[int]]:
+        """The owners, with each one's lowest and highest created step."""
+        if not len(self):
+            return [], [], []
+        return (
+            self.owners.tolist(),
+            np.minimum.reduceat(self.steps, self.starts).tolist(),
+            np.maximum.reduceat(self.steps, self.starts).tolist(),
+        )
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The points as the summary takes them (`summary_add`)."""
+        return {
+            "job_id": self.job_ids,
+            "step": self.steps,
+            "loss": self.losses,
+            "accuracy": self.accuracies,
+            "learning_rate": self.learning_rates,
+        }
+
+
+def _created_extremes(created: _CreatedHeadline) -> dict[int, _Extremes]:
     """Each job's `_Extremes`, by job id, for the jobs with created points: a few numpy
     calls over all jobs' points at once (per job, argmax and argmin on a 10-point batch cost
     more in call overhead than in work)."""
-    created = [(job_id, batch) for job_id, batch in created if len(batch)]
-    if not created:
+    if not len(created):
         return {}
-    lengths = np.array([len(batch) for _, batch in created], dtype=np.int64)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    of_batch = np.repeat(np.arange(len(created)), lengths)
-    steps, losses, accuracies, rates = (
-        np.concatenate([getattr(batch, name) for _, batch in created])
-        for name in ("steps", "losses", "accuracies", "learning_rates")
-    )
+    starts = created.starts
+    of_batch = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(created)]))
+    steps, losses = created.steps, created.losses
+    accuracies, rates = created.accuracies, created.learning_rates
     positions = np.arange(len(steps))
     beyond = len(steps)
 
@@ -209,8 +263,8 @@ def _created_extremes(created: Sequence[tuple[int, MetricBatch]]) -> dict[int, _
     )
     return {
         job_id: _Extremes(max_step, loss, _optional(accuracy), _optional(rate), low, low_step)
-        for (job_id, _), (max_step, loss, accuracy, rate, low, low_step) in zip(
-            created, columns, strict=True
+        for job_id, (max_step, loss, accuracy, rate, low, low_step) in zip(
+            created.owners.tolist(), columns, strict=True
         )
     }
 
@@ -260,14 +314,12 @@ _POINTS_STAGING_TABLE = "trainmon_points_in"
 _BATCH_COLUMNS = ("epochs", "steps", "losses", "accuracies", "learning_rates")
 
 
-def _insert_points(
-    batches: Sequence[tuple[int, MetricBatch]], now: datetime
-) -> list[tuple[int, MetricBatch]]:
+def _insert_points(batches: Sequence[tuple[int, MetricBatch]], now: datetime) -> _CreatedHeadline:
     """Store the headline points, ignoring steps their job already has; returns the points
     created (see `_insert_new`)."""
     batches = [(job_id, batch) for job_id, batch in batches if len(batch)]
     if not batches:
-        return []
+        return _CreatedHeadline.empty()
     job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in batches])
     columns = [
         job_ids,
@@ -278,7 +330,7 @@ def _insert_points(
     with connection.cursor() as cursor:
         micros = np.full(len(job_ids), pgcopy.timestamp_micros(now), dtype=np.int64)
         if _copied(cursor, table, POINT_COLUMNS, [*columns, micros]):
-            return batches
+            return _CreatedHeadline.of(columns)
         source, params = staged_rows(cursor, _POINTS_STAGING_TABLE, _STAGED_POINTS, columns)
         created = _insert_new(
             cursor,
@@ -291,15 +343,7 @@ def _insert_points(
             steps=columns[2],
             conflicts=connection.vendor == "postgresql",
         )
-    if created is None:
-        return batches
-    result = []
-    for job_id, batch in batches:
-        keep, created = created[: len(batch)], created[len(batch) :]
-        result.append(
-            (job_id, MetricBatch(**{name: getattr(batch, name)[keep] for name in _BATCH_COLUMNS}))
-        )
-    return result
+    return _CreatedHeadline.of(columns, created)
 
 
 def _copied(
@@ -704,14 +748,14 @@ _LOG_STAGING_TABLE = "trainmon_ingest_log_in"
 
 def _ingest_log_write(
     jobs: Sequence[TrainingJob],
-    headline: Mapping[int, MetricBatch],
+    headline: _CreatedHeadline,
     named: _KeyRuns | None,
     now: datetime,
 ) -> None:
     """One log row per series that got points in this write, at the job's next ingest_seq
     (`jobs_record_progress` moves the job there)."""
     seq = {job.pk: job.ingest_seq + 1 for job in jobs}
-    job_ids, lows, highs = _step_ranges([(job_id, batch) for job_id, batch in headline.items()])
+    job_ids, lows, highs = headline.step_ranges()
     key_ids = [math.nan] * len(job_ids)
     if named is not None and len(named):
         job_ids += named.first("job_ids")
@@ -736,24 +780,6 @@ def _ingest_log_write(
             f" SELECT %s, job_id, seq, CAST(key_id AS bigint), min_step, max_step {source} AS l",
             [db_now, *params],
         )
-
-
-def _step_ranges(
-    batches: Sequence[tuple[int, MetricBatch]],
-) -> tuple[list[int], list[int], list[int]]:
-    """The ids of the jobs whose batch has points, with each batch's lowest and highest step:
-    one numpy pass over every batch (a min and a max per 10-point batch cost more in calls
-    than in work)."""
-    batches = [(job_id, batch) for job_id, batch in batches if len(batch)]
-    if not batches:
-        return [], [], []
-    steps = np.concatenate([batch.steps for _, batch in batches])
-    starts = np.cumsum([0] + [len(batch) for _, batch in batches[:-1]])
-    return (
-        [job_id for job_id, _ in batches],
-        np.minimum.reduceat(steps, starts).tolist(),
-        np.maximum.reduceat(steps, starts).tolist(),
-    )
 
 
 def ingest_log_prune(*, now: datetime | None = None) -> int:
@@ -847,8 +873,8 @@ def _commit_without_waiting_for_the_disk() -> None:
     A tick's points are a pure function of each job's seed and steps, and the job's progress
     commits with them: a crash loses at most the last few hundred milliseconds of ticks as a
     whole, jobs and points together, and the next ticks write the same points again. Waiting
-    for the flush held each 500-job chunk ~2 ms with its worker idle. Writes that carry a
-    user's data (the API, MLflow) keep waiting.
+    for the flush held each chunk's worker idle ~2 ms. Writes that carry a user's data (the
+    API, MLflow) keep waiting.
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:

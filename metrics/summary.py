@@ -170,13 +170,12 @@ def kept_widths(span: int) -> tuple[int, ...]:
     return tuple(width for width in SUMMARY_WIDTHS if width == FINEST_WIDTH or width < span)
 
 
-def summary_add(
-    created: Sequence[tuple[int, MetricBatch]], spans: Mapping[int, tuple[int, int]]
-) -> None:
+def summary_add(points: Mapping[str, np.ndarray], spans: Mapping[int, tuple[int, int]]) -> None:
     """Count newly stored headline points into their jobs' summary buckets.
 
-    `created` holds, per job id, exactly the points the write created (never duplicates it
-    ignored), with finite losses. `spans` holds every written job's current_step before
+    `points` holds exactly the points the write created (never duplicates it ignored), with
+    finite losses, as columns (job_id, step, loss, accuracy, learning_rate; empty, or
+    none, for a write that created none). `spans` holds every written job's current_step before
     and after the write (named points move it too). The new points go into the levels
     each job kept before (`kept_widths`); a level the job reaches with this write is then
     built whole from the coarsest of those, which already holds every point: at most a few
@@ -189,7 +188,7 @@ def summary_add(
     counted_in = {
         job_id: after if before == 0 else before for job_id, (before, after) in spans.items()
     }
-    _levels_add(HEADLINE, _headline_points(created), counted_in)
+    _levels_add(HEADLINE, points, counted_in)
     _levels_build(HEADLINE, spans)
 
 
