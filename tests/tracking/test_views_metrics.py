@@ -135,3 +135,31 @@ def test_a_large_history_is_gzipped_only_for_a_client_that_accepts_it(tracking):
     rest = client.get(path + f"&page_token={paged['next_page_token']}").json()
     assert [m["step"] for m in paged["metrics"] + rest["metrics"]] == list(range(20_000))
     assert "next_page_token" not in rest
+
+
+@pytest.mark.postgres
+def test_a_history_page_reads_its_own_points_not_the_rest_of_the_key(db):
+    from django.db import connection
+
+    from jobs.models import TrainingJob
+    from metrics.models import MetricKey
+    from tests.support.factories import TrainingJobFactory
+    from tracking.views_metrics import _history_rows
+
+    job = TrainingJobFactory(source=TrainingJob.Source.EXTERNAL)
+    write_points(job, "val/loss", np.linspace(1.0, 0.0, 5_000))
+    key = MetricKey.objects.get(job=job, name="val/loss")
+
+    def points_fetched() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
+                " FROM pg_stat_xact_user_tables WHERE relname = 'metrics_namedmetric'"
+            )
+            return cursor.fetchone()[0]
+
+    # The table was never analysed, as right after a run's points arrive.
+    before = points_fetched()
+    rows = _history_rows(key.pk, 999, limit=101)
+    assert [row[0] for row in rows] == list(range(1_000, 1_101))
+    assert points_fetched() - before <= 101
