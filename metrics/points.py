@@ -163,6 +163,33 @@ class NamedBatch:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class JobsNamedBatch:
+    """Several jobs' named points in one batch under the same names: the points of
+    `job_ids[i]` are rows ends[i-1]:ends[i] of `batch` (0 for i = 0).
+
+    A tick simulates every job's points in one pass; handed to `metric_batches_write` in
+    this form they are neither sliced per job nor concatenated back.
+    """
+
+    job_ids: list[int]
+    batch: NamedBatch
+    ends: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.ends) != len(self.job_ids):
+            raise ValueError(f"{len(self.ends)} ends for {len(self.job_ids)} jobs")
+        if len(set(self.job_ids)) != len(self.job_ids):
+            raise ValueError("JobsNamedBatch.job_ids must be distinct")
+        last = self.ends[-1] if self.ends else 0
+        if last != len(self.batch) or np.any(np.diff(self.ends) < 0):
+            raise ValueError("JobsNamedBatch.ends must rise to the batch's length")
+
+    def lengths(self) -> np.ndarray:
+        """Each job's number of points, in `job_ids` order."""
+        return np.diff(np.asarray(self.ends, dtype=np.int64), prepend=0)
+
+
 _NAMED_DTYPES = {
     "key_index": np.int64,
     "steps": np.int64,

@@ -14,14 +14,14 @@ import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.backends.utils import CursorWrapper
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from jobs.models import TrainingJob
 from jobs.services import BatchSummary, job_fail, jobs_record_progress
 from metrics import pgcopy
 from metrics.models import IngestLog, MetricKey, NamedMetric, TrainingMetric
-from metrics.points import MetricBatch, NamedBatch
+from metrics.points import JobsNamedBatch, MetricBatch, NamedBatch
 from metrics.simulator import (
     NEVER_DIVERGES,
     UINT64_MASK,
@@ -31,7 +31,7 @@ from metrics.simulator import (
 )
 from metrics.staging import staged_rows
 from metrics.summary import key_points_add, summary_add
-from trainmon.bulk import json_rows
+from trainmon.bulk import InArray, json_rows
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ PRIMARY_METRIC_DEFAULT = "loss"
 SIMULATION_ERROR_CHARS = 200
 
 
-@dataclass(frozen=True)
-class WriteResult:
+class WriteResult(NamedTuple):
+    """What one job's write stored. A tuple, not a frozen dataclass: a tick builds one per
+    job, and a frozen dataclass's __init__ cost more than the rest of that loop."""
+
     created: int
     duplicates: int
     named_created: int = 0
@@ -77,14 +79,15 @@ def simulator_for(job: TrainingJob) -> TrainingSimulator:
 def metric_batches_write(
     batches: Sequence[tuple[TrainingJob, MetricBatch]],
     *,
-    named: Mapping[int, NamedBatch] | None = None,
+    named: Mapping[int, NamedBatch] | JobsNamedBatch | None = None,
     now: datetime | None = None,
     tick: int | None = None,
 ) -> list[WriteResult]:
     """Store each job's batch and named points and bring the jobs' progress up to date,
     atomically.
 
-    One batch per job (it may be empty) and, in `named`, the job's named points by job id.
+    One batch per job (it may be empty) and, in `named`, the jobs' named points: by job id,
+    or as one `JobsNamedBatch` (a tick's).
     Points at steps a job (or key) already has are ignored and counted as duplicates, so a
     retried batch changes nothing. Headline points from the first non-finite loss on are not
     stored: that step fails the job; a non-finite named value is stored and never does. A
@@ -95,7 +98,6 @@ def metric_batches_write(
     points. `tick` (a scheduled simulation tick) is recorded as every job's `last_tick`.
     """
     now = now or timezone.now()
-    named = {job_id: points for job_id, points in (named or {}).items() if len(points)}
     stored: list[tuple[TrainingJob, MetricBatch, int | None]] = []
     for job, batch in batches:
         diverged_index = batch.first_diverged_loss()
@@ -103,11 +105,12 @@ def metric_batches_write(
         diverged_step = None if diverged_index is None else int(batch.steps[diverged_index])
         stored.append((job, finite, diverged_step))
     jobs = [job for job, _, _ in stored]
+    named_in = _NamedIn.of(jobs, named)
 
     # The caller's transaction (it holds the jobs' locks) is the unit of all or nothing: a
     # savepoint of our own would cost two round trips a write and undo nothing it does not.
     with transaction.atomic(savepoint=False):
-        named_points = _named_points(jobs, named, now) if named else None
+        named_points = _named_points(jobs, named_in, now) if named_in else None
         created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
         named_created = _insert_named(named_points, now) if named_points else None
         named_steps = {} if named_created is None else named_created.max_step_by_job()
@@ -123,7 +126,7 @@ def metric_batches_write(
                     extremes.get(job.pk),
                     diverged_step,
                     named_steps.get(job.pk),
-                    _first_key(named.get(job.pk)),
+                    named_in.first_keys.get(job.pk) if named_in else None,
                 )
                 for job, _, diverged_step in stored
             ],
@@ -149,17 +152,16 @@ def metric_batches_write(
             created=created_by_job[job.pk],
             duplicates=len(batch) - created_by_job[job.pk],
             named_created=named_by_job[job.pk],
-            named_duplicates=len(named.get(job.pk, ())) - named_by_job[job.pk],
+            named_duplicates=(named_in.counts.get(job.pk, 0) if named_in else 0)
+            - named_by_job[job.pk],
         )
         for job, batch, _ in stored
     ]
 
 
-def _first_key(batch: NamedBatch | None) -> str | None:
+def _first_key(names: Sequence[str]) -> str:
     # A job's primary metric, once it logs named keys: "loss" if it logs one, else its first.
-    if batch is None or not batch.names:
-        return None
-    return PRIMARY_METRIC_DEFAULT if PRIMARY_METRIC_DEFAULT in batch.names else batch.names[0]
+    return PRIMARY_METRIC_DEFAULT if PRIMARY_METRIC_DEFAULT in names else names[0]
 
 
 class _Extremes(NamedTuple):
@@ -461,36 +463,105 @@ _STAGED_NAMED = (
 _NAMED_STAGING_TABLE = "trainmon_named_in"
 
 
-def _named_points(
-    jobs: Sequence[TrainingJob], named: Mapping[int, NamedBatch], now: datetime
-) -> _NamedPoints:
+@dataclass(frozen=True, eq=False)
+class _NamedIn:
+    """A write's named points as columns, whichever form they came in: every (job, name)
+    pair the jobs' batches name, and per point its pair's index, job, step, value, time."""
+
+    pairs: list[tuple[int, str]]
+    pair_of_point: np.ndarray
+    job_ids: np.ndarray
+    steps: np.ndarray
+    values: np.ndarray
+    times: np.ndarray
+    counts: dict[int, int]  # points given, per job with any
+    first_keys: dict[int, str]  # the primary metric each job with points would take
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @classmethod
+    def of(
+        cls,
+        jobs: Sequence[TrainingJob],
+        named: Mapping[int, NamedBatch] | JobsNamedBatch | None,
+    ) -> _NamedIn | None:
+        """The named points of `jobs` (others' are not this write's), None if there are
+        none."""
+        if named is None:
+            return None
+        if isinstance(named, JobsNamedBatch):
+            return cls._of_jobs_batch(jobs, named)
+        return cls._of_batches(
+            [(job.pk, named[job.pk]) for job in jobs if job.pk in named and len(named[job.pk])]
+        )
+
+    @classmethod
+    def _of_batches(cls, with_points: list[tuple[int, NamedBatch]]) -> _NamedIn | None:
+        if not with_points:
+            return None
+        # Every batch's key indexes point into one array of all (job, name) pairs: a few
+        # numpy calls for the whole write, not a handful per job.
+        lengths = [len(batch) for _, batch in with_points]
+        first_pair = np.cumsum([0] + [len(batch.names) for _, batch in with_points[:-1]])
+        key_index = np.concatenate([batch.key_index for _, batch in with_points])
+        return cls(
+            pairs=[(job_id, name) for job_id, batch in with_points for name in batch.names],
+            pair_of_point=key_index + np.repeat(first_pair, lengths),
+            job_ids=np.repeat(np.array([job_id for job_id, _ in with_points]), lengths),
+            steps=np.concatenate([batch.steps for _, batch in with_points]),
+            values=np.concatenate([batch.values for _, batch in with_points]),
+            times=np.concatenate([batch.times for _, batch in with_points]),
+            counts={
+                job_id: length for (job_id, _), length in zip(with_points, lengths, strict=True)
+            },
+            first_keys={job_id: _first_key(batch.names) for job_id, batch in with_points},
+        )
+
+    @classmethod
+    def _of_jobs_batch(cls, jobs: Sequence[TrainingJob], named: JobsNamedBatch) -> _NamedIn | None:
+        writing = {job.pk for job in jobs}
+        if not writing.issuperset(named.job_ids):
+            raise ValueError("named points for a job this write does not hold")
+        if not len(named.batch):
+            return None
+        names, batch = named.batch.names, named.batch
+        lengths = named.lengths()
+        counts = {
+            job_id: length
+            for job_id, length in zip(named.job_ids, lengths.tolist(), strict=True)
+            if length
+        }
+        first_key = _first_key(names)
+        return cls(
+            pairs=[(job_id, name) for job_id in named.job_ids for name in names],
+            pair_of_point=batch.key_index
+            + np.repeat(np.arange(len(named.job_ids), dtype=np.int64) * len(names), lengths),
+            job_ids=np.repeat(np.array(named.job_ids, dtype=np.int64), lengths),
+            steps=batch.steps,
+            values=batch.values,
+            times=batch.times,
+            counts=counts,
+            first_keys=dict.fromkeys(counts, first_key),
+        )
+
+
+def _named_points(jobs: Sequence[TrainingJob], named: _NamedIn, now: datetime) -> _NamedPoints:
     """The named points of these jobs with their keys' ids, creating the keys they lack.
 
     Two statements: one reads the keys that exist (and each job's key count), one inserts
     the missing ones. A job that would pass the key limit raises `KeyLimitExceeded` between
     them, before anything is written.
     """
-    with_points = [(job.pk, named[job.pk]) for job in jobs if job.pk in named]
-    named_pairs = [(job_id, name) for job_id, batch in with_points for name in batch.names]
-    # Every batch's key indexes point into one array of all (job, name) pairs: a few numpy
-    # calls for the whole write, not a handful per job.
-    lengths = np.array([len(batch) for _, batch in with_points], dtype=np.int64)
-    first_key = np.cumsum([0] + [len(batch.names) for _, batch in with_points[:-1]])
-    key_index = np.concatenate([batch.key_index for _, batch in with_points])
-    pair_of_point = key_index + np.repeat(first_key, lengths)
     # Only names with points get a key: a tick's batches name the validation keys, which
     # hold points only at an epoch's end (two thirds of its key lookups, otherwise).
-    with_values = np.zeros(len(named_pairs), dtype=bool)
-    with_values[pair_of_point] = True
-    wanted = [pair for pair, used in zip(named_pairs, with_values.tolist(), strict=True) if used]
+    with_values = np.zeros(len(named.pairs), dtype=bool)
+    with_values[named.pair_of_point] = True
+    wanted = [pair for pair, used in zip(named.pairs, with_values.tolist(), strict=True) if used]
     ids = _key_ids(jobs, wanted, now)
-    key_of = np.array([ids.get(pair, -1) for pair in named_pairs], dtype=np.int64)
+    key_of = np.array([ids.get(pair, -1) for pair in named.pairs], dtype=np.int64)
     points = _NamedPoints(
-        np.repeat(np.array([job_id for job_id, _ in with_points], dtype=np.int64), lengths),
-        key_of[pair_of_point],
-        np.concatenate([batch.steps for _, batch in with_points]),
-        np.concatenate([batch.values for _, batch in with_points]),
-        np.concatenate([batch.times for _, batch in with_points]),
+        named.job_ids, key_of[named.pair_of_point], named.steps, named.values, named.times
     )
     if _in_key_step_order(points):
         return points  # so no (key, step) repeats: a tick's points come this way
@@ -852,7 +923,7 @@ def simulation_advance(
             # (or the whole table) and kept 500; a chunk's ids are dense, so its range
             # reads about as many index entries as it claims.
             bounds = (min(job_ids, default=0), max(job_ids, default=0))
-            claim = claim.filter(pk__in=job_ids, pk__range=bounds)
+            claim = claim.filter(InArray(F("pk"), job_ids), pk__range=bounds)
         jobs = list(claim.order_by("pk"))
         if not jobs:
             return TickResult()
@@ -945,7 +1016,7 @@ def _advance(jobs: list[TrainingJob], now: datetime, tick: int | None) -> list[W
     # work for 10 or 100 steps. The per-job batches are views into it.
     simulated = simulated_batches(_simulated_runs(jobs), now.timestamp())
     batches = [(job, simulated.headline_of(index)) for index, job in enumerate(jobs)]
-    named = {job.pk: simulated.named_of(index) for index, job in enumerate(jobs)}
+    named = JobsNamedBatch([job.pk for job in jobs], simulated.named, simulated.named_ends)
     return metric_batches_write(batches, named=named, now=now, tick=tick)
 
 

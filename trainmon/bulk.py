@@ -12,7 +12,30 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connection
+from django.db.models import Lookup
+
+
+class InArray(Lookup):
+    """`InArray(F("pk"), ids)`: the column is one of `ids`, sent as one array parameter
+    (`= ANY(%s)`) on PostgreSQL, as IN on SQLite.
+
+    Django's `__in` sends one parameter per value: for a tick's 1,000 job ids, building,
+    splitting and parsing that statement took a fifth of the claim's time.
+    """
+
+    lookup_name = "in_array"
+    prepare_rhs = False
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        values = list(self.rhs)
+        if not values:
+            raise EmptyResultSet
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        if connection.vendor == "postgresql":
+            return f"{lhs} = ANY(%s)", [*lhs_params, values]
+        return f"{lhs} IN ({', '.join(['%s'] * len(values))})", [*lhs_params, *values]
 
 
 def json_rows(

@@ -71,3 +71,21 @@ def test_key_names_follow_mlflows_rule():
         assert is_key_name(name)
     for name in ("", "a" * 251, "loss\\n", "é", "a,b", "x\\ty"):
         assert not is_key_name(name)
+
+
+@pytest.mark.parametrize(
+    ("job_ids", "ends", "message"),
+    [
+        ([1, 2], [3], "1 ends for 2 jobs"),
+        ([1, 1], [1, 3], "distinct"),
+        ([1, 2], [2, 1], "rise"),
+        ([1, 2], [1, 2], "rise"),
+    ],
+)
+def test_a_many_jobs_named_batch_refuses_ends_that_do_not_cut_it(job_ids, ends, message):
+    from metrics.points import JobsNamedBatch
+
+    batch = NamedBatch(("loss",), [0, 0, 0], [0, 1, 2], [1.0, 0.9, 0.8], [0.0] * 3)
+    with pytest.raises(ValueError, match=message):
+        JobsNamedBatch(job_ids, batch, ends)
+    assert JobsNamedBatch([1, 2], batch, [1, 3]).lengths().tolist() == [1, 2]

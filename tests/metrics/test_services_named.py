@@ -11,6 +11,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 
 from jobs.models import TrainingJob
 from metrics.models import IngestLog, KeySummary, MetricKey, NamedMetric, TrainingMetric
+from metrics.points import JobsNamedBatch, MetricBatch, NamedBatch
 from metrics.services import KeyLimitExceeded, WriteResult
 from tests.support.factories import TrainingJobFactory, reload
 from tests.support.metric_points import batches_write, metric_batch, named_batch, named_write
@@ -202,3 +203,78 @@ def test_deleting_a_job_deletes_its_keys_points_summaries_and_log(user, every_ke
     assert NamedMetric.objects.count() == 51
     assert set(KeySummary.objects.values_list("key__job_id", flat=True)) == {kept.pk}
     assert set(IngestLog.objects.values_list("job_id", flat=True)) == {kept.pk}
+
+
+def test_one_batch_for_many_jobs_stores_what_per_job_batches_store(user):
+    from django.db import transaction
+
+    from jobs.services import jobs_lock
+    from metrics.services import metric_batches_write
+
+    names = ("loss", "val/acc")
+    # Per job: key index, step, value. The second job has no points.
+    per_job = [[(0, 0, 1.0), (0, 1, 0.9), (1, 1, 0.5)], [], [(1, 4, 0.25), (0, 5, 2.0)]]
+
+    def write(jobs, as_one_batch):
+        batches = [
+            NamedBatch(
+                names, *np.array(rows, dtype=float).reshape(-1, 3).T, np.full(len(rows), 9.0)
+            )
+            for rows in per_job
+        ]
+        with transaction.atomic():
+            locked = jobs_lock([job.pk for job in jobs])
+            if as_one_batch:
+                ends = np.cumsum([len(rows) for rows in per_job]).tolist()
+                whole = NamedBatch(
+                    names,
+                    *(
+                        np.concatenate([getattr(b, c) for b in batches])
+                        for c in ("key_index", "steps", "values", "times")
+                    ),
+                )
+                named = JobsNamedBatch([job.pk for job in locked], whole, ends)
+            else:
+                named = {job.pk: batch for job, batch in zip(locked, batches, strict=True)}
+            return metric_batches_write([(job, MetricBatch.empty()) for job in locked], named=named)
+
+    def what_is_stored(jobs):
+        return [
+            (
+                sorted(
+                    NamedMetric.objects.filter(key__job=job).values_list(
+                        "key__name", "step", "value"
+                    )
+                ),
+                reload(job).primary_metric,
+                reload(job).current_step,
+            )
+            for job in jobs
+        ]
+
+    by_job = TrainingJobFactory.create_batch(3, owner=user)
+    as_one = TrainingJobFactory.create_batch(3, owner=user)
+    assert write(as_one, True) == write(by_job, False)
+    assert what_is_stored(as_one) == what_is_stored(by_job)
+    assert what_is_stored(as_one)[0] == (
+        [("loss", 0, 1.0), ("loss", 1, 0.9), ("val/acc", 1, 0.5)],
+        "loss",
+        2,
+    )
+    assert write(as_one, True)[2] == WriteResult(0, 0, named_created=0, named_duplicates=2)
+
+
+def test_one_batch_for_many_jobs_refuses_points_of_a_job_the_write_does_not_hold(user):
+    from django.db import transaction
+
+    from jobs.services import jobs_lock
+    from metrics.services import metric_batches_write
+
+    held, other = TrainingJobFactory.create_batch(2, owner=user)
+    batch = named_batch({"loss": ([0], 1.0)})
+    with pytest.raises(ValueError, match="does not hold"), transaction.atomic():
+        [locked] = jobs_lock([held.pk])
+        metric_batches_write(
+            [(locked, MetricBatch.empty())], named=JobsNamedBatch([other.pk], batch, [1])
+        )
+    assert not NamedMetric.objects.exists()
