@@ -65,19 +65,12 @@ class MetricBatch:
 
     def first_diverged_loss(self) -> int | None:
         """The index of the first loss that is NaN, infinite or beyond MAX_LOSS_MAGNITUDE."""
-        if self.__dict__.get(_FINITE_LOSSES):
-            return None
         bad = np.flatnonzero(diverged_losses(self.losses))
         return int(bad[0]) if bad.size else None
 
-    def rows(self, start: int, stop: int, *, finite_losses: bool = False) -> MetricBatch:
-        """Rows start:stop, as views. A slice of a checked batch needs no checks;
-        `finite_losses` tells it none of its losses diverged (a tick checks every job's
-        points in one pass), so first_diverged_loss need not look."""
-        batch = _unchecked(self, {name: getattr(self, name)[start:stop] for name in _DTYPES})
-        if finite_losses:
-            batch.__dict__[_FINITE_LOSSES] = True
-        return batch
+    def rows(self, start: int, stop: int) -> MetricBatch:
+        """Rows start:stop, as views. A slice of a checked batch needs no checks."""
+        return _unchecked(self, {name: getattr(self, name)[start:stop] for name in _DTYPES})
 
     def head(self, n: int) -> MetricBatch:
         if n < 0:
@@ -164,30 +157,51 @@ class NamedBatch:
 
 
 @dataclass(frozen=True, eq=False)
-class JobsNamedBatch:
-    """Several jobs' named points in one batch under the same names: the points of
-    `job_ids[i]` are rows ends[i-1]:ends[i] of `batch` (0 for i = 0).
+class JobsPoints:
+    """Several jobs' headline and named points, job after job: job i's headline points are
+    rows headline_ends[i-1]:headline_ends[i] of `headline` (0 for i = 0), its named points
+    rows named_ends[i-1]:named_ends[i] of `named`.
 
-    A tick simulates every job's points in one pass; handed to `metric_batches_write` in
-    this form they are neither sliced per job nor concatenated back.
+    A tick simulates every job's points in one pass and writes them in this form
+    (`jobs_points_write`): neither sliced per job nor concatenated back.
     """
 
-    job_ids: list[int]
-    batch: NamedBatch
-    ends: list[int]
+    headline: MetricBatch
+    headline_ends: list[int]
+    named: NamedBatch
+    named_ends: list[int]
 
     def __post_init__(self) -> None:
-        if len(self.ends) != len(self.job_ids):
-            raise ValueError(f"{len(self.ends)} ends for {len(self.job_ids)} jobs")
-        if len(set(self.job_ids)) != len(self.job_ids):
-            raise ValueError("JobsNamedBatch.job_ids must be distinct")
-        last = self.ends[-1] if self.ends else 0
-        if last != len(self.batch) or np.any(np.diff(self.ends) < 0):
-            raise ValueError("JobsNamedBatch.ends must rise to the batch's length")
+        if len(self.headline_ends) != len(self.named_ends):
+            raise ValueError(
+                f"{len(self.headline_ends)} headline ends for {len(self.named_ends)} named ends"
+            )
+        for kind, ends, batch in (
+            ("headline", self.headline_ends, self.headline),
+            ("named", self.named_ends, self.named),
+        ):
+            last = ends[-1] if ends else 0
+            if last != len(batch) or np.any(np.diff(ends) < 0):
+                raise ValueError(f"JobsPoints.{kind}_ends must rise to its batch's length")
 
-    def lengths(self) -> np.ndarray:
-        """Each job's number of points, in `job_ids` order."""
-        return np.diff(np.asarray(self.ends, dtype=np.int64), prepend=0)
+    def __len__(self) -> int:
+        """The number of jobs."""
+        return len(self.headline_ends)
+
+    def headline_of(self, job: int) -> MetricBatch:
+        return self.headline.rows(_start(self.headline_ends, job), self.headline_ends[job])
+
+    def named_of(self, job: int) -> NamedBatch:
+        return self.named.rows(_start(self.named_ends, job), self.named_ends[job])
+
+
+def lengths_of(ends: list[int]) -> np.ndarray:
+    """Each job's number of rows, from the ends of its rows (see `JobsPoints`)."""
+    return np.diff(np.asarray(ends, dtype=np.int64), prepend=0)
+
+
+def _start(ends: list[int], job: int) -> int:
+    return ends[job - 1] if job else 0
 
 
 _NAMED_DTYPES = {
@@ -206,7 +220,3 @@ def _unchecked(like: _Batch, columns: dict[str, object]) -> _Batch:
     batch = object.__new__(type(like))
     batch.__dict__.update(columns)
     return batch
-
-
-# Not a field: set on a slice whose maker knows none of its losses diverged.
-_FINITE_LOSSES = "_finite_losses"

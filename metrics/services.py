@@ -21,7 +21,7 @@ from jobs.models import TrainingJob
 from jobs.services import BatchSummary, job_fail, jobs_record_progress
 from metrics import pgcopy
 from metrics.models import IngestLog, MetricKey, NamedMetric, TrainingMetric
-from metrics.points import JobsNamedBatch, MetricBatch, NamedBatch
+from metrics.points import JobsPoints, MetricBatch, NamedBatch, diverged_losses, lengths_of
 from metrics.simulator import (
     NEVER_DIVERGES,
     UINT64_MASK,
@@ -79,15 +79,14 @@ def simulator_for(job: TrainingJob) -> TrainingSimulator:
 def metric_batches_write(
     batches: Sequence[tuple[TrainingJob, MetricBatch]],
     *,
-    named: Mapping[int, NamedBatch] | JobsNamedBatch | None = None,
+    named: Mapping[int, NamedBatch] | None = None,
     now: datetime | None = None,
     tick: int | None = None,
 ) -> list[WriteResult]:
     """Store each job's batch and named points and bring the jobs' progress up to date,
     atomically.
 
-    One batch per job (it may be empty) and, in `named`, the jobs' named points: by job id,
-    or as one `JobsNamedBatch` (a tick's).
+    One batch per job (it may be empty) and, in `named`, the job's named points by job id.
     Points at steps a job (or key) already has are ignored and counted as duplicates, so a
     retried batch changes nothing. Headline points from the first non-finite loss on are not
     stored: that step fails the job; a non-finite named value is stored and never does. A
@@ -97,38 +96,66 @@ def metric_batches_write(
     jobs, keys and points: the key summary, key stats, ingest log and progress go with the
     points. `tick` (a scheduled simulation tick) is recorded as every job's `last_tick`.
     """
-    now = now or timezone.now()
-    stored: list[tuple[TrainingJob, MetricBatch, int | None]] = []
-    for job, batch in batches:
-        diverged_index = batch.first_diverged_loss()
-        finite = batch if diverged_index is None else batch.head(diverged_index)
-        diverged_step = None if diverged_index is None else int(batch.steps[diverged_index])
-        stored.append((job, finite, diverged_step))
-    jobs = [job for job, _, _ in stored]
-    named_in = _NamedIn.of(jobs, named)
+    jobs = [job for job, _ in batches]
+    return _write(
+        jobs,
+        _HeadlineIn.of_batches(batches),
+        _NamedIn.of_batches(jobs, named or {}),
+        now or timezone.now(),
+        tick,
+    )
 
+
+def jobs_points_write(
+    jobs: Sequence[TrainingJob],
+    points: JobsPoints,
+    *,
+    now: datetime | None = None,
+    tick: int | None = None,
+) -> list[WriteResult]:
+    """`metric_batches_write` of jobs[i]'s points, job i's of `points`, as they came: one
+    set of columns for all the jobs (a tick's), never a batch per job."""
+    if len(points) != len(jobs):
+        raise ValueError(f"points of {len(points)} jobs for {len(jobs)} jobs")
+    return _write(
+        jobs,
+        _HeadlineIn.of_jobs_points(jobs, points),
+        _NamedIn.of_jobs_points(jobs, points),
+        now or timezone.now(),
+        tick,
+    )
+
+
+def _write(
+    jobs: Sequence[TrainingJob],
+    headline: _HeadlineIn,
+    named: _NamedIn | None,
+    now: datetime,
+    tick: int | None,
+) -> list[WriteResult]:
     # The caller's transaction (it holds the jobs' locks) is the unit of all or nothing: a
     # savepoint of our own would cost two round trips a write and undo nothing it does not.
     with transaction.atomic(savepoint=False):
-        named_points = _named_points(jobs, named_in, now) if named_in else None
-        created = _insert_points([(job.pk, batch) for job, batch, _ in stored], now)
+        named_points = _named_points(jobs, named, now) if named else None
+        created = _insert_points(headline.columns, now)
         named_created = _insert_named(named_points, now) if named_points else None
         named_steps = {} if named_created is None else named_created.max_step_by_job()
         _ingest_log_write(jobs, created, named_created, now)
         # Progress follows what was stored: a retried batch's duplicates may carry other
         # values, and the stored ones win.
         extremes = _created_extremes(created)
+        first_keys = {} if named is None else named.first_keys
         steps_before = [job.current_step for job in jobs]
         jobs_record_progress(
             [
                 _summary(
                     job,
                     extremes.get(job.pk),
-                    diverged_step,
+                    headline.diverged_steps.get(job.pk),
                     named_steps.get(job.pk),
-                    named_in.first_keys.get(job.pk) if named_in else None,
+                    first_keys.get(job.pk),
                 )
-                for job, _, diverged_step in stored
+                for job in jobs
             ],
             now=now,
             tick=tick,
@@ -147,16 +174,74 @@ def metric_batches_write(
         # Counted in numpy: a tick creates ~100,000 named points.
         owners, counts = np.unique(named_created.points.job_ids, return_counts=True)
         named_by_job.update(dict(zip(owners.tolist(), counts.tolist(), strict=True)))
+    named_given = {} if named is None else named.counts
     return [
         WriteResult(
             created=created_by_job[job.pk],
-            duplicates=len(batch) - created_by_job[job.pk],
+            duplicates=given - created_by_job[job.pk],
             named_created=named_by_job[job.pk],
-            named_duplicates=(named_in.counts.get(job.pk, 0) if named_in else 0)
-            - named_by_job[job.pk],
+            named_duplicates=named_given.get(job.pk, 0) - named_by_job[job.pk],
         )
-        for job, batch, _ in stored
+        for job, given in zip(jobs, headline.counts, strict=True)
     ]
+
+
+@dataclass(frozen=True, eq=False)
+class _HeadlineIn:
+    """A write's headline points as columns (job id per point, then _BATCH_COLUMNS), job
+    after job, each job's cut before its first diverged loss: from there on nothing is
+    stored, and that step fails the job."""
+
+    columns: list[np.ndarray]
+    counts: list[int]  # per job, in the write's order: the points kept
+    diverged_steps: dict[int, int]  # job id -> the step of its first diverged loss
+
+    @classmethod
+    def of_batches(cls, batches: Sequence[tuple[TrainingJob, MetricBatch]]) -> _HeadlineIn:
+        kept: list[tuple[int, MetricBatch]] = []
+        counts: list[int] = []
+        diverged_steps: dict[int, int] = {}
+        for job, batch in batches:
+            diverged_index = batch.first_diverged_loss()
+            finite = batch if diverged_index is None else batch.head(diverged_index)
+            if diverged_index is not None:
+                diverged_steps[job.pk] = int(batch.steps[diverged_index])
+            counts.append(len(finite))
+            if len(finite):
+                kept.append((job.pk, finite))
+        if not kept:
+            return cls(_no_headline_columns(), counts, diverged_steps)
+        job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in kept])
+        columns = [job_ids] + [
+            np.concatenate([getattr(b, name) for _, b in kept]) for name in _BATCH_COLUMNS
+        ]
+        return cls(columns, counts, diverged_steps)
+
+    @classmethod
+    def of_jobs_points(cls, jobs: Sequence[TrainingJob], points: JobsPoints) -> _HeadlineIn:
+        headline = points.headline
+        lengths = lengths_of(points.headline_ends)
+        job_ids = np.array([job.pk for job in jobs], dtype=np.int64)
+        job_of_row = np.repeat(np.arange(len(jobs)), lengths)
+        columns = [job_ids[job_of_row]] + [getattr(headline, name) for name in _BATCH_COLUMNS]
+        diverged_rows = np.flatnonzero(diverged_losses(headline.losses))
+        if not diverged_rows.size:
+            return cls(columns, lengths.tolist(), {})
+        # The rows are in order within each job: its first diverged row is where it is cut.
+        diverged_jobs, first = np.unique(job_of_row[diverged_rows], return_index=True)
+        cuts = np.full(len(jobs), len(headline))
+        cuts[diverged_jobs] = diverged_rows[first]
+        kept = np.arange(len(headline)) < cuts[job_of_row]
+        diverged_steps = zip(
+            job_ids[diverged_jobs].tolist(),
+            headline.steps[diverged_rows[first]].tolist(),
+            strict=True,
+        )
+        return cls(
+            [column[kept] for column in columns],
+            np.bincount(job_of_row[kept], minlength=len(jobs)).tolist(),
+            dict(diverged_steps),
+        )
 
 
 def _first_key(names: Sequence[str]) -> str:
@@ -205,7 +290,7 @@ class _CreatedHeadline:
 
     @classmethod
     def empty(cls) -> _CreatedHeadline:
-        return cls.of([np.empty(0, dtype=np.int64)] * 3 + [np.empty(0)] * 3)
+        return cls.of(_no_headline_columns())
 
     def __len__(self) -> int:
         return len(self.job_ids)
@@ -233,6 +318,10 @@ class _CreatedHeadline:
             "accuracy": self.accuracies,
             "learning_rate": self.learning_rates,
         }
+
+
+def _no_headline_columns() -> list[np.ndarray]:
+    return [np.empty(0, dtype=np.int64)] * 3 + [np.empty(0)] * 3
 
 
 def _created_extremes(created: _CreatedHeadline) -> dict[int, _Extremes]:
@@ -316,17 +405,12 @@ _POINTS_STAGING_TABLE = "trainmon_points_in"
 _BATCH_COLUMNS = ("epochs", "steps", "losses", "accuracies", "learning_rates")
 
 
-def _insert_points(batches: Sequence[tuple[int, MetricBatch]], now: datetime) -> _CreatedHeadline:
-    """Store the headline points, ignoring steps their job already has; returns the points
-    created (see `_insert_new`)."""
-    batches = [(job_id, batch) for job_id, batch in batches if len(batch)]
-    if not batches:
+def _insert_points(columns: list[np.ndarray], now: datetime) -> _CreatedHeadline:
+    """Store the headline points (`_HeadlineIn.columns`), ignoring steps their job already
+    has; returns the points created (see `_insert_new`)."""
+    job_ids = columns[0]
+    if not len(job_ids):
         return _CreatedHeadline.empty()
-    job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in batches])
-    columns = [
-        job_ids,
-        *(np.concatenate([getattr(b, n) for _, b in batches]) for n in _BATCH_COLUMNS),
-    ]
     db_now = connection.ops.adapt_datetimefield_value(now)
     table = TrainingMetric._meta.db_table
     with connection.cursor() as cursor:
@@ -481,23 +565,14 @@ class _NamedIn:
         return len(self.steps)
 
     @classmethod
-    def of(
-        cls,
-        jobs: Sequence[TrainingJob],
-        named: Mapping[int, NamedBatch] | JobsNamedBatch | None,
+    def of_batches(
+        cls, jobs: Sequence[TrainingJob], named: Mapping[int, NamedBatch]
     ) -> _NamedIn | None:
         """The named points of `jobs` (others' are not this write's), None if there are
         none."""
-        if named is None:
-            return None
-        if isinstance(named, JobsNamedBatch):
-            return cls._of_jobs_batch(jobs, named)
-        return cls._of_batches(
-            [(job.pk, named[job.pk]) for job in jobs if job.pk in named and len(named[job.pk])]
-        )
-
-    @classmethod
-    def _of_batches(cls, with_points: list[tuple[int, NamedBatch]]) -> _NamedIn | None:
+        with_points = [
+            (job.pk, named[job.pk]) for job in jobs if job.pk in named and len(named[job.pk])
+        ]
         if not with_points:
             return None
         # Every batch's key indexes point into one array of all (job, name) pairs: a few
@@ -519,30 +594,28 @@ class _NamedIn:
         )
 
     @classmethod
-    def _of_jobs_batch(cls, jobs: Sequence[TrainingJob], named: JobsNamedBatch) -> _NamedIn | None:
-        writing = {job.pk for job in jobs}
-        if not writing.issuperset(named.job_ids):
-            raise ValueError("named points for a job this write does not hold")
-        if not len(named.batch):
+    def of_jobs_points(cls, jobs: Sequence[TrainingJob], points: JobsPoints) -> _NamedIn | None:
+        """jobs[i]'s named points being job i's of `points` (one set of names for all)."""
+        batch = points.named
+        if not len(batch):
             return None
-        names, batch = named.batch.names, named.batch
-        lengths = named.lengths()
+        job_ids = [job.pk for job in jobs]
+        lengths = lengths_of(points.named_ends)
         counts = {
             job_id: length
-            for job_id, length in zip(named.job_ids, lengths.tolist(), strict=True)
+            for job_id, length in zip(job_ids, lengths.tolist(), strict=True)
             if length
         }
-        first_key = _first_key(names)
         return cls(
-            pairs=[(job_id, name) for job_id in named.job_ids for name in names],
+            pairs=[(job_id, name) for job_id in job_ids for name in batch.names],
             pair_of_point=batch.key_index
-            + np.repeat(np.arange(len(named.job_ids), dtype=np.int64) * len(names), lengths),
-            job_ids=np.repeat(np.array(named.job_ids, dtype=np.int64), lengths),
+            + np.repeat(np.arange(len(jobs), dtype=np.int64) * len(batch.names), lengths),
+            job_ids=np.repeat(np.array(job_ids, dtype=np.int64), lengths),
             steps=batch.steps,
             values=batch.values,
             times=batch.times,
             counts=counts,
-            first_keys=dict.fromkeys(counts, first_key),
+            first_keys=dict.fromkeys(counts, _first_key(batch.names)),
         )
 
 
@@ -1012,12 +1085,11 @@ def _advance_each_alone_if_needed(
 def _advance(jobs: list[TrainingJob], now: datetime, tick: int | None) -> list[WriteResult]:
     """Write each job's next headline points and the named points at their steps, and mark
     the jobs advanced by `tick`."""
-    # Every job's points in one numpy pass: per job, numpy's call overhead outweighs the
-    # work for 10 or 100 steps. The per-job batches are views into it.
-    simulated = simulated_batches(_simulated_runs(jobs), now.timestamp())
-    batches = [(job, simulated.headline_of(index)) for index, job in enumerate(jobs)]
-    named = JobsNamedBatch([job.pk for job in jobs], simulated.named, simulated.named_ends)
-    return metric_batches_write(batches, named=named, now=now, tick=tick)
+    # Every job's points in one numpy pass, written as such: per job, numpy's call overhead
+    # outweighs the work for 10 or 100 steps.
+    return jobs_points_write(
+        jobs, simulated_batches(_simulated_runs(jobs), now.timestamp()), now=now, tick=tick
+    )
 
 
 def _simulated_runs(jobs: Sequence[TrainingJob]) -> SimulatedRuns:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metrics.points import MetricBatch, NamedBatch, diverged_losses
+from metrics.points import JobsPoints, MetricBatch, NamedBatch, diverged_losses
 
 LOSS_FLOOR = 0.05
 LOSS_NOISE_STD = 0.1
@@ -374,40 +374,10 @@ class SimulatedRuns:
         raise ValueError(f"job {job} of the tick has parameters the simulator refuses")
 
 
-@dataclass(frozen=True, eq=False)
-class SimulatedBatches:
-    """Every job's headline batch and named batch of a tick, job after job.
-
-    Job i's headline points are rows headline_ends[i-1]:headline_ends[i] of `headline` (0 for
-    i = 0), its named points rows named_ends[i-1]:named_ends[i] of `named`: its gradient
-    norms, then its validation losses, then its validation accuracies, as
-    `generate_named_batch` orders them.
-    """
-
-    headline: MetricBatch
-    headline_ends: list[int]
-    named: NamedBatch
-    named_ends: list[int]
-    finite_losses: list[bool]  # per job: none of its headline losses diverged
-
-    def headline_of(self, job: int) -> MetricBatch:
-        return self.headline.rows(
-            _start(self.headline_ends, job),
-            self.headline_ends[job],
-            finite_losses=self.finite_losses[job],
-        )
-
-    def named_of(self, job: int) -> NamedBatch:
-        return self.named.rows(_start(self.named_ends, job), self.named_ends[job])
-
-
-def _start(ends: list[int], job: int) -> int:
-    return ends[job - 1] if job else 0
-
-
-def simulated_batches(runs: SimulatedRuns, time: float) -> SimulatedBatches:
+def simulated_batches(runs: SimulatedRuns, time: float) -> JobsPoints:
     """Every job's `generate_metrics_batch` and `generate_named_batch` (stamped `time`) in
-    one pass, bit for bit the same values.
+    one pass, bit for bit the same values, job after job (a job's named points: its
+    gradient norms, then its validation losses, then its validation accuracies).
 
     A tick advances thousands of jobs by 10 or 100 steps each; one simulator and a dozen
     numpy calls per job would spend most of the tick's generation time on numpy's per-call
@@ -523,10 +493,7 @@ def simulated_batches(runs: SimulatedRuns, time: float) -> SimulatedBatches:
         values=values,
         times=np.full(size, time, dtype=np.float64),
     )
-    finite_losses = diverged_so_far[ends] == diverged_so_far[starts]
-    return SimulatedBatches(
-        headline, ends.tolist(), named, named_ends.tolist(), finite_losses.tolist()
-    )
+    return JobsPoints(headline, ends.tolist(), named, named_ends.tolist())
 
 
 def _check_point(step: int, total_steps: int) -> None:

@@ -28,7 +28,7 @@ class InArray(Lookup):
     lookup_name = "in_array"
     prepare_rhs = False
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, Any]:
         values = list(self.rhs)
         if not values:
             raise EmptyResultSet

@@ -74,18 +74,25 @@ def test_key_names_follow_mlflows_rule():
 
 
 @pytest.mark.parametrize(
-    ("job_ids", "ends", "message"),
+    ("headline_ends", "named_ends", "message"),
     [
-        ([1, 2], [3], "1 ends for 2 jobs"),
-        ([1, 1], [1, 3], "distinct"),
-        ([1, 2], [2, 1], "rise"),
-        ([1, 2], [1, 2], "rise"),
+        ([3], [1, 1], "1 headline ends for 2 named ends"),
+        ([2, 1], [0, 1], "headline_ends must rise"),
+        ([1, 2], [1, 2], "headline_ends must rise"),
+        ([1, 3], [1, 0], "named_ends must rise"),
     ],
 )
-def test_a_many_jobs_named_batch_refuses_ends_that_do_not_cut_it(job_ids, ends, message):
-    from metrics.points import JobsNamedBatch
+def test_many_jobs_points_refuse_ends_that_do_not_cut_their_batches(
+    headline_ends, named_ends, message
+):
+    from metrics.points import JobsPoints, lengths_of
 
-    batch = NamedBatch(("loss",), [0, 0, 0], [0, 1, 2], [1.0, 0.9, 0.8], [0.0] * 3)
+    headline = TrainingSimulator(seed=1).generate_metrics_batch(0, 3, 3, 10)
+    named = NamedBatch(("loss",), [0], [0], [1.0], [0.0])
     with pytest.raises(ValueError, match=message):
-        JobsNamedBatch(job_ids, batch, ends)
-    assert JobsNamedBatch([1, 2], batch, [1, 3]).lengths().tolist() == [1, 2]
+        JobsPoints(headline, headline_ends, named, named_ends)
+    points = JobsPoints(headline, [1, 3], named, [1, 1])
+    assert len(points) == 2
+    assert lengths_of(points.headline_ends).tolist() == [1, 2]
+    assert points.headline_of(1).steps.tolist() == [1, 2]
+    assert len(points.named_of(1)) == 0

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 
 from jobs.models import TrainingJob
 from metrics.models import IngestLog, KeySummary, MetricKey, NamedMetric, TrainingMetric
-from metrics.points import JobsNamedBatch, MetricBatch, NamedBatch
+from metrics.points import JobsPoints, MetricBatch, NamedBatch
 from metrics.services import KeyLimitExceeded, WriteResult
 from tests.support.factories import TrainingJobFactory, reload
 from tests.support.metric_points import batches_write, metric_batch, named_batch, named_write
@@ -205,76 +205,92 @@ def test_deleting_a_job_deletes_its_keys_points_summaries_and_log(user, every_ke
     assert set(IngestLog.objects.values_list("job_id", flat=True)) == {kept.pk}
 
 
-def test_one_batch_for_many_jobs_stores_what_per_job_batches_store(user):
+def test_many_jobs_points_as_one_set_of_columns_store_what_batches_per_job_store(user):
     from django.db import transaction
 
     from jobs.services import jobs_lock
-    from metrics.services import metric_batches_write
+    from metrics.services import jobs_points_write, metric_batches_write
 
-    names = ("loss", "val/acc")
-    # Per job: key index, step, value. The second job has no points.
-    per_job = [[(0, 0, 1.0), (0, 1, 0.9), (1, 1, 0.5)], [], [(1, 4, 0.25), (0, 5, 2.0)]]
+    names = ("val/acc", "loss")
+    # Per job: headline (steps, losses), named (key index, step, value). The second job's
+    # loss diverges at step 2, the third job has no points at all.
+    headline = [([0, 1, 2], [2.0, 1.5, 1.2]), ([0, 1, 2, 3], [2.0, 1.0, math.inf, 0.5]), ([], [])]
+    named = [[(1, 0, 1.0), (1, 1, 0.9), (0, 1, 0.5)], [(0, 4, 0.25)], []]
+    headline_batches = [
+        metric_batch(steps, steps_per_epoch=10, losses=losses) for steps, losses in headline
+    ]
+    named_batches = [
+        NamedBatch(names, *np.array(rows, dtype=float).reshape(-1, 3).T, np.full(len(rows), 9.0))
+        for rows in named
+    ]
 
-    def write(jobs, as_one_batch):
-        batches = [
-            NamedBatch(
-                names, *np.array(rows, dtype=float).reshape(-1, 3).T, np.full(len(rows), 9.0)
-            )
-            for rows in per_job
-        ]
+    def write(jobs, as_columns):
         with transaction.atomic():
             locked = jobs_lock([job.pk for job in jobs])
-            if as_one_batch:
-                ends = np.cumsum([len(rows) for rows in per_job]).tolist()
-                whole = NamedBatch(
+            if not as_columns:
+                by_job = {job.pk: batch for job, batch in zip(locked, named_batches, strict=True)}
+                pairs = list(zip(locked, headline_batches, strict=True))
+                return metric_batches_write(pairs, named=by_job)
+            points = JobsPoints(
+                MetricBatch(
+                    *(
+                        np.concatenate([getattr(b, name) for b in headline_batches])
+                        for name in ("steps", "epochs", "losses", "accuracies", "learning_rates")
+                    )
+                ),
+                np.cumsum([len(b) for b in headline_batches]).tolist(),
+                NamedBatch(
                     names,
                     *(
-                        np.concatenate([getattr(b, c) for b in batches])
-                        for c in ("key_index", "steps", "values", "times")
+                        np.concatenate([getattr(b, name) for b in named_batches])
+                        for name in ("key_index", "steps", "values", "times")
                     ),
-                )
-                named = JobsNamedBatch([job.pk for job in locked], whole, ends)
-            else:
-                named = {job.pk: batch for job, batch in zip(locked, batches, strict=True)}
-            return metric_batches_write([(job, MetricBatch.empty()) for job in locked], named=named)
+                ),
+                np.cumsum([len(b) for b in named_batches]).tolist(),
+            )
+            return jobs_points_write(locked, points)
 
-    def what_is_stored(jobs):
+    def stored(jobs):
         return [
             (
+                list(
+                    TrainingMetric.objects.filter(job=job)
+                    .order_by("step")
+                    .values_list("step", "loss")
+                ),
                 sorted(
                     NamedMetric.objects.filter(key__job=job).values_list(
                         "key__name", "step", "value"
                     )
                 ),
-                reload(job).primary_metric,
+                reload(job).status,
                 reload(job).current_step,
+                reload(job).primary_metric,
             )
             for job in jobs
         ]
 
-    by_job = TrainingJobFactory.create_batch(3, owner=user)
-    as_one = TrainingJobFactory.create_batch(3, owner=user)
-    assert write(as_one, True) == write(by_job, False)
-    assert what_is_stored(as_one) == what_is_stored(by_job)
-    assert what_is_stored(as_one)[0] == (
+    by_job = TrainingJobFactory.create_batch(3, owner=user, total_epochs=10)
+    as_columns = TrainingJobFactory.create_batch(3, owner=user, total_epochs=10)
+    assert write(as_columns, True) == write(by_job, False)
+    assert stored(as_columns) == stored(by_job)
+    healthy, diverged, idle = stored(as_columns)
+    assert healthy == (
+        [(0, 2.0), (1, 1.5), (2, 1.2)],
         [("loss", 0, 1.0), ("loss", 1, 0.9), ("val/acc", 1, 0.5)],
+        Status.RUNNING,
+        3,
         "loss",
-        2,
     )
-    assert write(as_one, True)[2] == WriteResult(0, 0, named_created=0, named_duplicates=2)
+    assert diverged[0] == [(0, 2.0), (1, 1.0)]
+    assert diverged[2] == Status.FAILED
+    assert idle == ([], [], Status.RUNNING, 0, "")
+    assert write(as_columns, True)[0] == WriteResult(0, 3, named_created=0, named_duplicates=3)
 
 
-def test_one_batch_for_many_jobs_refuses_points_of_a_job_the_write_does_not_hold(user):
-    from django.db import transaction
+def test_many_jobs_points_need_one_job_each():
+    from metrics.services import jobs_points_write
 
-    from jobs.services import jobs_lock
-    from metrics.services import metric_batches_write
-
-    held, other = TrainingJobFactory.create_batch(2, owner=user)
-    batch = named_batch({"loss": ([0], 1.0)})
-    with pytest.raises(ValueError, match="does not hold"), transaction.atomic():
-        [locked] = jobs_lock([held.pk])
-        metric_batches_write(
-            [(locked, MetricBatch.empty())], named=JobsNamedBatch([other.pk], batch, [1])
-        )
-    assert not NamedMetric.objects.exists()
+    points = JobsPoints(MetricBatch.empty(), [0, 0], NamedBatch.empty(), [0, 0])
+    with pytest.raises(ValueError, match="points of 2 jobs for 1 jobs"):
+        jobs_points_write([TrainingJob()], points)

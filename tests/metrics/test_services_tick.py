@@ -11,6 +11,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from jobs.models import TrainingJob
 from jobs.services import job_cancel, job_pause, job_resume
 from metrics.models import MetricKey, NamedMetric, TrainingMetric
+from metrics.points import JobsPoints
 from metrics.services import (
     TickResult,
     simulation_advance,
@@ -18,13 +19,7 @@ from metrics.services import (
     simulator_for,
     tick_slot,
 )
-from metrics.simulator import (
-    GRAD_NORM_KEY,
-    VAL_ACCURACY_KEY,
-    VAL_LOSS_KEY,
-    SimulatedBatches,
-    SimulatedRuns,
-)
+from metrics.simulator import GRAD_NORM_KEY, VAL_ACCURACY_KEY, VAL_LOSS_KEY, SimulatedRuns
 from tests.support.factories import TrainingJobFactory, reload
 from tests.support.metric_points import batches_write, metric_batch
 
@@ -434,7 +429,7 @@ class TestOneBadJob:
         poison = jobs[1]
         generate = services.simulated_batches
 
-        def epoch_zero_for_poison(runs: SimulatedRuns, time: float) -> SimulatedBatches:
+        def epoch_zero_for_poison(runs: SimulatedRuns, time: float) -> JobsPoints:
             tick = generate(runs, time)
             # An epoch of 0 breaks the points table's check constraint: a real refusal.
             for index in np.flatnonzero(runs.seeds == poison.seed):
