@@ -25,9 +25,9 @@ import numpy as np
 from django.db import connection, connections, transaction
 
 from bench.support import Figure
-from metrics import pgcopy
 from metrics.points import MetricBatch
 from metrics.services import NAMED_POINT_COLUMNS, POINT_COLUMNS
+from trainmon import pgcopy
 
 INDEXED_TABLE = "bench_indexed_metric"
 INDEXED_NAMED_TABLE = "bench_indexed_named"
@@ -186,7 +186,7 @@ class WriteProfile:
     """Wall time of each part of the writes made inside `with profile.measure():`.
 
     Statements are timed through Django's execute_wrapper, COPYs and their encoding by
-    wrapping metrics.pgcopy, the commit by wrapping the connection's; `extra` wraps other
+    wrapping trainmon.pgcopy, the commit by wrapping the connection's; `extra` wraps other
     functions (module, attribute, part name), such as point generation. What is left of
     the total is Python: arrays, summary levels in numpy, Django.
     """

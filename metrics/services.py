@@ -19,7 +19,6 @@ from django.utils import timezone
 
 from jobs.models import TrainingJob
 from jobs.services import BatchSummary, job_fail, jobs_record_progress
-from metrics import pgcopy
 from metrics.models import IngestLog, MetricKey, NamedMetric, TrainingMetric
 from metrics.points import JobsPoints, MetricBatch, NamedBatch, diverged_losses, lengths_of
 from metrics.simulator import (
@@ -29,9 +28,10 @@ from metrics.simulator import (
     TrainingSimulator,
     simulated_batches,
 )
-from metrics.staging import staged_rows
 from metrics.summary import key_points_add, summary_add
-from trainmon.bulk import InArray, json_rows
+from trainmon import pgcopy
+from trainmon.bulk import InArray, json_rows, only_ids
+from trainmon.staging import staged_rows
 
 logger = logging.getLogger(__name__)
 
@@ -661,6 +661,8 @@ def _key_ids(
 ) -> dict[tuple[int, str], int]:
     table = MetricKey._meta.db_table
     source, params = json_rows(_KEY_COLUMNS, wanted)
+    # Without the job ids, every key in the table was read and hashed (see only_ids).
+    these_jobs, jobs_params = only_ids("k.job_id", sorted({job_id for job_id, _ in wanted}))
     with connection.cursor() as cursor:
         # A job's key count only matters when it gains keys: counted for the missing names
         # alone, so a write to existing keys (every tick after a job's first) counts nothing.
@@ -668,8 +670,9 @@ def _key_ids(
             f"SELECT w.job_id, w.name, k.id,"
             f" CASE WHEN k.id IS NULL THEN"
             f" (SELECT COUNT(*) FROM {table} c WHERE c.job_id = w.job_id) END"
-            f" FROM {source} AS w LEFT JOIN {table} k ON k.job_id = w.job_id AND k.name = w.name",
-            params,
+            f" FROM {source} AS w LEFT JOIN {table} k"
+            f" ON k.job_id = w.job_id AND k.name = w.name{these_jobs}",
+            [*params, *jobs_params],
         )
         rows = cursor.fetchall()
         ids = {(job_id, name): key_id for job_id, name, key_id, _ in rows if key_id is not None}
@@ -847,14 +850,8 @@ def _key_stats_update(runs: _KeyRuns, now: datetime) -> np.ndarray:
     table = MetricKey._meta.db_table
     later = f"u.last_step >= COALESCE({table}.last_step, -1)"
     db_now = connection.ops.adapt_datetimefield_value(now)
-    # The staging table has no statistics, so PostgreSQL joined it to every key by hashing
-    # the whole keys table (10 ms at 36,000 keys, growing with every job kept); naming the
-    # ids lets it look up only this write's keys through the primary key.
-    only_these, only_params = (
-        (f" AND {table}.id = ANY(%s)", [columns[0].tolist()])
-        if connection.vendor == "postgresql"
-        else ("", [])
-    )
+    # Without the ids, 10 ms a chunk at 36,000 keys (see only_ids).
+    only_these, only_params = only_ids(f"{table}.id", columns[0].tolist())
     with connection.cursor() as cursor:
         source, params = staged_rows(cursor, _KEY_STATS_STAGING_TABLE, _KEY_STATS_COLUMNS, columns)
         cursor.execute(

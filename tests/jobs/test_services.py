@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 from django.core.exceptions import ValidationError
 
@@ -366,3 +368,61 @@ class TestOpenEndedJobs:
         from jobs.display import job_progress
 
         assert job_progress(job).steps_text == "step 25 of 10 declared, past it"
+
+
+def test_recorded_progress_is_what_the_jobs_hold_in_memory(user):
+    from datetime import UTC, datetime
+
+    from django.db import transaction
+
+    from jobs.services import BatchSummary, jobs_lock, jobs_record_progress
+
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    ids = [
+        TrainingJobFactory(owner=user, total_epochs=1, steps_per_epoch=10).pk,
+        TrainingJobFactory(owner=user, total_epochs=2, steps_per_epoch=10).pk,
+        TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL).pk,
+    ]
+    with transaction.atomic():
+        finishing, diverging, named_only = jobs_lock(ids)
+        jobs_record_progress(
+            [
+                # The last step: completed, its rate from the time since the last report.
+                BatchSummary(finishing, 9, 0.5, 0.75, math.inf, 0.4, 7),
+                BatchSummary(diverging, 2, 1.5, None, None, 1.2, 1, diverged_at_step=3),
+                # Named points only: no loss yet, so no best loss step (NULL).
+                BatchSummary(named_only, named_max_step=41, first_key="val/ünï 'q'"),
+            ],
+            now=now,
+            tick=77,
+        )
+    fields = [
+        "current_step",
+        "last_loss",
+        "best_loss",
+        "best_loss_step",
+        "last_accuracy",
+        "last_learning_rate",
+        "steps_per_second",
+        "status",
+        "failure_reason",
+        "ingest_seq",
+        "primary_metric",
+        "finished_at",
+        "last_reported_at",
+        "last_tick",
+    ]
+    for job in (finishing, diverging, named_only):
+        stored = TrainingJob.objects.values(*fields).get(pk=job.pk)
+        assert stored == {field: getattr(job, field) for field in fields}
+    assert (finishing.status, finishing.finished_at, finishing.last_learning_rate) == (
+        Status.COMPLETED,
+        now,
+        math.inf,
+    )
+    assert (diverging.status, diverging.failure_reason) == (
+        Status.FAILED,
+        "loss diverged at step 3",
+    )
+    assert (named_only.best_loss_step, named_only.last_accuracy) == (None, None)
+    assert (named_only.current_step, named_only.primary_metric) == (42, "val/ünï 'q'")

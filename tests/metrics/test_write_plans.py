@@ -1,14 +1,16 @@
-"""A write's key stats UPDATE reads only the keys it updates, however many others the table
-holds: its cost follows the batch, not the database.
+"""A write's joins of its staged rows to the keys and jobs tables (the key ids, the key
+stats UPDATE, the progress UPDATE) read only the rows the write is about, however many
+others the tables hold: their cost follows the batch, not the database.
 
 Measured on PostgreSQL: the UPDATE a write sent is run again under EXPLAIN (ANALYZE, FORMAT
 JSON) in a savepoint that is rolled back, with the write's temporary staging rows still in
 place (the test's transaction never commits, so ON COMMIT DELETE ROWS has not run), and the
 rows its plan took from the keys table are added up. It used to hash-join its staging table
 against every key, since a staging table has no statistics and PostgreSQL guesses ~1,000
-rows: 36,000 keys read for a chunk of 500 jobs, on every tick. The write's other joins take
-their rows from a JSON parameter, which PostgreSQL guesses at 100 rows: they look rows up
-by index once the tables are large, and scan them while a scan is cheaper.
+rows: 36,000 keys read for a chunk of 500 jobs, on every tick. The key ids' lookup (staged
+as a JSON parameter, guessed at 100 rows) and the progress UPDATE did the same with the
+keys and the jobs whenever the tables' statistics made a scan look cheaper. Each now names
+the ids it wants (trainmon.bulk.only_ids).
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ class _RolledBack(Exception):
     pass
 
 
-def keys_read(statements: list[str], *, starting: str) -> int:
-    """Rows of the keys table that the statements starting with `starting` took (see
-    `rows_taken`)."""
+def keys_read(statements: list[str], *, starting: str, table: str = KEYS_TABLE) -> int:
+    """Rows of the keys table (or `table`) that the statements starting with `starting`
+    took (see `rows_taken`)."""
     read = 0
     for sql in statements:
         if not sql.lstrip().startswith(starting):
@@ -55,7 +57,7 @@ def keys_read(statements: list[str], *, starting: str) -> int:
         read += sum(
             rows_taken(node)
             for node in plan_nodes(plan["Plan"])
-            if node.get("Relation Name") == KEYS_TABLE and node["Node Type"] != "ModifyTable"
+            if node.get("Relation Name") == table and node["Node Type"] != "ModifyTable"
         )
     return read
 
@@ -109,3 +111,20 @@ def test_a_tick_updates_its_keys_stats_reading_only_them(crowded):
     assert TrainingJob.objects.filter(pk__in=advanced, last_tick=2).count() == len(advanced)
     written = MetricKey.objects.filter(job_id__in=advanced).exclude(name__startswith="key/")
     assert 0 < keys_read(statements, starting=UPDATE_KEYS) <= written.count()
+
+
+JOBS_TABLE = TrainingJob._meta.db_table
+
+
+def test_a_tick_looks_up_its_keys_and_updates_its_jobs_reading_only_them(crowded):
+    advanced = [job.pk for job in crowded[:5]]
+    simulation_advance(job_ids=advanced, tick=1)  # creates their keys
+
+    statements = written_statements(lambda: simulation_advance(job_ids=advanced, tick=2))
+
+    # The advanced jobs' keys (theirs and the fixture's), none of the other jobs'.
+    theirs = MetricKey.objects.filter(job_id__in=advanced).count()
+    assert 0 < keys_read(statements, starting="SELECT w.job_id") <= theirs
+    progress = f"UPDATE {JOBS_TABLE} SET current_step"
+    assert keys_read(statements, starting=progress, table=JOBS_TABLE) == len(advanced)
+    assert TrainingJob.objects.filter(pk__in=advanced, current_step=20).count() == len(advanced)
