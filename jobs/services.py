@@ -727,7 +727,7 @@ def jobs_record_progress(
         assignments.append(f"{name} = {value}")
     tick_assignment, tick_params = ("", []) if tick is None else (", last_tick = %s", [tick])
     # Without the ids, every job in the table was read and hashed (see only_ids).
-    these_jobs, jobs_params = only_ids(f"{table}.id", [row[0] for row in rows])
+    these_jobs, jobs_params = only_ids(f"{table}.id", [summary.job.pk for summary in summaries])
     db_now = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         source, params = staged_rows(cursor, _PROGRESS_STAGING_TABLE, _PROGRESS_COLUMNS, values)

@@ -396,22 +396,11 @@ def test_recorded_progress_is_what_the_jobs_hold_in_memory(user):
             now=now,
             tick=77,
         )
-    fields = [
-        "current_step",
-        "last_loss",
-        "best_loss",
-        "best_loss_step",
-        "last_accuracy",
-        "last_learning_rate",
-        "steps_per_second",
-        "status",
-        "failure_reason",
-        "ingest_seq",
-        "primary_metric",
-        "finished_at",
-        "last_reported_at",
-        "last_tick",
-    ]
+    # Every column the UPDATE writes.
+    figures = ("current_step", "last_loss", "best_loss", "best_loss_step", "last_accuracy")
+    rates = ("last_learning_rate", "steps_per_second", "ingest_seq", "last_tick")
+    texts_and_times = ("status", "failure_reason", "primary_metric", "finished_at")
+    fields = [*figures, *rates, *texts_and_times, "last_reported_at"]
     for job in (finishing, diverging, named_only):
         stored = TrainingJob.objects.values(*fields).get(pk=job.pk)
         assert stored == {field: getattr(job, field) for field in fields}
