@@ -63,7 +63,7 @@ from metrics.series import (
     check_max_points,
     epoch_seconds_sql,
 )
-from trainmon.bulk import json_rows
+from trainmon.bulk import json_rows, only_ids
 from trainmon.staging import staged_rows
 
 # Steps per bucket, finest first; each divides the next (a bucket lies inside one bucket of
@@ -235,12 +235,14 @@ def _levels_build(spec: SummarySpec, spans: Mapping[int, tuple[int, int]]) -> No
     source, params = json_rows(((spec.owner, "bigint"), ("width", "bigint")), sources)
     names = [name for name, _ in spec.columns]
     table, owner = spec.summary._meta.db_table, spec.owner
+    # Without the owners, the key summary was read whole (see only_ids).
+    these, these_params = only_ids(f"s.{owner}", sorted(reached))
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {', '.join(f's.{name}' for name in names)} FROM {table} s"
-            f" JOIN {source} AS w ON s.{owner} = w.{owner} AND s.width = w.width"
+            f" JOIN {source} AS w ON s.{owner} = w.{owner} AND s.width = w.width{these}"
             f" ORDER BY s.{owner}, s.bucket",
-            params,
+            [*params, *these_params],
         )
         fetched = cursor.fetchall()
     if not fetched:

@@ -128,3 +128,23 @@ def test_a_tick_looks_up_its_keys_and_updates_its_jobs_reading_only_them(crowded
     progress = f"UPDATE {JOBS_TABLE} SET current_step"
     assert keys_read(statements, starting=progress, table=JOBS_TABLE) == len(advanced)
     assert TrainingJob.objects.filter(pk__in=advanced, current_step=20).count() == len(advanced)
+
+
+def test_a_key_reaching_a_summary_level_reads_only_its_own_buckets(user, every_key_summarised):
+    from metrics.models import KeySummary
+
+    summary_table = KeySummary._meta.db_table
+    for job in TrainingJobFactory.create_batch(10, owner=user, source=TrainingJob.Source.EXTERNAL):
+        named_write(job, {f"other/{n}": ([0], 1.0) for n in range(100)})
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {summary_table}")
+    job = TrainingJobFactory(owner=user, source=TrainingJob.Source.EXTERNAL)
+    named_write(job, {"loss": (np.arange(100), 1.0)})  # one level: 64 steps a bucket
+
+    # 300 points: the 256-step level is built from the 64-step one.
+    statements = written_statements(lambda: named_write(job, {"loss": (np.arange(100, 300), 1.0)}))
+
+    key = MetricKey.objects.get(job=job, name="loss")
+    read = keys_read(statements, starting="SELECT s.key_id", table=summary_table)
+    assert 0 < read <= KeySummary.objects.filter(key=key).count()  # its own rows, no other's
+    assert KeySummary.objects.filter(key=key, width=256).exists()
