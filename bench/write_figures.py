@@ -179,6 +179,7 @@ _COPY_PARTS = {
     "trainmon_key_summary_in": "staging: binary COPY named summary rows",
     "trainmon_key_stats_in": "staging: binary COPY key stats rows",
     "trainmon_ingest_log_in": "staging: binary COPY ingest log rows",
+    "trainmon_progress_in": "staging: binary COPY progress rows",
 }
 
 
