@@ -25,9 +25,9 @@ import numpy as np
 from django.db import connection, connections, transaction
 
 from bench.support import Figure
+from metrics import pgcopy
 from metrics.points import MetricBatch
 from metrics.services import NAMED_POINT_COLUMNS, POINT_COLUMNS
-from trainmon import pgcopy
 
 INDEXED_TABLE = "bench_indexed_metric"
 INDEXED_NAMED_TABLE = "bench_indexed_named"
@@ -179,7 +179,6 @@ _COPY_PARTS = {
     "trainmon_key_summary_in": "staging: binary COPY named summary rows",
     "trainmon_key_stats_in": "staging: binary COPY key stats rows",
     "trainmon_ingest_log_in": "staging: binary COPY ingest log rows",
-    "trainmon_progress_in": "staging: binary COPY progress rows",
 }
 
 
@@ -187,7 +186,7 @@ class WriteProfile:
     """Wall time of each part of the writes made inside `with profile.measure():`.
 
     Statements are timed through Django's execute_wrapper, COPYs and their encoding by
-    wrapping trainmon.pgcopy, the commit by wrapping the connection's; `extra` wraps other
+    wrapping metrics.pgcopy, the commit by wrapping the connection's; `extra` wraps other
     functions (module, attribute, part name), such as point generation. What is left of
     the total is Python: arrays, summary levels in numpy, Django.
     """

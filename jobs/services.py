@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
@@ -26,8 +25,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from jobs.models import Experiment, TrainingJob
-from trainmon.bulk import indexed_text, only_ids
-from trainmon.staging import staged_rows
+from trainmon.bulk import json_rows, only_ids
 
 Status = TrainingJob.Status
 
@@ -666,9 +664,6 @@ class BatchSummary:
     first_key: str | None = None  # the primary metric of a job that has none yet
 
 
-# The progress rows go to the database as numbers (on PostgreSQL by binary COPY, which
-# cost a tick less than the JSON it replaced, in Python and in the server): a text as its
-# index in the statement's texts, a missing float as NaN (NULL), a missing step as -1.
 _PROGRESS_COLUMNS = (
     ("id", "bigint"),
     ("current_step", "bigint"),
@@ -678,18 +673,12 @@ _PROGRESS_COLUMNS = (
     ("last_accuracy", "double precision"),
     ("last_learning_rate", "double precision"),
     ("steps_per_second", "double precision"),
-    ("status", "bigint"),
-    ("failure_reason", "bigint"),
-    ("finished", "bigint"),
+    ("status", "text"),
+    ("failure_reason", "text"),
+    ("finished", "boolean"),
     ("ingest_seq", "bigint"),
-    ("primary_metric", "bigint"),
+    ("primary_metric", "text"),
 )
-_PROGRESS_TEXTS = frozenset({"status", "failure_reason", "primary_metric"})
-_PROGRESS_FLOATS = frozenset(
-    {"last_loss", "best_loss", "last_accuracy", "last_learning_rate", "steps_per_second"}
-)
-_PROGRESS_STAGING_TABLE = "trainmon_progress_in"
-_NO_STEP = -1
 
 
 def jobs_record_progress(
@@ -706,50 +695,25 @@ def jobs_record_progress(
     rows = [_progress_row(summary, now) for summary in summaries]
     if not rows:
         return
-    texts: dict[str, int] = {}
-    values = [
-        _progress_column(name, column, texts)
-        for (name, _), column in zip(_PROGRESS_COLUMNS, zip(*rows, strict=True), strict=True)
-    ]
     table = TrainingJob._meta.db_table
-    text_params: list[Any] = []
-    assignments = []
-    for name, _ in _PROGRESS_COLUMNS:
-        if name in _PROGRESS_TEXTS:
-            value, params = indexed_text(f"u.{name}", list(texts))
-            text_params += params
-        elif name == "best_loss_step":
-            value = f"NULLIF(u.{name}, {_NO_STEP})"
-        elif name in {"id", "finished"}:
-            continue
-        else:
-            value = f"u.{name}"
-        assignments.append(f"{name} = {value}")
+    assignments = ", ".join(
+        f"{name} = u.{name}" for name, _ in _PROGRESS_COLUMNS if name not in {"id", "finished"}
+    )
     tick_assignment, tick_params = ("", []) if tick is None else (", last_tick = %s", [tick])
-    # Without the ids, every job in the table was read and hashed (see only_ids).
+    source, params = json_rows(_PROGRESS_COLUMNS, rows)
+    # Without the ids, every job in the table could be read and hashed (see only_ids).
     these_jobs, jobs_params = only_ids(f"{table}.id", [summary.job.pk for summary in summaries])
     db_now = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        source, params = staged_rows(cursor, _PROGRESS_STAGING_TABLE, _PROGRESS_COLUMNS, values)
         cursor.execute(
-            f"UPDATE {table} SET {', '.join(assignments)}, last_reported_at = %s, "
-            f"updated_at = %s, "
-            f"finished_at = CASE WHEN u.finished = 1 THEN %s ELSE {table}.finished_at END"
-            f"{tick_assignment} {source} AS u WHERE {table}.id = u.id{these_jobs}",
-            [*text_params, db_now, db_now, db_now, *tick_params, *params, *jobs_params],
+            f"UPDATE {table} SET {assignments}, last_reported_at = %s, updated_at = %s, "
+            f"finished_at = CASE WHEN u.finished THEN %s ELSE {table}.finished_at END"
+            f"{tick_assignment} FROM {source} AS u WHERE {table}.id = u.id{these_jobs}",
+            [db_now, db_now, db_now, *tick_params, *params, *jobs_params],
         )
     if tick is not None:
         for summary in summaries:
             summary.job.last_tick = tick
-
-
-def _progress_column(name: str, given: tuple[Any, ...], texts: dict[str, int]) -> np.ndarray:
-    # As _PROGRESS_COLUMNS says; None becomes NaN in a float array (NULL in the table).
-    if name in _PROGRESS_TEXTS:
-        return np.array([texts.setdefault(text, len(texts)) for text in given], dtype=np.int64)
-    if name == "best_loss_step":
-        return np.array([_NO_STEP if step is None else step for step in given], dtype=np.int64)
-    return np.array(given, dtype=np.float64 if name in _PROGRESS_FLOATS else np.int64)
 
 
 def _progress_row(summary: BatchSummary, now: datetime) -> tuple[object, ...]:

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from jobs.models import TrainingJob
 from jobs.services import BatchSummary, job_fail, jobs_record_progress
+from metrics import pgcopy
 from metrics.models import IngestLog, MetricKey, NamedMetric, TrainingMetric
 from metrics.points import JobsPoints, MetricBatch, NamedBatch, diverged_losses, lengths_of
 from metrics.simulator import (
@@ -28,10 +29,9 @@ from metrics.simulator import (
     TrainingSimulator,
     simulated_batches,
 )
+from metrics.staging import staged_rows
 from metrics.summary import key_points_add, summary_add
-from trainmon import pgcopy
 from trainmon.bulk import InArray, json_rows, only_ids
-from trainmon.staging import staged_rows
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def jobs_points_write(
         raise ValueError(f"points of {len(points)} jobs for {len(jobs)} jobs")
     return _write(
         jobs,
-        _HeadlineIn.of_jobs_points(jobs, points),
+        _HeadlineIn.of_columns(jobs, points.headline, points.headline_ends),
         _NamedIn.of_jobs_points(jobs, points),
         now or timezone.now(),
         tick,
@@ -198,29 +198,25 @@ class _HeadlineIn:
 
     @classmethod
     def of_batches(cls, batches: Sequence[tuple[TrainingJob, MetricBatch]]) -> _HeadlineIn:
-        kept: list[tuple[int, MetricBatch]] = []
-        counts: list[int] = []
-        diverged_steps: dict[int, int] = {}
-        for job, batch in batches:
-            diverged_index = batch.first_diverged_loss()
-            finite = batch if diverged_index is None else batch.head(diverged_index)
-            if diverged_index is not None:
-                diverged_steps[job.pk] = int(batch.steps[diverged_index])
-            counts.append(len(finite))
-            if len(finite):
-                kept.append((job.pk, finite))
-        if not kept:
-            return cls(_no_headline_columns(), counts, diverged_steps)
-        job_ids = np.concatenate([np.full(len(b), job_id, dtype=np.int64) for job_id, b in kept])
-        columns = [job_ids] + [
-            np.concatenate([getattr(b, name) for _, b in kept]) for name in _BATCH_COLUMNS
-        ]
-        return cls(columns, counts, diverged_steps)
+        """From a batch per job: the same columns, cut the same way, as a tick's."""
+        jobs = [job for job, _ in batches]
+        if not batches:
+            return cls.of_columns(jobs, MetricBatch.empty(), [])
+        headline = MetricBatch(
+            **{
+                name: np.concatenate([getattr(b, name) for _, b in batches])
+                for name in _BATCH_COLUMNS
+            }
+        )
+        ends = np.cumsum([len(batch) for _, batch in batches]).tolist()
+        return cls.of_columns(jobs, headline, ends)
 
     @classmethod
-    def of_jobs_points(cls, jobs: Sequence[TrainingJob], points: JobsPoints) -> _HeadlineIn:
-        headline = points.headline
-        lengths = lengths_of(points.headline_ends)
+    def of_columns(
+        cls, jobs: Sequence[TrainingJob], headline: MetricBatch, ends: list[int]
+    ) -> _HeadlineIn:
+        """jobs[i]'s points being rows ends[i-1]:ends[i] of `headline` (see `JobsPoints`)."""
+        lengths = lengths_of(ends)
         job_ids = np.array([job.pk for job in jobs], dtype=np.int64)
         job_of_row = np.repeat(np.arange(len(jobs)), lengths)
         columns = [job_ids[job_of_row]] + [getattr(headline, name) for name in _BATCH_COLUMNS]
@@ -290,7 +286,7 @@ class _CreatedHeadline:
 
     @classmethod
     def empty(cls) -> _CreatedHeadline:
-        return cls.of(_no_headline_columns())
+        return cls.of([np.empty(0, dtype=np.int64)] * 3 + [np.empty(0)] * 3)
 
     def __len__(self) -> int:
         return len(self.job_ids)
@@ -318,10 +314,6 @@ class _CreatedHeadline:
             "accuracy": self.accuracies,
             "learning_rate": self.learning_rates,
         }
-
-
-def _no_headline_columns() -> list[np.ndarray]:
-    return [np.empty(0, dtype=np.int64)] * 3 + [np.empty(0)] * 3
 
 
 def _created_extremes(created: _CreatedHeadline) -> dict[int, _Extremes]:

@@ -63,8 +63,8 @@ from metrics.series import (
     check_max_points,
     epoch_seconds_sql,
 )
+from metrics.staging import staged_rows
 from trainmon.bulk import json_rows, only_ids
-from trainmon.staging import staged_rows
 
 # Steps per bucket, finest first; each divides the next (a bucket lies inside one bucket of
 # every coarser level), which lets each level be computed from the one below it.

@@ -43,12 +43,9 @@ def _history_rows(key_id: int, after_step: int, limit: int | None) -> list[tuple
         "WHERE key_id = %s AND step > %s ORDER BY step"
     )
     params: list[Any] = [key_id, after_step]
-    if limit is None:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
-    sql += " LIMIT %s"
-    params.append(limit)
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(limit)
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # Until the table is analysed (points just written), PostgreSQL guesses a few

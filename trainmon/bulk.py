@@ -50,15 +50,6 @@ def only_ids(column: str, ids: Sequence[int]) -> tuple[str, list[Any]]:
     return f" AND {column} = ANY(%s)", [list(ids)]
 
 
-def indexed_text(index: str, texts: Sequence[str]) -> tuple[str, list[Any]]:
-    """SQL for texts[index], `index` being SQL for a 0-based integer, and its parameter:
-    the texts as one array on PostgreSQL, one JSON array on SQLite. Rows staged as numbers
-    name their few distinct texts this way."""
-    if connection.vendor == "postgresql":
-        return f"(%s::text[])[{index} + 1]", [list(texts)]
-    return f"json_extract(%s, '$[' || {index} || ']')", [json.dumps(list(texts))]
-
-
 def json_rows(
     columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
 ) -> tuple[str, list[Any]]:

@@ -1,6 +1,6 @@
 """Hand numpy columns to the database as a table the next statement can read from.
 
-PostgreSQL gets them by binary COPY into a temporary table (trainmon.pgcopy); SQLite as one
+PostgreSQL gets them by binary COPY into a temporary table (metrics.pgcopy); SQLite as one
 JSON parameter (trainmon.bulk). Either way one statement reads every row, however many.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from django.db import connection
 from django.db.backends.utils import CursorWrapper
 
-from trainmon import pgcopy
+from metrics import pgcopy
 from trainmon.bulk import json_rows
 
 

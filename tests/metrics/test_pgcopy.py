@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from trainmon.pgcopy import binary_copy_data, stage_rows, timestamp_micros
+from metrics.pgcopy import binary_copy_data, stage_rows, timestamp_micros
 
 COLUMNS = (
     ("n", "bigint"),
@@ -61,7 +61,7 @@ def test_rows_round_trip_through_copy_with_nan_as_null():
 
 
 def test_fits_says_whether_integer_columns_fit_their_binary_type():
-    from trainmon.pgcopy import fits
+    from metrics.pgcopy import fits
 
     types = ["integer", "bigint", "double precision"]
     small = [np.array([1, 2**31 - 1]), np.array([2**40]), np.array([1e300])]
