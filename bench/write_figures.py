@@ -168,7 +168,6 @@ _PARTS: tuple[tuple[str, str], ...] = (
     (r"^INSERT INTO metrics_namedmetric\b", "named: INSERT ... SELECT (+ unique index)"),
     (r"^INSERT INTO metrics_keysummary\b", "named: summary upsert (kept levels)"),
     (r"^UPDATE metrics_metrickey\b", "named: key stats UPDATE"),
-    (r"^INSERT INTO metrics_ingestlog\b", "ingest log INSERT"),
     (r"^UPDATE jobs_trainingjob\b", "progress UPDATE"),
     (r"^SAVEPOINT|^RELEASE SAVEPOINT|^ROLLBACK TO", "savepoints"),
 )
@@ -178,7 +177,7 @@ _COPY_PARTS = {
     "trainmon_summary_in": "staging: binary COPY headline summary rows",
     "trainmon_key_summary_in": "staging: binary COPY named summary rows",
     "trainmon_key_stats_in": "staging: binary COPY key stats rows",
-    "trainmon_ingest_log_in": "staging: binary COPY ingest log rows",
+    "metrics_ingestlog": "ingest log COPY",
 }
 
 

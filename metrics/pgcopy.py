@@ -2,7 +2,8 @@
 
 The rows are laid out with numpy structured arrays (field count, then length + value per
 column, all big-endian), so 100,000 rows encode in about a millisecond without touching a
-Python object per value. Columns are fixed-width numbers; NaN in a float column is NULL.
+Python object per value. Columns are fixed-width numbers; NaN is NULL, in a column of any
+type given as floats.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ _TRAILER = (-1).to_bytes(2, "big", signed=True)
 def binary_copy_data(types: Sequence[str], columns: Sequence[np.ndarray]) -> bytes:
     """COPY ... (FORMAT BINARY) input for rows whose i-th value comes from columns[i].
 
-    NaN in a floating-point column is sent as NULL. Rows are grouped by which of their
+    NaN is sent as NULL, whatever the column's type: an integer column that may hold NULL
+    comes as floats (whole numbers up to 2**53 are exact). Rows are grouped by which of their
     values are NULL (each group is one fixed layout), so they may arrive in another order.
     """
     if len(types) != len(columns):
@@ -52,13 +54,13 @@ def binary_copy_data(types: Sequence[str], columns: Sequence[np.ndarray]) -> byt
         if (
             integer
             and column.dtype.kind not in "iub"
-            and not np.array_equal(column, np.trunc(column))
+            and not np.array_equal(column, np.trunc(column), equal_nan=True)
         ):
             raise ValueError(f"column {index} ({sql_type}) holds non-integer values")
     nulls = {
         index: np.isnan(column)
-        for index, (sql_type, column) in enumerate(zip(types, columns, strict=True))
-        if BINARY_TYPES[sql_type].startswith(">f") and np.isnan(column).any()
+        for index, column in enumerate(columns)
+        if column.dtype.kind == "f" and np.isnan(column).any()
     }
     if not nulls:
         return _HEADER + _fixed_rows(types, columns, frozenset()) + _TRAILER
@@ -83,7 +85,8 @@ def fits(types: Sequence[str], columns: Sequence[np.ndarray]) -> bool:
         kind = np.dtype(BINARY_TYPES[sql_type])
         if kind.kind == "i" and len(column):
             bounds = np.iinfo(kind)
-            if column.min() < bounds.min or column.max() > bounds.max:
+            values = column[~np.isnan(column)] if column.dtype.kind == "f" else column
+            if len(values) and (values.min() < bounds.min or values.max() > bounds.max):
                 return False
     return True
 

@@ -60,6 +60,20 @@ def test_rows_round_trip_through_copy_with_nan_as_null():
     ]
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_an_integer_column_given_as_floats_takes_nan_as_null():
+    ids = np.array([np.nan, 3.0, 2.0**53, np.nan])
+    steps = np.arange(4, dtype=np.int64)
+    columns = (("id", "bigint"), ("step", "bigint"))
+    with connection.cursor() as cursor:
+        stage_rows(cursor, "test_pgcopy_ids_in", columns, [ids, steps])
+        cursor.execute("SELECT id, step FROM test_pgcopy_ids_in ORDER BY step")
+        assert cursor.fetchall() == [(None, 0), (3, 1), (2**53, 2), (None, 3)]
+    with pytest.raises(ValueError, match="non-integer"):
+        binary_copy_data(["bigint"], [np.array([np.nan, 1.5])])
+
+
 def test_fits_says_whether_integer_columns_fit_their_binary_type():
     from metrics.pgcopy import fits
 
@@ -69,3 +83,7 @@ def test_fits_says_whether_integer_columns_fit_their_binary_type():
     assert not fits(types, [np.array([2**31]), *small[1:]])
     assert not fits(types, [np.array([-(2**31) - 1]), *small[1:]])
     assert fits(types, [np.zeros(0, dtype=np.int64)] * 3)
+    # NaN (NULL) fits any column; the numbers beside it are still checked.
+    assert fits(types, [np.array([np.nan, 1.0]), *small[1:]])
+    assert fits(types, [np.array([np.nan]), *small[1:]])
+    assert not fits(types, [np.array([np.nan, 2.0**31]), *small[1:]])
