@@ -29,7 +29,7 @@ from metrics.simulator import (
     TrainingSimulator,
     simulated_batches,
 )
-from metrics.staging import staged_rows
+from metrics.staging import json_columns, staged_rows
 from metrics.summary import key_points_add, summary_add
 from trainmon.bulk import InArray, json_rows, only_ids
 
@@ -908,19 +908,19 @@ def _ingest_log_write(
     names = [name for name, _ in _LOG_COLUMNS]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # New rows under no constraint but the id's: COPY them straight in, with no
-            # staging table and no INSERT reading it back (a tenth of a 10-step tick's
-            # statement time went to the log that way).
+            # New rows under no constraint but the id's: COPY them straight in. Staged and
+            # read back by an INSERT, they took 24 ms of a 1,000-job chunk of a 10-step
+            # tick; COPYed, 14.
             types = [sql_type for _, sql_type in _LOG_COLUMNS]
             created_at = np.full(len(job_ids), pgcopy.timestamp_micros(now), dtype=np.int64)
             data = pgcopy.binary_copy_data(types, [created_at, *columns])
             pgcopy.copy_binary(cursor, table, names, data)
             return
-        # SQLite: the rows as one JSON parameter (staged_rows turns NaN into NULL).
-        source, params = staged_rows(cursor, "", _LOG_COLUMNS[1:], columns)
+        source, params = json_columns(_LOG_COLUMNS[1:], columns)
         cursor.execute(
             f"INSERT INTO {table} ({', '.join(names)})"
-            f" SELECT %s, job_id, seq, CAST(key_id AS bigint), min_step, max_step {source} AS l",
+            f" SELECT %s, job_id, seq, CAST(key_id AS bigint), min_step, max_step FROM {source}"
+            " AS l",
             [connection.ops.adapt_datetimefield_value(now), *params],
         )
 

@@ -32,9 +32,17 @@ def staged_rows(
     if connection.vendor == "postgresql":
         pgcopy.stage_rows(cursor, table, columns, values)
         return f"FROM {table}", []
+    select, params = json_columns(columns, values)
+    return f"FROM {select}", params
+
+
+def json_columns(
+    columns: Sequence[tuple[str, str]], values: Sequence[np.ndarray]
+) -> tuple[str, list[Any]]:
+    """`trainmon.bulk.json_rows` of numpy columns (NaN as NULL): a parenthesised SELECT
+    yielding the rows, with `columns`' names, and its one parameter."""
     rows = [
         [None if isinstance(value, float) and math.isnan(value) else value for value in row]
         for row in zip(*(column.tolist() for column in values), strict=True)
     ]
-    select, params = json_rows(columns, rows)
-    return f"FROM {select}", params
+    return json_rows(columns, rows)
