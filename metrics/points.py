@@ -72,11 +72,6 @@ class MetricBatch:
         """Rows start:stop, as views. A slice of a checked batch needs no checks."""
         return _unchecked(self, {name: getattr(self, name)[start:stop] for name in _DTYPES})
 
-    def head(self, n: int) -> MetricBatch:
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        return MetricBatch(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})
-
 
 # A key name, by MLflow's rule: letters, digits, "_ - . / :" and space, 1 to 250 characters.
 KEY_NAME_RE = r"^[A-Za-z0-9_\-./: ]{1,250}$"

@@ -15,7 +15,7 @@ def test_metric_batch_rejects_mismatched_lengths_and_non_1d() -> None:
         MetricBatch(ok, ok, np.zeros((3, 1)), ok, ok)
 
 
-def test_metric_batch_empty_head_and_first_diverged() -> None:
+def test_metric_batch_empty_rows_and_first_diverged() -> None:
     empty = MetricBatch.empty()
     assert len(empty) == 0
     assert empty.steps.dtype == np.int64 and empty.losses.dtype == np.float64
@@ -24,10 +24,10 @@ def test_metric_batch_empty_head_and_first_diverged() -> None:
     batch = TrainingSimulator(seed=1).generate_metrics_batch(0, 10, 10, 5)
     assert len(batch) == 10
     assert batch.first_diverged_loss() is None
-    head = batch.head(4)
+    head = batch.rows(0, 4)
     assert len(head) == 4
     assert np.array_equal(head.steps, [0, 1, 2, 3])
-    assert len(batch.head(100)) == 10
+    assert len(batch.rows(0, 100)) == 10
 
     losses = batch.losses.copy()
     losses[[6, 8]] = [np.inf, np.nan]

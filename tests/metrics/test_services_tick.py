@@ -89,7 +89,7 @@ class TestAdvance:
                     "step", "epoch", "loss", "accuracy", "learning_rate"
                 )
             )
-            finite = expected.head(expected.first_diverged_loss() or len(expected))
+            finite = expected.rows(0, expected.first_diverged_loss() or len(expected))
             assert stored == list(
                 zip(
                     finite.steps.tolist(),
